@@ -1,0 +1,1 @@
+"""symdsl's built-in plugins, written exactly as a third-party plugin package would be."""

@@ -1,0 +1,132 @@
+"""Built-in canonicalizers: untie, fold_layernorm, center_writers.
+
+Each is function-preserving (tested in float64) and keeps the model a standard checkpoint
+of its class.
+"""
+from __future__ import annotations
+
+import torch
+
+from symdsl.canon.base import Canonicalizer, StrictArgs, model_tensor
+from symdsl.canon.registry import register_canonicalizer
+from symdsl.errors import BindError
+
+
+def _site_axis(resolved, tensor_name: str, site: str, want_dual: bool | None) -> int:
+    """Index of the whole axis of ``tensor_name`` bound to ``site`` (optionally of a given variance)."""
+    binding = resolved.tensors.get(tensor_name)
+    if binding is None:
+        raise BindError(f"'{tensor_name}' has no axis pattern in spec '{resolved.spec.name}'")
+    for index, axis in enumerate(binding.axes):
+        if len(axis.parts) == 1 and len(axis.parts[0]) == 1:
+            f = axis.parts[0][0]
+            if f.site == site and (want_dual is None or f.dual == want_dual or resolved.sites[site].kind.self_dual):
+                return index
+    raise BindError(f"'{tensor_name}' ({binding.pattern!r}) has no whole axis bound to site '{site}'"
+                    + ("" if want_dual is None else (" (dual)" if want_dual else " (primal)")))
+
+
+def _broadcast(vector: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return vector.reshape(shape)
+
+
+class UntieArgs(StrictArgs):
+    names: list[str]
+
+
+class Untie(Canonicalizer):
+    """``untie: [copy, original, ...]``: give every name but the last its own copy of the shared tensor.
+
+    Needed before folding a norm into a reader that shares its weight with a writer
+    (GPT-2's lm_head / wte). Sets ``config.tie_word_embeddings = False`` when the model has
+    a transformers config, so ``save_pretrained``/``from_pretrained`` keep them apart.
+    """
+
+    name = "untie"
+    Args = UntieArgs
+    name_fields = ("names",)
+
+    def apply(self, model, args, resolved) -> None:
+        if len(args.names) < 2:
+            raise BindError("untie needs at least two tensor names")
+        for name in args.names[:-1]:
+            owner, _, attribute = name.rpartition(".")
+            module = model.get_submodule(owner) if owner else model
+            shared = model_tensor(model, name)
+            setattr(module, attribute, torch.nn.Parameter(shared.detach().clone(), requires_grad=shared.requires_grad))
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "tie_word_embeddings"):
+            config.tie_word_embeddings = False
+        if config is not None and hasattr(config, "get_text_config"):
+            text = config.get_text_config()
+            if text is not config and hasattr(text, "tie_word_embeddings"):
+                text.tie_word_embeddings = False
+
+
+class FoldArgs(StrictArgs):
+    norm: str
+    readers: list[str]
+
+
+class FoldLayerNorm(Canonicalizer):
+    """``fold_layernorm: {norm: M, readers: [W, ...]}``: move a norm's gain γ into its readers.
+
+    LN(x) = γ⊙n + β = γ⊙(n + β/γ): every reader's input axis is scaled by γ, the norm keeps
+    gain 1 and bias β/γ. The reader's input axis is the one bound to the norm's site.
+    A gain with zeros cannot be folded (the error names the norm).
+    """
+
+    name = "fold_layernorm"
+    Args = FoldArgs
+    name_fields = ("norm", "readers")
+
+    def apply(self, model, args, resolved) -> None:
+        gain = model_tensor(model, args.norm + ".weight")
+        bias = model_tensor(model, args.norm + ".bias") if args.norm + ".bias" in resolved.tensors else None
+        norm_binding = resolved.tensors.get(args.norm + ".weight")
+        if norm_binding is None or not norm_binding.sites():
+            raise BindError(f"fold_layernorm: '{args.norm}.weight' must be bound to a site in the spec")
+        site = next(iter(norm_binding.sites()))
+        tiny = torch.finfo(gain.dtype).tiny * 1e3
+        if bool((gain.abs() < tiny).any()):
+            zeros = (gain.abs() < tiny).nonzero().flatten().tolist()[:5]
+            raise BindError(f"fold_layernorm: '{args.norm}.weight' has zero gain at {zeros}; it cannot be folded")
+        for reader_name in args.readers:
+            reader = model_tensor(model, reader_name)
+            axis = _site_axis(resolved, reader_name, site, want_dual=True)
+            reader.mul_(_broadcast(gain.to(reader.dtype), reader.ndim, axis))
+        if bias is not None:
+            bias.div_(gain)
+        gain.fill_(1.0)
+
+
+class CenterArgs(StrictArgs):
+    site: str
+    writers: list[str]
+
+
+class CenterWriters(Canonicalizer):
+    """``center_writers: {site: resid, writers: [...]}``: subtract the mean along the site axis of every writer.
+
+    Function-preserving when every reader of the residual stream is a LayerNorm (which
+    removes the mean anyway); it removes the translation freedom along the all-ones vector,
+    so two models are compared only on what they compute.
+    """
+
+    name = "center_writers"
+    Args = CenterArgs
+    name_fields = ("writers",)
+
+    def apply(self, model, args, resolved) -> None:
+        if args.site not in resolved.sites:
+            raise BindError(f"center_writers: unknown site '{args.site}'")
+        for writer_name in args.writers:
+            writer = model_tensor(model, writer_name)
+            axis = _site_axis(resolved, writer_name, args.site, want_dual=False)
+            writer.sub_(writer.mean(dim=axis, keepdim=True))
+
+
+for _canon in (Untie(), FoldLayerNorm(), CenterWriters()):
+    register_canonicalizer(_canon)

@@ -1,0 +1,1 @@
+"""The specs shipped with symdsl (YAML files in this folder)."""

@@ -1,0 +1,119 @@
+"""The action engine: apply a Transform (site -> group element) to tensors through a ResolvedSpec.
+
+One generic routine serves every tensor: each bound axis (or part of a fused axis) is
+reshaped into its factors, and each factor bound to a site is contracted with that site's
+element (primal) or its dual (g^-T). Sites declared ``per`` another are applied after the
+others, batched along their parent's (already transformed) axis, so that for a head site
+``heads`` and a per-head map ``qk`` the composite acts as  y[a] = G[a] @ x[perm[a]].
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from ..errors import BindError
+from ..spec.binding import BoundAxis, ResolvedSpec, SiteDef, TensorBinding
+
+Elements = Mapping[str, torch.Tensor]
+
+
+def _parent_dim(binding: TensorBinding, axis_index: int, part, site: SiteDef, n_factors: int) -> int:
+    """Where the ``per`` parent of ``site`` sits once axis ``axis_index`` is reshaped into ``n_factors`` dims."""
+    def is_parent(f) -> bool:
+        return f.site == site.per if f.site else f.dim == site.per
+
+    for j, f in enumerate(part):
+        if is_parent(f):
+            return axis_index + j
+    for other_index, axis in enumerate(binding.axes):
+        whole = len(axis.parts) == 1 and len(axis.parts[0]) == 1
+        if other_index != axis_index and whole and is_parent(axis.parts[0][0]):
+            return other_index if other_index < axis_index else other_index + n_factors - 1
+    raise BindError(f"tensor '{binding.name}': site '{site.name}' is per '{site.per}', which must be a factor of the "
+                    f"same axis or a whole unsplit axis of the same tensor")
+
+
+def _act_axis(x: torch.Tensor, binding: TensorBinding, axis_index: int, axis: BoundAxis, elements: Elements,
+              sites: Mapping[str, SiteDef], per_pass: bool) -> torch.Tensor:
+    wanted = [(f, sites[f.site]) for part in axis.parts for f in part
+              if f.site and f.site in elements and (sites[f.site].per is not None) == per_pass]
+    if not wanted:
+        return x
+    sizes = [_prod(f.size for f in part) for part in axis.parts]
+    chunks = torch.split(x, sizes, dim=axis_index) if len(sizes) > 1 else (x,)
+    out = []
+    for chunk, part in zip(chunks, axis.parts):
+        lead, trail = chunk.shape[:axis_index], chunk.shape[axis_index + 1:]
+        y = chunk.reshape(*lead, *[f.size for f in part], *trail)
+        for j, f in enumerate(part):
+            site = sites.get(f.site) if f.site else None
+            if site is None or f.site not in elements or (site.per is not None) != per_pass:
+                continue
+            batch_dim = _parent_dim(binding, axis_index, part, site, len(part)) if per_pass else None
+            y = site.kind.apply(elements[f.site], y, axis_index + j, dual=f.dual, batch_dim=batch_dim)
+        out.append(y.reshape(*lead, -1, *trail))
+    return torch.cat(out, dim=axis_index) if len(out) > 1 else out[0]
+
+
+def act_tensor(x: torch.Tensor, binding: TensorBinding, elements: Elements, sites: Mapping[str, SiteDef]) -> torch.Tensor:
+    """Apply the elements to one tensor. Sites missing from ``elements`` act as the identity.
+
+    >>> import torch
+    >>> from symdsl.spec import load_spec_text, resolve
+    >>> spec = load_spec_text('symdsl: 1\\nname: t\\nsites: {h: {group: permutation, size: 3}}\\n'
+    ...                       'tensors: {weight: "h _", bias: h}\\n')
+    >>> r = resolve(spec, torch.nn.Linear(2, 3))
+    >>> w = torch.arange(6.).reshape(3, 2)
+    >>> act_tensor(w, r.tensors["weight"], {"h": torch.tensor([2, 0, 1])}, r.sites)
+    tensor([[4., 5.],
+            [0., 1.],
+            [2., 3.]])
+    """
+    for per_pass in (False, True):  # parents (e.g. head permutations) before per-index maps
+        for axis_index, axis in enumerate(binding.axes):
+            x = _act_axis(x, binding, axis_index, axis, elements, sites, per_pass)
+    return x
+
+
+def act_state_dict(resolved: ResolvedSpec, state: Mapping[str, torch.Tensor], elements: Elements) -> dict[str, torch.Tensor]:
+    """A new state dict with every bound tensor transformed; unbound tensors are passed through.
+
+    dtype and device of each tensor are preserved (elements are cast to them).
+    """
+    unknown = [s for s in elements if s not in resolved.sites]
+    if unknown:
+        raise BindError(f"transform names sites not in spec '{resolved.spec.name}': {unknown[:5]}")
+    out = {}
+    with torch.no_grad():
+        for name, tensor in state.items():
+            binding = resolved.tensors.get(name)
+            out[name] = act_tensor(tensor, binding, elements, resolved.sites) if binding else tensor
+    return out
+
+
+def act_model(resolved: ResolvedSpec, model: torch.nn.Module, elements: Elements) -> torch.nn.Module:
+    """Transform a model's parameters in place (square groups only: shapes must not change)."""
+    state = model.state_dict()
+    new = act_state_dict(resolved, state, elements)
+    with torch.no_grad():
+        for name, tensor in new.items():
+            if tensor is not state[name]:
+                if tensor.shape != state[name].shape:
+                    raise BindError(f"'{name}' would change shape {tuple(state[name].shape)} -> {tuple(tensor.shape)}; "
+                                    "rectangular transforms produce a new state dict, use act_state_dict")
+                state[name].copy_(tensor)
+    return model
+
+
+def act_outputs(resolved: ResolvedSpec, outputs: Mapping[str, torch.Tensor], elements: Elements) -> dict[str, torch.Tensor]:
+    """Transform model outputs declared equivariant in the spec's ``outputs`` section."""
+    return {name: act_tensor(value, resolved.outputs[name], elements, resolved.sites) if name in resolved.outputs else value
+            for name, value in outputs.items()}
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out

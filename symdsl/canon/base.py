@@ -1,0 +1,81 @@
+"""The canonicalizer interface and the driver that runs a resolved spec's steps."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import BindError, suggest
+
+
+class Canonicalizer:
+    """A named, function-preserving rewrite of a model, configured by a spec step.
+
+    Subclasses set ``name``, an ``Args`` pydantic model, ``name_fields`` (argument fields
+    that hold tensor or module names, which get the spec's backbone prefix), and implement
+    :meth:`apply`. ``changes_architecture`` is True only for rewrites whose result is no
+    longer a standard checkpoint of the original class (never a default).
+    """
+
+    name: ClassVar[str]
+    Args: ClassVar[type[BaseModel]]
+    name_fields: ClassVar[tuple[str, ...]] = ()
+    changes_architecture: ClassVar[bool] = False
+
+    def prepare(self, raw: Any, prefix: str) -> BaseModel:
+        """Validate a step's arguments and prefix its names; raise ValueError with a clear message."""
+        if isinstance(raw, list) and "names" in self.Args.model_fields:
+            raw = {"names": raw}
+        try:
+            args = self.Args.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            allowed = ", ".join(self.Args.model_fields)
+            if first["type"] == "extra_forbidden":
+                msg = f"unknown argument '{where}'{suggest(str(first['loc'][-1]), self.Args.model_fields)}"
+            else:
+                msg = f"argument '{where}': {first['msg']}" if where else first["msg"]
+            raise ValueError(f"{self.name}: {msg} (arguments: {allowed})") from None
+        updates = {}
+        for field in self.name_fields:
+            value = getattr(args, field)
+            updates[field] = [prefix + v for v in value] if isinstance(value, list) else prefix + value
+        return args.model_copy(update=updates)
+
+    def apply(self, model: torch.nn.Module, args: BaseModel, resolved) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class StrictArgs(BaseModel):
+    """Base for canonicalizer arguments: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def model_tensor(model: torch.nn.Module, name: str) -> torch.Tensor:
+    """The parameter or buffer called ``name`` (a state-dict key) in ``model``."""
+    owner, _, attribute = name.rpartition(".")
+    try:
+        module = model.get_submodule(owner) if owner else model
+    except AttributeError:
+        module = None
+    tensor = getattr(module, attribute, None) if module is not None else None
+    if not isinstance(tensor, torch.Tensor):
+        raise BindError(f"model has no tensor '{name}'{suggest(name, dict(model.state_dict()))}")
+    return tensor
+
+
+def canonicalize(model: torch.nn.Module, resolved) -> torch.nn.Module:
+    """Run every canonicalize step of ``resolved`` on ``model`` in place, in order; return the model.
+
+    The model computes the same function before and after (each canonicalizer is tested
+    for that in float64).
+    """
+    from .registry import get_canonicalizer
+
+    with torch.no_grad():
+        for step in resolved.canonicalize:
+            get_canonicalizer(step.name).apply(model, step.args, resolved)
+    return model

@@ -1,0 +1,1 @@
+"""The ``symdsl`` command line."""

@@ -1,0 +1,73 @@
+"""``symdsl check [SPEC ...] [--model REF] [--json]``: validate specs numerically (float64)."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..check.numeric import DEFAULT_TOLERANCE, NumericReport, numeric_check
+from ..errors import SpecError, UsageError
+from ..models.load import load_model
+from ..spec.registry import find_spec, list_specs, match_spec
+from .progress import progress_bar
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("check", help="validate specs: every declared symmetry must leave the model's outputs unchanged",
+                       description="Build each spec's example model (or load --model), canonicalize it, apply a "
+                       "random element of every site in float64 and compare outputs. Exit 0 when all hold, 1 when "
+                       "any fails or a spec is invalid, 2 for usage errors.")
+    p.add_argument("specs", nargs="*", metavar="SPEC", help="spec name or .yaml file (default: every known spec)")
+    p.add_argument("--model", metavar="REF", help="check on this model instead of the spec's example: a "
+                   "save_pretrained folder, timm:NAME or module:factory")
+    p.add_argument("--checkpoint", metavar="FILE", help="weights for a timm:NAME or module:factory model")
+    p.add_argument("--json", action="store_true", help="print a machine-readable report")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="relative error allowed (default 1e-9)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run)
+
+
+def _report_text(report: NumericReport, file: str) -> str:
+    lines = [f"spec {report.spec} ({file}) on {report.model}, float64",
+             "numeric check",
+             f"  canonicalize: relative error {report.canonicalize_error:.2e}  "
+             f"{'ok' if report.canonicalize_error < report.tolerance else 'FAILED'}",
+             f"  {'site':<16} {'group':<18} {'max abs err':>12} {'rel err':>10}"]
+    for s in report.sites:
+        name = "all sites" if s.site == "*" else s.site
+        lines.append(f"  {name:<16} {s.group:<18} {s.max_abs_error:>12.2e} {s.relative_error:>10.2e}  "
+                     f"{'ok' if s.ok else 'FAILED'}")
+    verdict = "OK" if report.ok else f"FAILED ({len(report.failed)} site(s) broke invariance)"
+    lines.append(f"result: {verdict}; {len(report.sites) - 1} sites, tolerance {report.tolerance:g}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    if args.model and len(args.specs) > 1:
+        raise UsageError("--model checks one spec at a time")
+    model = load_model(args.model, checkpoint=args.checkpoint) if args.model else None
+    if args.specs:
+        specs = [find_spec(s) for s in args.specs]
+    elif model is not None:
+        specs = [match_spec(model)]
+    else:
+        specs = [e.spec for e in list_specs()]
+    results, failed = [], False
+    for spec in specs:
+        try:
+            with progress_bar(f"check {spec.name}", disable=args.json) as bar:
+                report = numeric_check(spec, model, seed=args.seed, tolerance=args.tolerance, progress=bar)
+        except SpecError as exc:
+            failed = True
+            results.append({"spec": spec.name, "file": spec.file, "ok": False,
+                            "problems": [str(p) for p in exc.problems]})
+            if not args.json:
+                print(f"spec {spec.name} ({spec.file}): {exc}", file=sys.stderr)
+            continue
+        failed |= not report.ok
+        results.append({**report.to_dict(), "file": spec.file})
+        if not args.json:
+            print(_report_text(report, spec.file))
+    if args.json:
+        json.dump(results if len(results) != 1 else results[0], sys.stdout, indent=2)
+        print()
+    return 1 if failed else 0

@@ -1,0 +1,60 @@
+"""``symdsl`` command-line entry point: subcommands, exit codes, error printing.
+
+Exit codes: 0 success, 1 a check failed (symmetry violated or spec invalid), 2 usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ..errors import SpecError, SymdslError, UsageError
+from . import check_cmd, specs_cmd
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="symdsl", description="Align and merge Transformers modulo their "
+                                     "parameter-space symmetries, declared as checked YAML specs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    specs_cmd.add_parsers(sub)
+    check_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except SpecError as exc:
+        print(f"symdsl {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except UsageError as exc:
+        print(f"symdsl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except SymdslError as exc:
+        print(f"symdsl {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"symdsl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug in symdsl or a plugin: say so plainly, keep the traceback on request
+        if os.environ.get("SYMDSL_DEBUG"):
+            raise
+        print(f"symdsl {args.command}: internal error: {type(exc).__name__}: {exc}\n"
+              "    this is a bug in symdsl or one of its plugins; rerun with SYMDSL_DEBUG=1 for the traceback "
+              "and report it", file=sys.stderr)
+        return 1
+
+
+def print_json(data) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

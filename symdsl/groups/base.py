@@ -1,0 +1,410 @@
+"""The contract every group kind follows, plus the tensor plumbing kinds share.
+
+A *group kind* names a family of parameter-space symmetries acting on one axis
+of a tensor (a hidden dimension, a head dimension, ...).  Elements are plain
+tensors, so they batch, move between devices and save like any weight.  There
+are two representations:
+
+* index elements (``matrix_based = False``): a LongTensor ``g`` of shape
+  ``(..., n_out)`` with entries in ``range(n_in)``.  Applying ``g`` to a vector
+  ``x`` gives ``y[a] = x[g[a]]``, i.e. ``to_matrix(g)[a, g[a]] = 1``.
+* matrix elements (``matrix_based = True``): a float tensor
+  ``(..., n_out, n_in)`` acting as ``y = g @ x``.
+
+The *dual* of an element is the matrix used on the other side of a weight
+product so that the network function is unchanged: ``g^{-T}`` for square
+kinds and ``pinv(g)^T`` for rectangular ones (``W2 @ pinv(M) @ M @ W1``).
+"""
+from __future__ import annotations
+
+import abc
+import math
+from typing import Mapping, Sequence
+
+import torch
+
+from symdsl.errors import suggest
+
+Tensor = torch.Tensor
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def batch_shape(batch: int | Sequence[int]) -> tuple[int, ...]:
+    """Normalise a ``batch`` argument (an int or a sequence of ints) to a tuple.
+
+    >>> batch_shape(3), batch_shape((2, 5)), batch_shape(())
+    ((3,), (2, 5), ())
+    """
+    if isinstance(batch, int):
+        return (batch,)
+    return tuple(int(b) for b in batch)
+
+
+def generator_device(generator: torch.Generator | None, device) -> torch.device | str | None:
+    """Where random numbers must be drawn: a generator only draws on its own device."""
+    return generator.device if generator is not None else device
+
+
+def random_permutation(n: int, batch: tuple[int, ...], generator=None, device=None) -> Tensor:
+    """Uniform random permutations of ``range(n)``, shape ``(*batch, n)``, int64.
+
+    ``torch.randperm`` cannot batch, so we argsort i.i.d. uniforms instead
+    (every ordering is equally likely).
+
+    >>> p = random_permutation(4, (2,), torch.Generator().manual_seed(0))
+    >>> p.shape, sorted(p[0].tolist())
+    (torch.Size([2, 4]), [0, 1, 2, 3])
+    """
+    keys = torch.rand(*batch, n, generator=generator, dtype=torch.float64,
+                      device=generator_device(generator, device))
+    return keys.argsort(dim=-1).to(device)
+
+
+def tolerance(atol: float, dtype: torch.dtype, n: int) -> float:
+    """``atol``, raised to what rounding in ``dtype`` can reach for size ``n``.
+
+    Without this a float32 orthogonal matrix could never pass ``atol=1e-8``.
+    """
+    return max(atol, 10 * max(n, 1) * torch.finfo(dtype).eps)
+
+
+def all_close(a: Tensor, b: Tensor, tol: float) -> bool:
+    """``|a - b| <= tol`` everywhere (broadcasting; NaN counts as far)."""
+    return bool(((a - b).abs() <= tol).all())
+
+
+def is_float_matrix(g) -> bool:
+    """A real floating tensor with at least two dims."""
+    return isinstance(g, Tensor) and g.is_floating_point() and g.dim() >= 2
+
+
+def is_index_array(g) -> bool:
+    """An integer (not bool) tensor with at least one dim."""
+    return (isinstance(g, Tensor) and g.dim() >= 1 and not g.is_floating_point()
+            and not g.is_complex() and g.dtype != torch.bool)
+
+
+def expand_batch(g: Tensor, batch: tuple[int, ...]) -> Tensor:
+    """Repeat a single element over ``batch`` leading dims (a real copy, not a view)."""
+    return g.expand(*batch, *g.shape).clone()
+
+
+def normalize_axes(x: Tensor, dim: int, batch_dim: int | None) -> tuple[int, int | None]:
+    """Turn possibly negative ``dim``/``batch_dim`` into valid non-negative axes of x."""
+    nd = x.dim()
+
+    def norm(d: int, what: str) -> int:
+        if not -nd <= d < nd:
+            raise ValueError(f"{what}={d} is out of range for a tensor with {nd} dims")
+        return d % nd
+
+    dim = norm(dim, "dim")
+    if batch_dim is None:
+        return dim, None
+    batch_dim = norm(batch_dim, "batch_dim")
+    if batch_dim == dim:
+        raise ValueError(f"batch_dim and dim must be different axes, both are {dim}")
+    return dim, batch_dim
+
+
+def apply_matrix(m: Tensor, x: Tensor, dim: int, batch_dim: int | None) -> Tensor:
+    """Contract axis ``dim`` of x with m: that axis becomes ``m @ axis``.
+
+    m is ``(n_out, n_in)``, or ``(B, n_out, n_in)`` with slice b of x along
+    ``batch_dim`` using ``m[b]``.  Axes must already be non-negative.
+    """
+    m = m.to(dtype=x.dtype, device=x.device)
+    if batch_dim is None:
+        # (..., n_in) @ (n_in, n_out) -> (..., n_out), then put the axis back.
+        return (x.movedim(dim, -1) @ m.mT).movedim(-1, dim)
+    xb = x.movedim((batch_dim, dim), (0, -1))              # (B, *rest, n_in)
+    rest = xb.shape[1:-1]
+    flat = xb.reshape(xb.shape[0], math.prod(rest), xb.shape[-1])  # (B, K, n_in)
+    y = torch.bmm(flat, m.mT)                               # (B, K, n_out)
+    y = y.reshape(xb.shape[0], *rest, m.shape[-2])          # (B, *rest, n_out)
+    return y.movedim((0, -1), (batch_dim, dim))
+
+
+def apply_index(idx: Tensor, x: Tensor, dim: int, batch_dim: int | None,
+                weight: Tensor | None = None) -> Tensor:
+    """Along axis ``dim``: ``y[a] = x[idx[a]] * weight[a]`` (weight optional).
+
+    idx is ``(n_out,)``, or ``(B, n_out)`` with slice b of x along ``batch_dim``
+    using ``idx[b]``; weight has idx's shape.  Axes must be non-negative.
+    """
+    idx = idx.to(device=x.device, dtype=torch.long)
+    if batch_dim is None:
+        y = x.index_select(dim, idx)                        # axis dim now n_out long
+        if weight is not None:
+            shape = [1] * x.dim()
+            shape[dim] = -1
+            y = y * weight.to(dtype=x.dtype, device=x.device).view(shape)
+        return y
+    xb = x.movedim((batch_dim, dim), (0, -1))              # (B, *rest, n_in)
+    view = (idx.shape[0],) + (1,) * (xb.dim() - 2) + (idx.shape[-1],)
+    full = xb.shape[:-1] + (idx.shape[-1],)                 # (B, *rest, n_out)
+    y = torch.gather(xb, -1, idx.view(view).expand(full))
+    if weight is not None:
+        y = y * weight.to(dtype=x.dtype, device=x.device).view(view)
+    return y.movedim((0, -1), (batch_dim, dim))
+
+
+# --------------------------------------------------------------------------- base class
+
+
+class GroupKind(abc.ABC):
+    """One family of symmetries; subclasses describe how its elements behave.
+
+    Attributes:
+        name: the kind's name in specs (``"orthogonal"``, ...).
+        square: elements map ``R^n -> R^n``; if False they map
+            ``R^n_in -> R^n_out`` with ``n_out >= n_in``.
+        self_dual: ``dual(g)`` is ``g`` itself for every element.
+        matrix_based: elements are float matrices (else index arrays).
+        options: allowed option names -> tuple of allowed values.
+
+    >>> from symdsl.groups import get_group_kind
+    >>> kind = get_group_kind("permutation")
+    >>> kind.name, kind.square, kind.self_dual, kind.matrix_based
+    ('permutation', True, True, False)
+    """
+
+    name: str = ""
+    square: bool = True
+    self_dual: bool = False
+    matrix_based: bool = True
+    options: dict[str, tuple] = {}
+
+    def __repr__(self) -> str:
+        return f"<group kind {self.name!r}>"
+
+    # ----------------------------------------------------------------- options
+
+    def validate_options(self, options: Mapping[str, object] | None) -> None:
+        """Raise ``ValueError`` naming any unknown option or disallowed value.
+
+        >>> from symdsl.groups import get_group_kind
+        >>> get_group_kind("orthogonal").validate_options({"preserve": "ones"})
+        >>> get_group_kind("orthogonal").validate_options({"keep": "ones"})
+        Traceback (most recent call last):
+        ...
+        ValueError: group kind 'orthogonal' has no option 'keep'; allowed options: preserve=('ones',)
+        """
+        if not options:
+            return
+        if not isinstance(options, Mapping):
+            raise ValueError(f"options of group kind {self.name!r} must be a mapping, "
+                             f"got {type(options).__name__}")
+        allowed = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
+        for key, value in options.items():
+            if key not in self.options:
+                raise ValueError(f"group kind {self.name!r} has no option {key!r}"
+                                 f"{suggest(str(key), self.options)}; allowed options: {allowed}")
+            if value not in self.options[key]:
+                raise ValueError(f"option {key!r} of group kind {self.name!r} must be one of "
+                                 f"{self.options[key]!r}, got {value!r}")
+
+    # ----------------------------------------------------------------- sizes
+
+    def _sizes(self, n_out: int, n_in: int | None) -> tuple[int, int]:
+        """Check ``(n_out, n_in)`` for this kind; n_in defaults to n_out."""
+        n_out = int(n_out)
+        n_in = n_out if n_in is None else int(n_in)
+        if n_out < 0 or n_in < 0:
+            raise ValueError(f"sizes must be non-negative, got n_out={n_out}, n_in={n_in}")
+        if self.square and n_in != n_out:
+            raise ValueError(f"group kind {self.name!r} is square: n_in ({n_in}) "
+                             f"must equal n_out ({n_out})")
+        if n_out < n_in:
+            raise ValueError(f"group kind {self.name!r} maps R^n_in -> R^n_out with "
+                             f"n_out >= n_in, got n_out={n_out} < n_in={n_in}")
+        return n_out, n_in
+
+    def _check_n_in(self, g: Tensor, n_in: int | None) -> int:
+        """Input size of g, checked against an explicit ``n_in`` if one is given."""
+        have = g.shape[-1]
+        if n_in is not None and n_in != have:
+            raise ValueError(f"{self.name} element has n_in={have}, but n_in={n_in} was passed")
+        return have
+
+    # ----------------------------------------------------------------- contract
+
+    @abc.abstractmethod
+    def identity(self, n_out: int, n_in: int | None = None, batch=(), *, options=None,
+                 dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+        """The identity element (rectangular kinds: the canonical embedding)."""
+
+    @abc.abstractmethod
+    def random(self, n_out: int, n_in: int | None = None, batch=(), *, options=None,
+               generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+        """A random valid element, shape ``(*batch, n_out[, n_in])``."""
+
+    @abc.abstractmethod
+    def to_matrix(self, g: Tensor, *, dtype: torch.dtype | None = None,
+                  n_in: int | None = None) -> Tensor:
+        """Dense matrix ``(..., n_out, n_in)`` M with ``apply(g, x) == M @ x``."""
+
+    @abc.abstractmethod
+    def dual(self, g: Tensor, *, n_in: int | None = None) -> Tensor:
+        """``g^{-T}`` (square) or ``pinv(g)^T`` (rectangular)."""
+
+    @abc.abstractmethod
+    def inverse(self, g: Tensor) -> Tensor:
+        """The group inverse (square kinds); rectangular kinds raise ValueError."""
+
+    @abc.abstractmethod
+    def compose(self, a: Tensor, b: Tensor) -> Tensor:
+        """``a ∘ b``: apply b first, then a (``to_matrix`` is ``A @ B``)."""
+
+    @abc.abstractmethod
+    def apply(self, g: Tensor, x: Tensor, dim: int, *, dual: bool = False,
+              batch_dim: int | None = None) -> Tensor:
+        """Transform axis ``dim`` of x by g (or by its dual)."""
+
+    @abc.abstractmethod
+    def contains(self, g, options=None, atol: float = 1e-8, *, n_in: int | None = None) -> bool:
+        """Is g a valid element of this kind?"""
+
+    @abc.abstractmethod
+    def project(self, m: Tensor, *, options=None) -> Tensor:
+        """The nearest valid element to a real matrix ``(..., n_out, n_in)``."""
+
+
+class MatrixGroupKind(GroupKind):
+    """Shared behaviour of kinds whose elements are float matrices ``(..., n_out, n_in)``."""
+
+    matrix_based = True
+
+    def _check_element(self, g: Tensor, x: Tensor, dim: int, batch_dim: int | None) -> None:
+        rank = 2 if batch_dim is None else 3
+        if not isinstance(g, Tensor) or g.dim() != rank:
+            what = "(n_out, n_in)" if batch_dim is None else "(B, n_out, n_in) with batch_dim"
+            raise ValueError(f"{self.name} element must have shape {what}, "
+                             f"got {tuple(getattr(g, 'shape', ()))}")
+        if g.shape[-1] != x.shape[dim]:
+            raise ValueError(f"{self.name} element expects size {g.shape[-1]} "
+                             f"but x has size {x.shape[dim]} at dim {dim}")
+        if batch_dim is not None and g.shape[0] != x.shape[batch_dim]:
+            raise ValueError(f"{self.name} element has batch {g.shape[0]} but x has "
+                             f"size {x.shape[batch_dim]} at batch_dim {batch_dim}")
+
+    def to_matrix(self, g: Tensor, *, dtype: torch.dtype | None = None,
+                  n_in: int | None = None) -> Tensor:
+        """The element itself (it already is the matrix), cast to ``dtype`` if given.
+
+        >>> from symdsl.groups import get_group_kind
+        >>> get_group_kind("orthogonal").to_matrix(torch.eye(2)).shape
+        torch.Size([2, 2])
+        """
+        self._check_n_in(g, n_in)
+        return g if dtype is None else g.to(dtype)
+
+    def compose(self, a: Tensor, b: Tensor) -> Tensor:
+        """``a @ b`` (apply b first), batching by broadcasting.
+
+        >>> from symdsl.groups import get_group_kind
+        >>> k = get_group_kind("invertible")
+        >>> k.compose(2 * torch.eye(2), 3 * torch.eye(2))
+        tensor([[6., 0.],
+                [0., 6.]])
+        """
+        if a.shape[-1] != b.shape[-2]:
+            raise ValueError(f"cannot compose {self.name} elements of shapes "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+        return a @ b
+
+    def apply(self, g: Tensor, x: Tensor, dim: int, *, dual: bool = False,
+              batch_dim: int | None = None) -> Tensor:
+        """Contract axis ``dim`` of x with g (or with ``dual(g)`` if ``dual``).
+
+        g is ``(n_out, n_in)``; with ``batch_dim`` it is ``(B, n_out, n_in)`` and
+        slice b of x along ``batch_dim`` uses ``g[b]``.  The result keeps x's
+        dtype and device; only axis ``dim`` changes (to size n_out).
+
+        >>> from symdsl.groups import get_group_kind
+        >>> k = get_group_kind("stiefel")
+        >>> k.apply(k.identity(3, 2), torch.ones(5, 2), dim=1).shape
+        torch.Size([5, 3])
+        """
+        dim, batch_dim = normalize_axes(x, dim, batch_dim)
+        self._check_element(g, x, dim, batch_dim)
+        m = self.dual(g) if dual else g
+        return apply_matrix(m, x, dim, batch_dim)
+
+
+class IndexGroupKind(GroupKind):
+    """Shared behaviour of kinds whose elements are index arrays ``(..., n_out)``.
+
+    ``y[a] = x[g[a]]``: output a copies input ``g[a]``.
+    """
+
+    matrix_based = False
+
+    def _infer_n_in(self, g: Tensor, n_in: int | None) -> int:
+        """Input size of g when it is not given explicitly."""
+        return self._check_n_in(g, n_in)
+
+    def to_matrix(self, g: Tensor, *, dtype: torch.dtype | None = None,
+                  n_in: int | None = None) -> Tensor:
+        """Dense 0/1 matrix ``(..., n_out, n_in)`` with ``M[a, g[a]] = 1`` (float64 by default).
+
+        >>> from symdsl.groups import get_group_kind
+        >>> get_group_kind("permutation").to_matrix(torch.tensor([1, 0]))
+        tensor([[0., 1.],
+                [1., 0.]], dtype=torch.float64)
+        """
+        n_in = self._infer_n_in(g, n_in)
+        m = torch.zeros(*g.shape, n_in, dtype=dtype or torch.float64, device=g.device)
+        return m.scatter_(-1, g.long().unsqueeze(-1), 1)
+
+    def compose(self, a: Tensor, b: Tensor) -> Tensor:
+        """``a ∘ b`` as an index array: ``c[..., i] = b[..., a[..., i]]``.
+
+        Batch dims broadcast.  ``to_matrix(c) == to_matrix(a) @ to_matrix(b)``.
+
+        >>> from symdsl.groups import get_group_kind
+        >>> get_group_kind("permutation").compose(torch.tensor([1, 2, 0]), torch.tensor([2, 0, 1]))
+        tensor([0, 1, 2])
+        """
+        batch = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+        a = a.long().expand(*batch, a.shape[-1])            # (*batch, n_out)
+        b = b.long().expand(*batch, b.shape[-1])            # (*batch, n_mid)
+        return torch.gather(b, -1, a)
+
+    def _check_element(self, g: Tensor, x: Tensor, dim: int, batch_dim: int | None) -> None:
+        rank = 1 if batch_dim is None else 2
+        if not is_index_array(g) or g.dim() != rank:
+            what = "(n_out,)" if batch_dim is None else "(B, n_out) with batch_dim"
+            raise ValueError(f"{self.name} element must be an integer tensor of shape {what}, "
+                             f"got {getattr(g, 'dtype', type(g))} {tuple(getattr(g, 'shape', ()))}")
+        if batch_dim is not None and g.shape[0] != x.shape[batch_dim]:
+            raise ValueError(f"{self.name} element has batch {g.shape[0]} but x has "
+                             f"size {x.shape[batch_dim]} at batch_dim {batch_dim}")
+
+    def _dual_weight(self, g: Tensor, n_in: int) -> Tensor | None:
+        """Per-output factor of the dual (None: the dual copies like g itself)."""
+        return None
+
+    def apply(self, g: Tensor, x: Tensor, dim: int, *, dual: bool = False,
+              batch_dim: int | None = None) -> Tensor:
+        """Gather along axis ``dim``: ``y[a] = x[g[a]]`` (dual: see ``dual``).
+
+        g is ``(n_out,)``; with ``batch_dim`` it is ``(B, n_out)`` and slice b
+        of x along ``batch_dim`` uses ``g[b]``.  Exact (no float matmul); keeps
+        x's dtype and device.  Entries of g are trusted, not range-checked.
+
+        >>> from symdsl.groups import get_group_kind
+        >>> get_group_kind("permutation").apply(torch.tensor([2, 0, 1]), torch.tensor([10., 20., 30.]), 0)
+        tensor([30., 10., 20.])
+        """
+        dim, batch_dim = normalize_axes(x, dim, batch_dim)
+        self._check_element(g, x, dim, batch_dim)
+        self._check_apply_size(g, x.shape[dim])
+        weight = self._dual_weight(g.to(x.device), x.shape[dim]) if dual else None
+        return apply_index(g, x, dim, batch_dim, weight)
+
+    def _check_apply_size(self, g: Tensor, n_in: int) -> None:
+        """Hook: reject an element whose input size cannot match x's axis."""

@@ -1,0 +1,5 @@
+"""Building and loading models: a spec's example, Hugging Face folders, timm names, Python factories."""
+from .build import build_example, make_inputs, select_outputs
+from .load import load_model
+
+__all__ = ["build_example", "make_inputs", "select_outputs", "load_model"]

@@ -1,0 +1,60 @@
+"""Load a model from a REF: a Hugging Face save_pretrained folder, ``timm:NAME``, or ``module:factory``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import UsageError
+from .build import import_object, quiet_transformers
+
+
+def load_model(ref: str, *, checkpoint: str | None = None) -> torch.nn.Module:
+    """Load a model for checking or alignment.
+
+    REF forms: a folder written by ``save_pretrained`` (its config.json names the class),
+    ``timm:MODEL_NAME`` (random init unless ``checkpoint`` names a safetensors/pt file), or
+    ``package.module:factory`` (called with no arguments).
+    """
+    path = Path(ref)
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.exists():
+            raise UsageError(f"{ref}: folder has no config.json; expected a save_pretrained folder")
+        architectures = json.loads(config_file.read_text()).get("architectures") or []
+        if not architectures:
+            raise UsageError(f"{config_file}: no 'architectures' entry; cannot tell which model class to load")
+        try:
+            import transformers
+        except ImportError:
+            raise UsageError("loading a save_pretrained folder needs transformers: pip install 'symdsl[hf]'") from None
+        cls = getattr(transformers, architectures[0], None)
+        if cls is None:
+            raise UsageError(f"{config_file}: transformers has no class '{architectures[0]}'")
+        with quiet_transformers():
+            model = cls.from_pretrained(str(path))
+        return model.eval()
+    if ref.startswith("timm:"):
+        import timm
+
+        model = timm.create_model(ref[5:], pretrained=False)
+        if checkpoint:
+            model.load_state_dict(_read_checkpoint(checkpoint))
+        return model.eval()
+    if ":" in ref:
+        model = import_object(ref)()
+        if not isinstance(model, torch.nn.Module):
+            raise UsageError(f"{ref} returned {type(model).__name__}, not a torch.nn.Module")
+        if checkpoint:
+            model.load_state_dict(_read_checkpoint(checkpoint))
+        return model.eval()
+    raise UsageError(f"cannot load model '{ref}': give a save_pretrained folder, timm:NAME or module:factory")
+
+
+def _read_checkpoint(file: str) -> dict:
+    if file.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(file)
+    return torch.load(file, map_location="cpu", weights_only=True)

@@ -1,0 +1,41 @@
+"""Loading spec files: YAML -> structure check -> :class:`Spec`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .schema import SpecModel, validate_structure
+from .source import SpecSource, parse_spec_text, read_spec_file
+
+
+@dataclass
+class Spec:
+    """A structurally valid spec file, not yet bound to a model.
+
+    >>> spec = load_spec_text("symdsl: 1\\nname: tiny\\n")
+    >>> spec.name
+    'tiny'
+    """
+
+    model: SpecModel
+    source: SpecSource
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def file(self) -> str:
+        return self.source.file
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Load and structure-check a spec file; raise SpecError naming file:line:col on problems."""
+    source = read_spec_file(path)
+    return Spec(validate_structure(source), source)
+
+
+def load_spec_text(text: str, file: str = "<spec>") -> Spec:
+    """Like :func:`load_spec` for YAML text already in memory."""
+    source = parse_spec_text(text, file)
+    return Spec(validate_structure(source), source)

@@ -1,0 +1,135 @@
+"""The spec language's structure, as pydantic models (also the source of `symdsl schema`).
+
+Only the *shape* of a spec lives here; meaning (names bound, sizes, coverage) is
+checked when the spec is resolved against a model (see ``resolve.py``).
+"""
+from __future__ import annotations
+
+from typing import Any, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import Problem, SpecError, suggest
+from .source import SpecSource
+
+LANGUAGE_VERSION = 1
+
+Expr = Union[int, str]  # an integer or a dimension expression such as "n_embd // n_head"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Matches(_Strict):
+    """Which model classes a spec applies to (class-name globs, per library)."""
+
+    transformers: list[str] = Field(default_factory=list, description="transformers class names, e.g. GPT2LMHeadModel")
+    timm: list[str] = Field(default_factory=list, description="timm class names or model names (globs allowed), e.g. VisionTransformer, vit_*")
+    torch: list[str] = Field(default_factory=list, description="any torch.nn.Module class name (globs allowed)")
+
+
+class RandomInput(_Strict):
+    """A random input tensor for the numeric check: integer tokens or Gaussian floats."""
+
+    shape: list[Expr] = Field(description="tensor shape; entries may be dimension expressions")
+    randint: list[Expr] | None = Field(default=None, description="[low, high): integer tokens in this range")
+    randn: bool = Field(default=False, description="standard normal floats (in the model's dtype)")
+
+
+class Example(_Strict):
+    """A tiny random instance of the architecture, built for `symdsl check`."""
+
+    transformers: str | None = Field(default=None, description="transformers model class, built from its config class")
+    timm: str | None = Field(default=None, description="timm model class in timm.models (e.g. VisionTransformer), or a timm model name")
+    factory: str | None = Field(default=None, description="'module:function' returning an nn.Module")
+    config: dict[str, Any] = Field(default_factory=dict, description="config / constructor keyword arguments")
+    inputs: dict[str, RandomInput] = Field(description="keyword arguments passed to forward()")
+    output: str | None = Field(default=None, description="which output to compare (attribute or key); default: the first")
+
+
+class Site(_Strict):
+    """A vector space on which a group acts."""
+
+    group: str = Field(description="group kind: permutation, semi_permutation, orthogonal, stiefel, invertible, or a plugin kind")
+    size: Expr = Field(description="dimension of the space (output side for rectangular kinds)")
+    size_in: Expr | None = Field(default=None, description="input-side size, rectangular kinds only")
+    per: str | None = Field(default=None, description="one element per index of this site (a permutation site) or dimension")
+    preserve: str | None = Field(default=None, description="orthogonal only: 'ones' keeps the all-ones vector fixed (LayerNorm-safe)")
+    doc: str | None = Field(default=None, description="free text shown in reports")
+
+
+class Head(_Strict):
+    """Tensors that exist only in some of the matched classes (a task head): all or none.
+
+    Head names are written from the model root; ``${prefix}`` stands for the backbone prefix
+    chosen from ``prefix``. A head's canonicalize steps run before the backbone's.
+    """
+
+    sites: dict[str, Site] = Field(default_factory=dict, description="sites that exist only with this head")
+    tensors: dict[str, str] = Field(default_factory=dict)
+    invariant: list[str] = Field(default_factory=list)
+    tied: list[list[str]] = Field(default_factory=list)
+    canonicalize: list[dict[str, Any]] = Field(default_factory=list)
+    outputs: dict[str, str] = Field(default_factory=dict)
+
+
+class SpecModel(_Strict):
+    """A symdsl spec file (language version 1)."""
+
+    symdsl: int = Field(description="spec language version; must be 1")
+    name: str = Field(description="unique spec name, e.g. hf-gpt2")
+    description: str | None = None
+    matches: Matches = Field(default_factory=Matches)
+    example: Example | None = None
+    prefix: list[str] = Field(default_factory=lambda: [""], description="alternative prefixes of the backbone tensor names, tried in order")
+    dims: dict[str, Expr] = Field(default_factory=dict, description="named sizes read from the model config")
+    repeat: dict[str, Expr] = Field(default_factory=dict, description="template variables: ${i} ranges over 0..value-1")
+    canonicalize: list[dict[str, Any]] = Field(default_factory=list, description="function-preserving rewrites run before any transform")
+    sites: dict[str, Site] = Field(default_factory=dict)
+    tensors: dict[str, str] = Field(default_factory=dict, description="tensor name -> axis pattern")
+    invariant: list[str] = Field(default_factory=list, description="tensors no site touches")
+    tied: list[list[str]] = Field(default_factory=list, description="groups of names that are one shared parameter")
+    outputs: dict[str, str] = Field(default_factory=dict, description="model outputs that transform (equivariant): name -> axis pattern")
+    heads: dict[str, Head] = Field(default_factory=dict)
+
+    @field_validator("symdsl")
+    @classmethod
+    def _version(cls, value: int) -> int:
+        if value != LANGUAGE_VERSION:
+            raise ValueError(f"unsupported spec language version {value}; this symdsl reads version {LANGUAGE_VERSION}")
+        return value
+
+
+_ALL_FIELDS = {name for model in (Matches, RandomInput, Example, Site, Head, SpecModel) for name in model.model_fields}
+
+
+def validate_structure(source: SpecSource) -> SpecModel:
+    """Check a parsed document against the spec schema; raise SpecError with positions."""
+    if not isinstance(source.data, dict):
+        raise SpecError([source.problem((), "a spec must be a YAML mapping at the top level",
+                                        hint="start the file with 'symdsl: 1' and 'name: ...'")])
+    try:
+        return SpecModel.model_validate(source.data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            hint = ""
+            if err["type"] == "extra_forbidden":
+                message = f"unknown key '{loc[-1]}'{suggest(str(loc[-1]), _ALL_FIELDS)}"
+                hint = "see `symdsl schema` or docs/spec-language.md for the keys allowed here"
+            elif err["type"] == "missing":
+                message = f"required key '{loc[-1]}' is missing"
+            else:
+                message = err["msg"]
+            problems.append(source.problem(loc, message, hint))
+        raise SpecError(problems) from None
+
+
+def json_schema() -> dict:
+    """The spec language as JSON Schema (draft 2020-12), for editors and CI."""
+    schema = SpecModel.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "symdsl spec"
+    return schema

@@ -1,0 +1,91 @@
+"""Read a YAML spec keeping the file position of every key, for error messages."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import Problem, SpecError
+
+Path_ = tuple  # a key path inside the document, e.g. ("sites", "resid", "group")
+
+
+@dataclass
+class SpecSource:
+    """The parsed YAML document plus where each key path sits in the file."""
+
+    data: Any
+    file: str
+    positions: dict[tuple, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, path: tuple) -> tuple[int | None, int | None]:
+        """(line, column) of the deepest known prefix of ``path``, 1-based."""
+        path = tuple(path)
+        while path:
+            if path in self.positions:
+                return self.positions[path]
+            path = path[:-1]
+        return self.positions.get((), (None, None))
+
+    def problem(self, path: tuple, message: str, hint: str = "") -> Problem:
+        line, col = self.where(path)
+        return Problem(message=message, path=tuple(path), file=self.file, line=line, column=col, hint=hint)
+
+
+def _walk(node: yaml.Node, path: tuple, positions: dict, problems: list, file: str) -> None:
+    positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.MappingNode):
+        seen: set = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                problems.append(Problem(f"duplicate key '{key}'", path + (key,), file,
+                                        key_node.start_mark.line + 1, key_node.start_mark.column + 1,
+                                        hint="each key may appear once in a mapping; merge the two entries"))
+            seen.add(key)
+            positions[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            _walk(value_node, path + (key,), positions, problems, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _walk(item, path + (index,), positions, problems, file)
+
+
+def parse_spec_text(text: str, file: str = "<spec>") -> SpecSource:
+    """Parse YAML text into a :class:`SpecSource`.
+
+    >>> src = parse_spec_text("a:\\n  b: 1\\n", "x.yaml")
+    >>> src.data, src.where(("a", "b"))
+    ({'a': {'b': 1}}, (2, 3))
+    """
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        col = mark.column + 1 if mark else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        hint = "check indentation and quoting around this position"
+        if line is not None and "${" in text.splitlines()[min(line, len(text.splitlines())) - 1]:
+            hint = 'a ${...} template inside a {...} or [...] flow collection must be quoted: "h.${i}.ln_1"'
+        raise SpecError([Problem(f"not valid YAML: {reason}", (), file, line, col, hint=hint)]) from None
+    positions: dict = {}
+    problems: list = []
+    if node is not None:
+        _walk(node, (), positions, problems, file)
+    if problems:
+        raise SpecError(problems)
+    return SpecSource(data=data, file=file, positions=positions)
+
+
+def read_spec_file(path: str | Path) -> SpecSource:
+    """Read a spec file from disk (see :func:`parse_spec_text`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([Problem(f"cannot read spec file: {exc.strerror}", (), str(path),
+                                 hint="pass the path of a .yaml spec, or a spec name from `symdsl specs`")]) from None
+    return parse_spec_text(text, str(path))
