@@ -43,8 +43,25 @@ def import_object(path: str) -> Any:
         raise UsageError(f"module '{module_name}' has no attribute '{attribute}'") from None
 
 
-def build_example(spec: Spec, *, seed: int = 0) -> torch.nn.Module:
+def perturb_parameters(model: torch.nn.Module, *, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
+    """Add N(0, scale^2) noise to every floating-point parameter, in place.
+
+    Fresh models start with zero biases and unit norm gains; a spec that binds a bias or a
+    gain wrongly would still pass a check on them. After this, nothing is trivially zero or one.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.is_floating_point():
+                noise = torch.randn(param.shape, generator=generator, dtype=torch.float64)
+                param.add_((scale * noise).to(param.dtype))
+    return model
+
+
+def build_example(spec: Spec, *, seed: int = 0, perturb: bool = True) -> torch.nn.Module:
     """Build the spec's ``example`` model with random weights (seeded), in eval mode.
+
+    With ``perturb`` (default) every parameter gets small noise (see :func:`perturb_parameters`).
 
     >>> # model = build_example(find_spec("hf-gpt2"))
     """
@@ -76,6 +93,8 @@ def build_example(spec: Spec, *, seed: int = 0) -> torch.nn.Module:
         model.symdsl_config = config
     else:
         raise UsageError(f"{spec.file}: example: give one of 'transformers', 'timm' or 'factory'")
+    if perturb:
+        perturb_parameters(model, seed=seed)
     return model.eval()
 
 

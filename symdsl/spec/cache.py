@@ -1,0 +1,35 @@
+"""Resolve once per (spec, model configuration) and reuse the result."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from .binding import ResolvedSpec
+from .load import Spec
+from .resolve import model_config, resolve
+
+_CACHE: dict[tuple, ResolvedSpec] = {}
+_MAX_ENTRIES = 64
+
+
+def _fingerprint(spec: Spec, model: torch.nn.Module) -> tuple:
+    config: Any = model_config(model)
+    shapes = tuple((name, tuple(t.shape)) for name, t in model.state_dict(keep_vars=True).items())
+    return (spec.file, spec.model.model_dump_json(), json.dumps(config, sort_keys=True, default=str), shapes)
+
+
+def resolve_cached(spec: Spec, model: torch.nn.Module) -> ResolvedSpec:
+    """Like :func:`symdsl.spec.resolve`, but reuses the result for models of the same configuration.
+
+    Two models with the same spec, config and parameter shapes (two seeds of one
+    architecture) share one ResolvedSpec object.
+    """
+    key = _fingerprint(spec, model)
+    resolved = _CACHE.get(key)
+    if resolved is None:
+        if len(_CACHE) >= _MAX_ENTRIES:
+            _CACHE.pop(next(iter(_CACHE)))
+        resolved = _CACHE[key] = resolve(spec, model)
+    return resolved

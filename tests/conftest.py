@@ -1,0 +1,33 @@
+"""Shared helpers: shipped spec names and tiny models of every matched class."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from symdsl.models.build import perturb_parameters, quiet_transformers
+from symdsl.spec.registry import find_spec
+
+SHIPPED = ["hf-bert", "hf-gpt2", "timm-vit"]
+
+
+def build_hf(spec_name: str, class_name: str, **overrides) -> torch.nn.Module:
+    """A tiny random transformers model of ``class_name`` with the spec's example config."""
+    import transformers
+
+    spec = find_spec(spec_name)
+    cls = getattr(transformers, class_name)
+    torch.manual_seed(0)
+    with quiet_transformers():
+        model = cls(cls.config_class(**{**spec.model.example.config, **overrides}))
+    return perturb_parameters(model).eval()
+
+
+@pytest.fixture(params=SHIPPED)
+def shipped_spec(request):
+    return find_spec(request.param)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """A run that collects no test is an error, never a silent pass (pytest's exit 5)."""
+    if not items:
+        raise pytest.UsageError("no tests were collected: check the test paths and -k/-m filters")
