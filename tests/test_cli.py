@@ -13,7 +13,8 @@ from symdsl.spec.registry import find_spec
 def test_check_a_shipped_spec_prints_every_site_and_exits_0(capsys):
     assert main(["check", "hf-gpt2"]) == 0
     out = capsys.readouterr().out
-    assert "canonicalize: relative error" in out and "result: OK; 9 sites" in out
+    assert "static check (export graph" in out and "ok: every op respects the declared sites" in out
+    assert "canonicalize: relative error" in out and "ok; 9 sites" in out and "result: OK" in out
     for site in ("resid", "heads.1", "qk.0", "ov.1", "mlp.0", "all sites"):
         assert site in out
 
@@ -22,8 +23,10 @@ def test_check_json_report(capsys):
     assert main(["check", "timm-vit", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True and report["spec"] == "timm-vit"
-    assert {s["site"] for s in report["sites"]} >= {"resid", "mlp.1", "*"}
-    assert all(s["relative_error"] < 1e-9 for s in report["sites"])
+    assert report["static"]["ok"] is True and report["static"]["findings"] == []
+    sites = report["numeric"]["sites"]
+    assert {s["site"] for s in sites} >= {"resid", "mlp.1", "*"}
+    assert all(s["relative_error"] < 1e-9 for s in sites)
 
 
 def test_a_violated_symmetry_exits_1(tmp_path, capsys):
@@ -69,3 +72,12 @@ def test_specs_and_schema(capsys):
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "symdsl.cli.main", "specs"], capture_output=True, text=True)
     assert result.returncode == 0 and "hf-gpt2" in result.stdout
+
+
+def test_packaging_lists_every_subpackage():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.relative_to(root).parts[:-1]) for p in (root / "symdsl").rglob("__init__.py")}
+    assert found <= listed, f"add to pyproject packages: {sorted(found - listed)}"

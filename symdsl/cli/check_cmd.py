@@ -5,6 +5,7 @@ import json
 import sys
 
 from ..check.numeric import DEFAULT_TOLERANCE, NumericReport, numeric_check
+from ..check.static import StaticReport, static_check
 from ..errors import SpecError, UsageError
 from ..models.load import load_model
 from ..spec.registry import find_spec, list_specs, match_spec
@@ -23,12 +24,27 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="relative error allowed (default 1e-9)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="auto", help="graph capture backend for the static check: auto (export, "
+                   "then fx), export, fx, or a plugin's")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--static-only", action="store_true", help="run only the static graph check")
+    only.add_argument("--numeric-only", action="store_true", help="run only the numeric check")
     p.set_defaults(run=run)
 
 
+def _static_text(report: StaticReport) -> str:
+    lines = [f"static check ({report.backend} graph, {report.nodes} nodes)"]
+    for finding in report.findings:
+        lines.append(f"  VIOLATION {finding}")
+    for name in report.unused_tensors:
+        lines.append(f"  note: spec tensor '{name}' is never used by the traced graph")
+    lines.append("  ok: every op respects the declared sites" if report.ok
+                 else f"  FAILED: {len(report.findings)} violation(s)")
+    return "\n".join(lines)
+
+
 def _report_text(report: NumericReport, file: str) -> str:
-    lines = [f"spec {report.spec} ({file}) on {report.model}, float64",
-             "numeric check",
+    lines = ["numeric check (float64)",
              f"  canonicalize: relative error {report.canonicalize_error:.2e}  "
              f"{'ok' if report.canonicalize_error < report.tolerance else 'FAILED'}",
              f"  {'site':<16} {'group':<18} {'max abs err':>12} {'rel err':>10}"]
@@ -36,8 +52,8 @@ def _report_text(report: NumericReport, file: str) -> str:
         name = "all sites" if s.site == "*" else s.site
         lines.append(f"  {name:<16} {s.group:<18} {s.max_abs_error:>12.2e} {s.relative_error:>10.2e}  "
                      f"{'ok' if s.ok else 'FAILED'}")
-    verdict = "OK" if report.ok else f"FAILED ({len(report.failed)} site(s) broke invariance)"
-    lines.append(f"result: {verdict}; {len(report.sites) - 1} sites, tolerance {report.tolerance:g}")
+    verdict = "ok" if report.ok else f"FAILED: {len(report.failed)} site(s) broke invariance"
+    lines.append(f"  {verdict}; {len(report.sites) - 1} sites, tolerance {report.tolerance:g}")
     return "\n".join(lines)
 
 
@@ -53,20 +69,30 @@ def run(args) -> int:
         specs = [e.spec for e in list_specs()]
     results, failed = [], False
     for spec in specs:
+        result = {"spec": spec.name, "file": spec.file}
         try:
-            with progress_bar(f"check {spec.name}", disable=args.json) as bar:
-                report = numeric_check(spec, model, seed=args.seed, tolerance=args.tolerance, progress=bar)
+            if not args.json:
+                print(f"spec {spec.name} ({spec.file})" + (f" on {args.model}" if args.model else ""))
+            if not args.numeric_only:
+                static = static_check(spec, model, backend=args.backend, seed=args.seed)
+                result["static"] = static.to_dict()
+                if not args.json:
+                    print(_static_text(static))
+            if not args.static_only:
+                with progress_bar(f"check {spec.name}", disable=args.json) as bar:
+                    numeric = numeric_check(spec, model, seed=args.seed, tolerance=args.tolerance, progress=bar)
+                result["numeric"] = numeric.to_dict()
+                if not args.json:
+                    print(_report_text(numeric, spec.file))
         except SpecError as exc:
-            failed = True
-            results.append({"spec": spec.name, "file": spec.file, "ok": False,
-                            "problems": [str(p) for p in exc.problems]})
+            result["problems"] = [str(p) for p in exc.problems]
             if not args.json:
                 print(f"spec {spec.name} ({spec.file}): {exc}", file=sys.stderr)
-            continue
-        failed |= not report.ok
-        results.append({**report.to_dict(), "file": spec.file})
+        result["ok"] = "problems" not in result and all(result[k]["ok"] for k in ("static", "numeric") if k in result)
+        failed |= not result["ok"]
+        results.append(result)
         if not args.json:
-            print(_report_text(report, spec.file))
+            print(f"result: {'OK' if result['ok'] else 'FAILED'}\n")
     if args.json:
         json.dump(results if len(results) != 1 else results[0], sys.stdout, indent=2)
         print()

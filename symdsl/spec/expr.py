@@ -18,6 +18,22 @@ _BINOPS: dict[type, Callable[[int, int], int]] = {
 }
 
 
+_MISSING = object()
+
+# friendlier names for the syntax that dimension expressions reject
+_DESCRIBE = {
+    "Compare": "a comparison", "Lambda": "lambda", "Subscript": "indexing",
+    "IfExp": "if/else", "BoolOp": "'and'", "Starred": "*-unpacking", "List": "a list", "Tuple": "a tuple",
+    "Dict": "a dict", "Set": "a set", "ListComp": "a comprehension", "GeneratorExp": "a generator",
+    "DictComp": "a comprehension", "SetComp": "a comprehension", "JoinedStr": "an f-string",
+    "NamedExpr": "':='", "Await": "await", "Yield": "yield", "YieldFrom": "yield", "Slice": "a slice",
+    "UnaryOp": "this unary operator (only - is)",
+}
+
+_OP_SYMBOLS = {"Div": "/", "Pow": "**", "MatMult": "@", "LShift": "<<", "RShift": ">>", "BitOr": "|",
+               "BitXor": "^", "BitAnd": "&"}
+
+
 class ExprError(ValueError):
     """An expression could not be parsed or evaluated."""
 
@@ -34,13 +50,21 @@ def evaluate(text: int | str, names: Mapping[str, Any], functions: Mapping[str, 
         raise ExprError(f"expected an integer expression, got {text!r}")
     if isinstance(text, int):
         return text
+    if not isinstance(text, str):
+        raise ExprError(f"expected an integer or an expression string, got {type(text).__name__} {text!r}")
+    shown = text if len(text) <= 80 else text[:77] + "..."  # how messages quote it
     try:
-        tree = ast.parse(str(text), mode="eval")
+        tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ExprError(f"cannot parse expression {text!r}: {exc.msg}") from None
-    value = _Evaluator(names, functions or {}, str(text)).visit(tree.body)
+        raise ExprError(f"cannot parse expression {shown!r}: {exc.msg}") from None
+    except (RecursionError, MemoryError, ValueError):
+        raise ExprError(f"expression {shown!r} is too deeply nested or not parseable") from None
+    try:
+        value = _Evaluator(names, functions or {}, shown).visit(tree.body)
+    except RecursionError:
+        raise ExprError(f"expression {shown!r} is too deeply nested") from None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ExprError(f"expression {text!r} gave {value!r}, not an integer")
+        raise ExprError(f"expression {shown!r} gave {value!r}, not an integer")
     return value
 
 
@@ -61,13 +85,15 @@ class _Evaluator(ast.NodeVisitor):
         self.names, self.functions, self.text = names, functions, text
 
     def generic_visit(self, node: ast.AST) -> Any:
-        raise ExprError(f"{type(node).__name__} is not allowed in dimension expression {self.text!r}; "
+        what = _DESCRIBE.get(type(node).__name__, type(node).__name__)
+        raise ExprError(f"{what} is not allowed in dimension expression {self.text!r}; "
                         "use integers, names, + - * // %, 'or', min/max/len/shape/attr")
 
     def visit_Constant(self, node: ast.Constant) -> Any:
         if isinstance(node.value, (int, str)) and not isinstance(node.value, bool):
             return node.value
-        return self.generic_visit(node)
+        raise ExprError(f"{type(node.value).__name__} constant {node.value!r} is not allowed in dimension expression "
+                        f"{self.text!r}; dimensions are integers (use // for division)")
 
     def visit_Name(self, node: ast.Name) -> Any:
         if node.id not in self.names:
@@ -76,17 +102,32 @@ class _Evaluator(ast.NodeVisitor):
         return self.names[node.id]
 
     def visit_Attribute(self, node: ast.Attribute) -> Any:
+        if node.attr.startswith("_"):
+            raise ExprError(f"attribute '{node.attr}' is not allowed in {self.text!r}: names starting with '_' "
+                            "are private (a.b reads a nested config value)")
         base = self.visit(node.value)
-        if isinstance(base, Mapping) and node.attr in base:
-            return base[node.attr]
-        if hasattr(base, node.attr):
-            return getattr(base, node.attr)
-        raise ExprError(f"'{node.attr}' not found in {self.text!r}")
+        if isinstance(base, Mapping):
+            if node.attr in base:
+                return base[node.attr]
+            from ..errors import suggest
+            raise ExprError(f"'{node.attr}' not found in {self.text!r}{suggest(node.attr, [str(k) for k in base])}")
+        if isinstance(base, (int, str, float, bytes, list, tuple, type(None))) or callable(base):
+            raise ExprError(f"cannot read '.{node.attr}' of {type(base).__name__} {base!r} in {self.text!r}; "
+                            "a.b reads a value of a nested config")
+        value = getattr(base, node.attr, _MISSING)
+        if value is _MISSING:
+            raise ExprError(f"'{node.attr}' not found in {self.text!r}")
+        if callable(value):
+            raise ExprError(f"'{node.attr}' in {self.text!r} is not a value (methods cannot be used)")
+        return value
 
     def visit_BinOp(self, node: ast.BinOp) -> Any:
         op = _BINOPS.get(type(node.op))
         if op is None:
-            return self.generic_visit(node)
+            symbol = _OP_SYMBOLS.get(type(node.op).__name__, type(node.op).__name__)
+            hint = "; use // for integer division" if isinstance(node.op, ast.Div) else ""
+            raise ExprError(f"operator '{symbol}' is not allowed in dimension expression {self.text!r}{hint}; "
+                            "allowed: + - * // %")
         left, right = self.visit(node.left), self.visit(node.right)
         for side in (left, right):
             if isinstance(side, bool) or not isinstance(side, int):
@@ -96,9 +137,12 @@ class _Evaluator(ast.NodeVisitor):
         return op(left, right)
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> Any:
-        if isinstance(node.op, ast.USub):
-            return -self.visit(node.operand)
-        return self.generic_visit(node)
+        if not isinstance(node.op, ast.USub):
+            return self.generic_visit(node)
+        value = self.visit(node.operand)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ExprError(f"arithmetic on non-integer {value!r} in {self.text!r}")
+        return -value
 
     def visit_BoolOp(self, node: ast.BoolOp) -> Any:
         if not isinstance(node.op, ast.Or):
@@ -112,8 +156,10 @@ class _Evaluator(ast.NodeVisitor):
 
     def visit_Call(self, node: ast.Call) -> Any:
         builtin = {"min": min, "max": max}
-        if not isinstance(node.func, ast.Name) or node.keywords:
-            return self.generic_visit(node)
+        if not isinstance(node.func, ast.Name):
+            raise ExprError(f"only the functions min, max, len, shape and attr can be called in {self.text!r}")
+        if node.keywords:
+            raise ExprError(f"keyword arguments are not allowed in {self.text!r}")
         name = node.func.id
         func = self.functions.get(name) or builtin.get(name)
         if func is None:

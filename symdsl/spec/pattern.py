@@ -88,7 +88,17 @@ def parse_pattern(text: str) -> tuple[AxisPattern, ...]:
     while pos < stripped_end:
         match = _TOKEN.match(text, pos)
         if not match or match.end() == pos:
-            raise PatternError(f"unexpected character {text[pos:].strip()[:1]!r} in pattern {text!r}", pos + 1)
+            bad = len(text) - len(text[pos:].lstrip())  # skip the blanks before the offending character
+            raise PatternError(f"unexpected character {text[bad]!r} in pattern {text!r}", bad + 1)
+        atom = match.group("int") or match.group("name")
+        if atom and tokens and match.group(0)[:1] not in (" ", "\t") and \
+                (tokens[-1].group("int") or tokens[-1].group("name")):
+            # '1a' or "qk'x": two factors written without a space between them
+            raise PatternError(f"unexpected {match.group(0)!r} right after {tokens[-1].group(0).strip()!r} in "
+                               f"pattern {text!r}; separate factors with a space", match.start() + 1)
+        if match.group("int") and int(match.group("int")) == 0:
+            raise PatternError(f"a factor of size 0 in pattern {text!r}; integer factors must be positive",
+                               match.start("int") + 1)
         tokens.append(match)
         pos = match.end()
     axes: list[AxisPattern] = []

@@ -5,16 +5,29 @@ checked when the spec is resolved against a model (see ``resolve.py``).
 """
 from __future__ import annotations
 
-from typing import Any, Union
+import types
+import typing
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
 from ..errors import Problem, SpecError, suggest
 from .source import SpecSource
 
 LANGUAGE_VERSION = 1
 
-Expr = Union[int, str]  # an integer or a dimension expression such as "n_embd // n_head"
+
+def _expr(value: Any) -> Any:
+    # one clear message instead of one per union member ('size.int: ...', 'size.str: ...'); no silent
+    # coercion of 4.0 or true to an integer
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        shown = f"{type(value).__name__} {value!r}" if value is not None else "nothing (null)"
+        raise ValueError(f"expected an integer or a dimension expression such as \"n_embd // n_head\", got {shown}")
+    return value
+
+
+# an integer or a dimension expression such as "n_embd // n_head"
+Expr = Annotated[Union[StrictInt, StrictStr], BeforeValidator(_expr)]
 
 
 class _Strict(BaseModel):
@@ -77,7 +90,7 @@ class Head(_Strict):
 class SpecModel(_Strict):
     """A symdsl spec file (language version 1)."""
 
-    symdsl: int = Field(description="spec language version; must be 1")
+    symdsl: int = Field(description="spec language version; must be 1", json_schema_extra={"const": LANGUAGE_VERSION})
     name: str = Field(description="unique spec name, e.g. hf-gpt2")
     description: str | None = None
     matches: Matches = Field(default_factory=Matches)
@@ -101,7 +114,56 @@ class SpecModel(_Strict):
         return value
 
 
-_ALL_FIELDS = {name for model in (Matches, RandomInput, Example, Site, Head, SpecModel) for name in model.model_fields}
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds directly (X, X | None), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at key path ``loc`` (None if not a model)."""
+    model: Any = SpecModel
+    annotation: Any = None
+    for part in loc:
+        if annotation is None:
+            if model is None or not isinstance(part, str) or part not in model.model_fields:
+                return None
+            annotation = model.model_fields[part].annotation
+        else:  # inside a dict or list: step to the element type
+            origin = typing.get_origin(annotation)
+            args = typing.get_args(annotation)
+            if origin is dict and len(args) == 2:
+                annotation = args[1]
+            elif origin is list and args:
+                annotation = args[0]
+            else:
+                return None
+        found = _model_in(annotation)
+        if found is not None and typing.get_origin(annotation) not in (dict, list):
+            model, annotation = found, None
+    return model if annotation is None else None
+
+
+_TYPE_WORDS = {"dict_type": "a mapping (key: value)", "model_type": "a mapping (key: value)",
+               "model_attributes_type": "a mapping (key: value)", "list_type": "a list",
+               "string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
+               "int_from_float": "an integer", "bool_type": "true or false", "bool_parsing": "true or false"}
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
 
 
 def validate_structure(source: SpecSource) -> SpecModel:
@@ -112,19 +174,43 @@ def validate_structure(source: SpecSource) -> SpecModel:
     try:
         return SpecModel.model_validate(source.data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            hint = ""
-            if err["type"] == "extra_forbidden":
-                message = f"unknown key '{loc[-1]}'{suggest(str(loc[-1]), _ALL_FIELDS)}"
-                hint = "see `symdsl schema` or docs/spec-language.md for the keys allowed here"
-            elif err["type"] == "missing":
-                message = f"required key '{loc[-1]}' is missing"
-            else:
-                message = err["msg"]
-            problems.append(source.problem(loc, message, hint))
-        raise SpecError(problems) from None
+        errors = exc.errors()
+    problems = []
+    # a misspelt required key shows up twice (unknown 'sise' + missing 'size'): report it once
+    explained: set[tuple] = set()
+    for err in errors:
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc[:-1])
+            fields = list(model.model_fields) if model is not None else []
+            close = suggest(str(loc[-1]), fields)
+            if close:
+                explained.add(loc[:-1] + (close.split("'")[1],))
+    for err in errors:
+        loc = tuple(err["loc"])
+        hint = ""
+        if loc[-1:] == ("[key]",):  # a mapping key of the wrong type (e.g. a number)
+            problems.append(source.problem(loc[:-1], f"keys here must be strings, got {_describe(err.get('input'))}",
+                                           "quote the key"))
+            continue
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc[:-1])
+            fields = list(model.model_fields) if model is not None else []
+            message = f"unknown key '{loc[-1]}'{suggest(str(loc[-1]), fields)}"
+            if fields:
+                hint = f"keys allowed here: {', '.join(fields)} (see `symdsl schema`)"
+        elif err["type"] == "missing":
+            if loc in explained:
+                continue
+            message = f"required key '{loc[-1]}' is missing"
+        elif err["type"] in _TYPE_WORDS:
+            message = f"expected {_TYPE_WORDS[err['type']]}, got {_describe(err.get('input'))}"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+        if loc[:1] == ("symdsl",) and err["type"] != "missing":
+            hint = hint or "the first line of a spec reads 'symdsl: 1'"
+        problems.append(source.problem(loc, message, hint))
+    raise SpecError(problems) from None
 
 
 def json_schema() -> dict:

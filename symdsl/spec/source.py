@@ -26,8 +26,21 @@ class SpecSource:
         while path:
             if path in self.positions:
                 return self.positions[path]
+            # a key YAML reads as a number (``1: ...``) is recorded by its text
+            text = tuple(p if isinstance(p, str) or self._is_list(path[:i]) else str(p) for i, p in enumerate(path))
+            if text in self.positions:
+                return self.positions[text]
             path = path[:-1]
         return self.positions.get((), (None, None))
+
+    def _is_list(self, path: tuple) -> bool:
+        node = self.data
+        for part in path:
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                return False
+        return isinstance(node, list)
 
     def problem(self, path: tuple, message: str, hint: str = "") -> Problem:
         line, col = self.where(path)
@@ -52,6 +65,22 @@ def _walk(node: yaml.Node, path: tuple, positions: dict, problems: list, file: s
             _walk(item, path + (index,), positions, problems, file)
 
 
+def _template_token(line: str, column: int) -> str:
+    """The unquoted scalar holding the ``${`` nearest ``column`` (1-based) in ``line``, e.g. ``h.${i}.ln_1``."""
+    starts = [i for i in range(len(line)) if line.startswith("${", i)]
+    at = min(starts, key=lambda i: abs(i - (column - 1)))
+    left = at
+    while left > 0 and line[left - 1] not in " \t[{,:'\"":
+        left -= 1
+    right = line.index("}", at) + 1 if "}" in line[at:] else len(line)
+    while right < len(line) and line[right] not in " \t]},:'\"":
+        if line.startswith("${", right):
+            right = line.index("}", right) + 1 if "}" in line[right:] else len(line)
+        else:
+            right += 1
+    return line[left:right]
+
+
 def parse_spec_text(text: str, file: str = "<spec>") -> SpecSource:
     """Parse YAML text into a :class:`SpecSource`.
 
@@ -68,8 +97,10 @@ def parse_spec_text(text: str, file: str = "<spec>") -> SpecSource:
         col = mark.column + 1 if mark else None
         reason = getattr(exc, "problem", None) or str(exc)
         hint = "check indentation and quoting around this position"
-        if line is not None and "${" in text.splitlines()[min(line, len(text.splitlines())) - 1]:
-            hint = 'a ${...} template inside a {...} or [...] flow collection must be quoted: "h.${i}.ln_1"'
+        lines = text.splitlines()
+        if line is not None and lines and "${" in lines[min(line, len(lines)) - 1]:
+            hint = ('a ${...} template inside a {...} or [...] flow collection must be quoted: '
+                    f'"{_template_token(lines[min(line, len(lines)) - 1], col or 1)}"')
         raise SpecError([Problem(f"not valid YAML: {reason}", (), file, line, col, hint=hint)]) from None
     positions: dict = {}
     problems: list = []

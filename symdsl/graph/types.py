@@ -1,0 +1,161 @@
+"""Symmetry types of tensor axes: the abstract values the static check propagates.
+
+An axis is a row-major tuple of :class:`Atom` factors, each carrying a site and variance or
+nothing. A fused axis (q | k | v) is a :class:`SplitAxis`. A tensor type is a tuple of axes.
+Reshaping a fused axis into (parts, ...) yields a :class:`Stacked` value whose leading
+index selects a part (timm's ``qkv.reshape(B, N, 3, h, k)``) until it is unbound.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+
+@dataclass(frozen=True)
+class Atom:
+    """One factor of an axis: its size, and the site (with variance) it carries, if any."""
+
+    size: int
+    site: str | None = None
+    dual: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.site}{chr(39) if self.dual else ''}" if self.site else f"_{self.size}"
+
+
+AxisType = tuple  # tuple[Atom, ...]
+
+
+@dataclass(frozen=True)
+class SplitAxis:
+    """A fused axis: consecutive parts, each an axis type."""
+
+    parts: tuple
+
+    @property
+    def size(self) -> int:
+        return sum(axis_size(p) for p in self.parts)
+
+    def __str__(self) -> str:
+        return "[" + " | ".join(show_axis(p) for p in self.parts) + "]"
+
+
+Axis = Union[tuple, SplitAxis]
+TensorType = tuple  # tuple[Axis, ...]
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """A tensor whose axis ``axis`` selects one of ``members`` (each a full TensorType)."""
+
+    axis: int
+    members: tuple
+
+    @property
+    def typed(self) -> bool:
+        return any(is_typed(m) for m in self.members)
+
+
+def axis_size(axis: Axis) -> int:
+    if isinstance(axis, SplitAxis):
+        return axis.size
+    n = 1
+    for atom in axis:
+        n *= atom.size
+    return n
+
+
+def untyped_axis(size: int) -> tuple:
+    return (Atom(size),)
+
+
+def untyped(shape) -> TensorType:
+    """The type of a tensor no site touches."""
+    return tuple(untyped_axis(int(s)) for s in shape)
+
+
+def atoms_of(axis: Axis) -> list[Atom]:
+    if isinstance(axis, SplitAxis):
+        return [a for p in axis.parts for a in p]
+    return list(axis)
+
+
+def axis_typed(axis: Axis) -> bool:
+    return any(a.site for a in atoms_of(axis))
+
+
+def is_typed(value) -> bool:
+    """Does a value (tensor type, Stacked, tuple of values) carry any site?"""
+    if isinstance(value, Stacked):
+        return value.typed
+    if isinstance(value, tuple) and value and isinstance(value[0], (tuple, SplitAxis)) and _is_tensor_type(value):
+        return any(axis_typed(a) for a in value)
+    if isinstance(value, (tuple, list)):
+        return any(is_typed(v) for v in value)
+    return False
+
+
+def _is_tensor_type(value) -> bool:
+    return all(isinstance(a, SplitAxis) or (isinstance(a, tuple) and all(isinstance(x, Atom) for x in a)) for a in value)
+
+
+def is_tensor_type(value) -> bool:
+    return isinstance(value, tuple) and _is_tensor_type(value) and not isinstance(value, Stacked)
+
+
+def normalize(axis: Axis) -> Axis:
+    """Merge neighbouring unbound factors and drop unbound size-1 factors (canonical form)."""
+    if isinstance(axis, SplitAxis):
+        return SplitAxis(tuple(normalize(p) for p in axis.parts))
+    out: list[Atom] = []
+    for atom in axis:
+        if atom.site is None:
+            if atom.size == 1:
+                continue
+            if out and out[-1].site is None:
+                out[-1] = Atom(out[-1].size * atom.size)
+                continue
+        out.append(atom)
+    return tuple(out) if out else (Atom(1),)
+
+
+def sites_in(value) -> list[str]:
+    """Sites mentioned anywhere in a value, in order."""
+    found: list[str] = []
+
+    def visit(v):
+        if isinstance(v, Atom):
+            if v.site and v.site not in found:
+                found.append(v.site)
+        elif isinstance(v, SplitAxis):
+            for p in v.parts:
+                visit(p)
+        elif isinstance(v, Stacked):
+            for m in v.members:
+                visit(m)
+        elif isinstance(v, (tuple, list)):
+            for x in v:
+                visit(x)
+
+    visit(value)
+    return found
+
+
+def show_axis(axis: Axis) -> str:
+    if isinstance(axis, SplitAxis):
+        return str(axis)
+    axis = normalize(axis)
+    if len(axis) == 1:
+        return str(axis[0])
+    return "(" + " ".join(str(a) for a in axis) + ")"
+
+
+def show(value) -> str:
+    """Human-readable form of a value, e.g. ``[_2 _8 resid]``."""
+    if isinstance(value, Stacked):
+        return "stacked{" + ", ".join(show(m) for m in value.members) + f"}}@{value.axis}"
+    if is_tensor_type(value):
+        return "[" + " ".join(show_axis(a) for a in value) + "]"
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(show(v) for v in value) + ")"
+    return repr(value)
