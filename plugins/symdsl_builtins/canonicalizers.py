@@ -16,7 +16,9 @@ def _site_axis(resolved, tensor_name: str, site: str, want_dual: bool | None) ->
     """Index of the whole axis of ``tensor_name`` bound to ``site`` (optionally of a given variance)."""
     binding = resolved.tensors.get(tensor_name)
     if binding is None:
-        raise BindError(f"'{tensor_name}' has no axis pattern in spec '{resolved.spec.name}'")
+        what = "is declared invariant" if tensor_name in resolved.invariant else "has no axis pattern"
+        raise BindError(f"'{tensor_name}' {what} in spec '{resolved.spec.name}', but a canonicalizer needs its "
+                        f"axis bound to site '{site}': bind it under 'tensors'")
     for index, axis in enumerate(binding.axes):
         if len(axis.parts) == 1 and len(axis.parts[0]) == 1:
             f = axis.parts[0][0]

@@ -31,7 +31,7 @@ class Finding:
     inputs: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        where = f" ({self.source})" if self.source else ""
+        where = f" ({short_path(self.source)})" if self.source else ""
         through = f" in {self.module}" if self.module else ""
         entry = f"\n      spec: {self.spec_entry}" if self.spec_entry else ""
         code = f"\n      code: {self.code}" if self.code else ""
@@ -44,6 +44,24 @@ class Propagation:
     findings: list[Finding]
     unused_tensors: list[str]
     checked_nodes: int
+
+
+class _Poisoned:
+    """The value of a node downstream of a violation: it propagates silently (one report per break)."""
+
+    def __repr__(self) -> str:
+        return "<after a violation>"
+
+
+POISONED = _Poisoned()
+
+
+def short_path(source: str) -> str:
+    """``.../site-packages/timm/layers/mlp.py:49`` -> ``timm/layers/mlp.py:49`` for display."""
+    for marker in ("site-packages/", "dist-packages/"):
+        if marker in source:
+            return source.split(marker, 1)[1]
+    return source
 
 
 def binding_type(binding: TensorBinding):
@@ -92,6 +110,9 @@ def propagate(graph, resolved: ResolvedSpec, parameter: Callable[[str], Any] = l
                         site, "output")))
             continue
         ctx = RuleContext(node, values, resolved.sites, parameter)
+        if any(values.get(r) is POISONED for r in _refs((node.args, node.kwargs))):
+            values[node.name] = POISONED
+            continue
         rule = get_rule(node.op)
         try:
             if rule is None:
@@ -107,12 +128,12 @@ def propagate(graph, resolved: ResolvedSpec, parameter: Callable[[str], Any] = l
                 values[node.name] = rule(ctx)
         except Violation as violation:
             findings.append(_finding(graph, node, resolved, violation, values))
-            values[node.name] = ctx.output_untyped()   # stop the cascade: report each break once
+            values[node.name] = POISONED               # stop the cascade: report each break once
         except (IndexError, TypeError, KeyError, AttributeError, ValueError, ZeroDivisionError) as exc:
             findings.append(_finding(graph, node, resolved, Violation(
                 f"the rule for '{node.op}' could not interpret this node ({type(exc).__name__}: {exc}); "
                 "treated as a violation (fail closed)", None, "internal")))
-            values[node.name] = ctx.output_untyped()
+            values[node.name] = POISONED
     return Propagation(values, findings, unused, len(graph.nodes))
 
 
