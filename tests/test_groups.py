@@ -58,7 +58,7 @@ def test_registry_holds_builtins_with_contract_flags():
     assert flags["permutation"] == (True, True, False)
     assert flags["semi_permutation"] == (False, False, False)
     assert flags["orthogonal"] == (True, True, True)
-    assert flags["stiefel"] == (False, False, True)
+    assert flags["stiefel"] == (False, True, True)    # dual(g) = pinv(g)^T = g
     assert flags["invertible"] == (True, False, True)
     assert GROUP_KINDS["orthogonal"].options == {"preserve": ("ones",)}
     assert all(GROUP_KINDS[n].options == {} for n in NAMES if n != "orthogonal")

@@ -14,7 +14,7 @@ from torch.func import functional_call
 
 from ..act import act_outputs, act_state_dict, random_transform
 from ..canon import canonicalize
-from ..models.build import build_example, make_inputs, select_outputs
+from ..models.build import build_example, make_inputs, perturb_parameters, select_outputs
 from ..spec.load import Spec
 from ..spec.resolve import detect_ties, model_config, resolve
 
@@ -48,7 +48,12 @@ class NumericReport:
 
     @property
     def failed(self) -> list[SiteResult]:
+        """Failed rows, including the all-sites row ``"*"``."""
         return [s for s in self.sites if not s.ok]
+
+    @property
+    def failed_sites(self) -> list[str]:
+        return [s.site for s in self.sites if not s.ok and s.site != "*"]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -73,7 +78,8 @@ def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, seed: int
     >>> numeric_check(find_spec("hf-gpt2")).ok
     True
     """
-    model = build_example(spec, seed=seed) if model is None else copy.deepcopy(model)
+    # a user's model is checked on a perturbed copy too: unit gains and zero biases must not hide a wrong binding
+    model = build_example(spec, seed=seed) if model is None else perturb_parameters(copy.deepcopy(model), seed=seed)
     model = model.to(torch.float64).eval()
     resolved = resolve(spec, model)
     names = {**model_config(model), **resolved.dims}
@@ -102,8 +108,9 @@ def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, seed: int
         moved = run(act_state_dict(resolved, state, elements))
         expected = act_outputs(resolved, canonical, elements)
         abs_err, rel_err = _relative(moved, expected)
-        label = sites[0] if len(sites) == 1 else "*"
-        group = resolved.sites[sites[0]].kind.name if len(sites) == 1 else "all"
+        last = index == len(groups) - 1
+        label = "*" if last else sites[0]
+        group = "all" if last else resolved.sites[sites[0]].kind.name
         report.sites.append(SiteResult(label, group, abs_err, rel_err, rel_err < tolerance))
         if progress is not None:
             progress(index + 1, len(groups))

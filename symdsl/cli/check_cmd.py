@@ -52,7 +52,7 @@ def _report_text(report: NumericReport, file: str) -> str:
         name = "all sites" if s.site == "*" else s.site
         lines.append(f"  {name:<16} {s.group:<18} {s.max_abs_error:>12.2e} {s.relative_error:>10.2e}  "
                      f"{'ok' if s.ok else 'FAILED'}")
-    verdict = "ok" if report.ok else f"FAILED: {len(report.failed)} site(s) broke invariance"
+    verdict = "ok" if report.ok else f"FAILED: {len(report.failed_sites)} site(s) broke invariance"
     lines.append(f"  {verdict}; {len(report.sites) - 1} sites, tolerance {report.tolerance:g}")
     return "\n".join(lines)
 
@@ -62,7 +62,15 @@ def run(args) -> int:
         raise UsageError("--model checks one spec at a time")
     model = load_model(args.model, checkpoint=args.checkpoint) if args.model else None
     if args.specs:
-        specs = [find_spec(s) for s in args.specs]
+        specs = []
+        for name in args.specs:
+            try:
+                specs.append(find_spec(name))
+            except SpecError as exc:
+                if not args.json:
+                    raise
+                print(json.dumps({"spec": name, "ok": False, "problems": [str(p) for p in exc.problems]}, indent=2))
+                return 1
     elif model is not None:
         specs = [match_spec(model)]
     else:

@@ -29,11 +29,13 @@ class Finding:
     module: str | None = None
     spec_entry: str | None = None
     inputs: list[str] = field(default_factory=list)
+    tensor_entries: list[str] = field(default_factory=list)   # spec lines of the parameters this node reads
 
     def __str__(self) -> str:
         where = f" ({short_path(self.source)})" if self.source else ""
         through = f" in {self.module}" if self.module else ""
         entry = f"\n      spec: {self.spec_entry}" if self.spec_entry else ""
+        entry += "".join(f"\n      spec: {t}" for t in self.tensor_entries)
         code = f"\n      code: {self.code}" if self.code else ""
         return f"node {self.node} [{self.target}]{where}{through}: {self.message}{code}{entry}"
 
@@ -164,6 +166,14 @@ def _refs(obj) -> list[str]:
 
 def _finding(graph, node, resolved, violation: Violation, values=None) -> Finding:
     inputs = [f"{r}: {show(values.get(r))}" for r in _refs(node.args)] if values else []
+    tensor_entries = []
+    source = resolved.spec.source
+    for ref in _refs(node.args):
+        for name in graph.params.get(ref, []):
+            binding = resolved.tensors.get(name)
+            if binding is not None:
+                line, col = source.where(binding.origin)
+                tensor_entries.append(f"{source.file}:{line}:{col}: {name}: {binding.pattern!r}")
     return Finding(node=node.name, op=node.op, target=node.target, message=violation.message, site=violation.site,
                    rule=violation.rule, source=node.source, code=node.code, module=node.module,
-                   spec_entry=_site_entry(resolved, violation.site), inputs=inputs)
+                   spec_entry=_site_entry(resolved, violation.site), inputs=inputs, tensor_entries=tensor_entries)

@@ -24,7 +24,7 @@ class Stiefel(MatrixGroupKind):
 
     name = "stiefel"
     square = False
-    self_dual = False
+    self_dual = True   # dual(g) = pinv(g)^T = g for orthonormal columns
     options: dict[str, tuple] = {}
 
     def identity(self, n_out, n_in=None, batch=(), *, options=None,

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import sys
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from ..errors import SymdslError, UsageError
-from ..spec.expr import evaluate
+from ..spec.expr import ExprError, evaluate
 from ..spec.load import Spec
 
 
@@ -28,15 +31,31 @@ def quiet_transformers():
         hf_logging.set_verbosity(level)
 
 
-def import_object(path: str) -> Any:
-    """Import ``package.module:attribute`` (a factory or class)."""
+def import_object(path: str, search: tuple[str, ...] = ()) -> Any:
+    """Import ``package.module:attribute`` (a factory or class).
+
+    A module that is not importable as installed is looked up again from the current
+    directory and from ``search`` folders (e.g. the spec file's folder), so a local
+    ``examples/my_model.py`` works without setting PYTHONPATH.
+    """
     module_name, sep, attribute = path.partition(":")
     if not sep or not attribute:
         raise UsageError(f"'{path}' is not of the form 'module:function'")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"cannot import module '{module_name}': {exc}") from None
+    except ImportError as first:
+        module = None
+        for folder in (os.getcwd(), *search):
+            if folder in sys.path:
+                continue
+            sys.path.insert(0, folder)
+            try:
+                module = importlib.import_module(module_name)
+                break
+            except ImportError:
+                sys.path.remove(folder)
+        if module is None:
+            raise UsageError(f"cannot import module '{module_name}': {first}") from None
     try:
         return getattr(module, attribute)
     except AttributeError:
@@ -89,7 +108,8 @@ def build_example(spec: Spec, *, seed: int = 0, perturb: bool = True) -> torch.n
         model = cls(**config) if cls is not None else timm.create_model(example.timm, pretrained=False, **config)
         model.symdsl_config = config
     elif example.factory:
-        model = import_object(example.factory)(**config)
+        model = import_object(example.factory, (str(Path(spec.file).resolve().parent),
+                                                 str(Path(spec.file).resolve().parent.parent)))(**config)
         model.symdsl_config = config
     else:
         raise UsageError(f"{spec.file}: example: give one of 'transformers', 'timm' or 'factory'")
@@ -118,9 +138,15 @@ def make_inputs(spec: Spec, names: Mapping[str, Any], *, seed: int = 0, dtype=to
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for key, item in example.inputs.items():
-        shape = [evaluate(s, names) for s in item.shape]
-        if item.randint is not None:
-            low, high = (evaluate(v, names) for v in item.randint)
+        try:
+            shape = [evaluate(s, names) for s in item.shape]
+            bounds = [evaluate(v, names) for v in item.randint] if item.randint is not None else None
+        except ExprError as exc:
+            line, col = spec.source.where(("example", "inputs", key))
+            raise UsageError(f"{spec.file}:{line}:{col}: example.inputs.{key}: {exc} (inputs may use the model "
+                             "config's keys and the spec's dims)") from None
+        if bounds is not None:
+            low, high = bounds
             tensor = torch.randint(low, high, shape, generator=generator)
         elif item.randn:
             tensor = torch.randn(shape, generator=generator, dtype=dtype)

@@ -89,8 +89,8 @@ def match_spec(model: torch.nn.Module) -> Spec:
     """The one spec that matches ``model``; a clear error when none or several do."""
     found = [e for e in list_specs() if spec_matches(e.spec, model)]
     if not found:
-        raise UsageError(f"no spec matches {type(model).__module__}.{type(model).__name__}; pass --spec FILE "
+        raise UsageError(f"no spec matches {type(model).__module__}.{type(model).__name__}; pass the spec name or file as SPEC "
                          "(see docs/spec-language.md to write one)")
     if len(found) > 1:
-        raise UsageError(f"several specs match {type(model).__name__}: {[e.name for e in found]}; pass --spec NAME")
+        raise UsageError(f"several specs match {type(model).__name__}: {[e.name for e in found]}; pass the spec name as SPEC")
     return found[0].spec

@@ -265,6 +265,9 @@ class _Resolver:
                 continue
             if kind.square and size_in != size:
                 self.problem(origin + ("size_in",), f"group '{kind.name}' is square; size_in must equal size")
+            elif not kind.square and size < size_in:
+                self.problem(origin + ("size",), f"group '{kind.name}' maps size_in {size_in} onto size {size}; it can "
+                             "only widen (size >= size_in)", "swap size and size_in, or align the other model into this one")
             per = substitute(site.per, env) if site.per else None
             raw[name] = (kind, size, size_in, per, options, origin)
         sites = {}
