@@ -31,3 +31,8 @@ def pytest_collection_modifyitems(session, config, items):
     """A run that collects no test is an error, never a silent pass (pytest's exit 5)."""
     if not items:
         raise pytest.UsageError("no tests were collected: check the test paths and -k/-m filters")
+
+
+# Tiny tensors on a 2-core machine: one intra-op thread per test worker is far faster than two
+# workers each spinning two threads (the library itself leaves torch's threading alone).
+torch.set_num_threads(1)

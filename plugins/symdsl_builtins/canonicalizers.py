@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 
 from symdsl.canon.base import Canonicalizer, StrictArgs, model_tensor
-from symdsl.canon.registry import register_canonicalizer
 from symdsl.errors import BindError
 
 
@@ -130,5 +129,4 @@ class CenterWriters(Canonicalizer):
             writer.sub_(writer.mean(dim=axis, keepdim=True))
 
 
-for _canon in (Untie(), FoldLayerNorm(), CenterWriters()):
-    register_canonicalizer(_canon)
+BUILTIN_CANONICALIZERS = (Untie, FoldLayerNorm, CenterWriters)

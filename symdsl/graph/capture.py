@@ -15,6 +15,7 @@ from ..errors import SymdslError, UsageError, suggest
 from .capture_common import without_kv_cache
 from .capture_export import capture_export
 from .capture_fx import capture_fx
+from ..plugins.lazy import LazyRegistry
 from .capture_types import CapturedGraph, OpNode, Ref, check_graph
 
 # The output contract lives in capture_types; it is re-exported here so that checker code can
@@ -25,7 +26,8 @@ __all__ = ["AUTO_ORDER", "CAPTURE_BACKENDS", "CapturedGraph", "OpNode", "Ref", "
 log = logging.getLogger(__name__)
 
 CaptureBackend = Callable[[torch.nn.Module, Any], CapturedGraph]
-CAPTURE_BACKENDS: dict[str, CaptureBackend] = {}
+# filled by plugins (the built-in export and fx backends come from symdsl_builtins)
+CAPTURE_BACKENDS: dict[str, CaptureBackend] = LazyRegistry("capture backend")
 AUTO_ORDER = ("export", "fx")  # export first: ATen ops are closer to what actually runs
 
 HINT = ("hint: pass inputs that match forward()'s arguments; remove data-dependent Python control "
@@ -105,6 +107,3 @@ def capture(model: torch.nn.Module, inputs: Any = None, backend: str = "auto") -
     tried = f"backend '{names[0]}' failed" if len(names) == 1 else "every backend failed"
     raise SymdslError(f"could not capture a graph of {type(model).__name__}: {tried}:\n{reasons}\n  {HINT}")
 
-
-register_capture_backend("export", capture_export)
-register_capture_backend("fx", capture_fx)

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from symdsl.errors import suggest
 from symdsl.groups.base import GroupKind
+from symdsl.plugins.lazy import LazyRegistry
 from symdsl.groups.invertible import Invertible
 from symdsl.groups.orthogonal import Orthogonal
 from symdsl.groups.permutation import Permutation
 from symdsl.groups.semi_permutation import SemiPermutation
 from symdsl.groups.stiefel import Stiefel
 
-GROUP_KINDS: dict[str, GroupKind] = {}
+# filled by plugins: the built-in kinds below are contributed by symdsl_builtins' hook
+GROUP_KINDS: dict[str, GroupKind] = LazyRegistry("group kind")
+BUILTIN_KINDS = (Permutation, SemiPermutation, Orthogonal, Stiefel, Invertible)
 
 
 def register_group_kind(kind: GroupKind) -> GroupKind:
@@ -50,5 +53,3 @@ def get_group_kind(name: str) -> GroupKind:
         hint = suggest(str(name), GROUP_KINDS) or ";"  # "; did you mean 'x'?"
         raise KeyError(f"unknown group kind {name!r}{hint} known: {known}") from None
 
-for _kind in (Permutation(), SemiPermutation(), Orthogonal(), Stiefel(), Invertible()):
-    register_group_kind(_kind)

@@ -10,21 +10,23 @@ import torch
 from ..errors import UsageError, suggest
 from .load import Spec, load_spec
 
-_extra_folders: list[Path] = []
+_extra_folders: list[tuple[Path, str]] = []   # (folder, plugin that contributed it)
 
 
-def add_spec_folder(folder: str | Path) -> None:
-    """Make the ``*.yaml`` specs in ``folder`` visible to :func:`list_specs` (plugins call this)."""
+def add_spec_folder(folder: str | Path, origin: str = "user") -> None:
+    """Make the ``*.yaml`` specs in ``folder`` visible to :func:`list_specs` (the spec-folder hook calls this)."""
     folder = Path(folder)
-    if folder not in _extra_folders:
-        _extra_folders.append(folder)
+    if folder not in [f for f, _ in _extra_folders]:
+        _extra_folders.append((folder, origin))
 
 
 def spec_folders() -> list[tuple[Path, str]]:
-    """(folder, origin) pairs searched for specs, shipped folder first."""
-    import symdsl_specs
+    """(folder, origin) pairs searched for specs: those of the loaded plugins (shipped specs come from
+    the built-in plugin), then folders added by hand."""
+    from ..plugins.manager import ensure_loaded
 
-    return [(Path(symdsl_specs.__file__).parent, "symdsl")] + [(f, "plugin") for f in _extra_folders]
+    ensure_loaded()
+    return list(_extra_folders)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ...errors import suggest
+from ...plugins.lazy import LazyRegistry
 from ..types import SplitAxis, Stacked, is_tensor_type, untyped
 
 
@@ -98,48 +99,51 @@ class RuleContext:
 
 
 Rule = Callable[[RuleContext], Any]
-RULES: dict[str, Rule] = {}
+RULES: dict[str, Rule] = LazyRegistry("op rule")   # filled by plugins (built-ins: symdsl_builtins)
 
 
 def register_rule(op: str, fn: Rule, *, replace: bool = False) -> Rule:
     """Register ``fn`` as the rule for canonical op name ``op`` (a plugin hook calls this)."""
     if op in RULES and not replace:
         raise ValueError(f"op rule for '{op}' is already registered by {RULES[op].__module__}")
+    if replace and dict.__contains__(RULES, op):
+        dict.__delitem__(RULES, op)
     RULES[op] = fn
     return fn
 
 
 def rule(*ops: str):
-    """Decorator form of :func:`register_rule` for several op names."""
+    """Mark a function as the rule for these op names; a plugin's ``symdsl_op_rules`` hook
+    collects marked functions with :func:`rules_in`."""
     def wrap(fn: Rule) -> Rule:
-        for op in ops:
-            register_rule(op, fn)
+        fn.symdsl_ops = tuple(ops)
         return fn
     return wrap
 
 
+def rules_in(*modules) -> dict[str, Rule]:
+    """``{op: rule}`` for every function marked with :func:`rule` in these modules."""
+    found: dict[str, Rule] = {}
+    for module in modules:
+        for value in vars(module).values():
+            for op in getattr(value, "symdsl_ops", ()):
+                if op in found and found[op] is not value:
+                    raise ValueError(f"two rules for op '{op}' in {module.__name__}")
+                found[op] = value
+    return found
+
+
 def get_rule(op: str) -> Rule | None:
-    _load_builtin_rules()
     return RULES.get(op)
 
 
 def known_ops() -> list[str]:
-    _load_builtin_rules()
     return sorted(RULES)
 
 
 def suggest_op(op: str) -> str:
     return suggest(op, known_ops())
 
-
-_loaded = False
-
-
-def _load_builtin_rules() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from . import attention, elementwise, linear, norm, shape  # noqa: F401  (register on import)
 
 
 __all__ = ["Violation", "RuleContext", "RULES", "register_rule", "rule", "get_rule", "known_ops",

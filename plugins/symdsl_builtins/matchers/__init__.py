@@ -1,0 +1,4 @@
+"""Built-in matchers."""
+from .weight import WeightMatching
+
+BUILTIN_MATCHERS = (WeightMatching,)

@@ -1,0 +1,40 @@
+"""The matcher interface: find group elements that bring model B onto model A."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping
+
+import torch
+
+from ..spec.binding import ResolvedSpec
+
+Progress = Callable[[str, int, int], None]   # (phase, done, total)
+
+
+@dataclass
+class MatchResult:
+    """A transform for B (site -> element; act(elements, B) is aligned to A) and how it was found."""
+
+    elements: dict[str, torch.Tensor]
+    matcher: str
+    objective: list[float] = field(default_factory=list)   # per iteration, lower is better
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (elements are stored separately)."""
+        return {"matcher": self.matcher, "objective": self.objective, "info": self.info}
+
+
+class Matcher:
+    """Base class of matchers. Subclasses set ``name`` and ``description`` and implement :meth:`match`.
+
+    ``needs_data`` is True for matchers that look at activations or losses (pass ``data=``).
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    needs_data: ClassVar[bool] = False
+
+    def match(self, resolved: ResolvedSpec, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
+              *, seed: int = 0, progress: Progress | None = None, **options) -> MatchResult:  # pragma: no cover
+        raise NotImplementedError
