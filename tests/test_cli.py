@@ -80,4 +80,5 @@ def test_packaging_lists_every_subpackage():
     root = Path(__file__).resolve().parents[1]
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.relative_to(root).parts[:-1]) for p in (root / "symdsl").rglob("__init__.py")}
+    found |= {".".join(p.relative_to(root / "plugins").parts[:-1]) for p in (root / "plugins").rglob("__init__.py")}
     assert found <= listed, f"add to pyproject packages: {sorted(found - listed)}"

@@ -69,10 +69,11 @@ class Untie(Canonicalizer):
 class FoldArgs(StrictArgs):
     norm: str
     readers: list[str]
+    site: str | None = None    # the readers' site, when the norm's gain is not bound (RMSNorm + full rotation)
 
 
 class FoldLayerNorm(Canonicalizer):
-    """``fold_layernorm: {norm: M, readers: [W, ...]}``: move a norm's gain γ into its readers.
+    """``fold_layernorm: {norm: M, readers: [W, ...], site: S}``: move a norm's gain γ into its readers.
 
     LN(x) = γ⊙n + β = γ⊙(n + β/γ): every reader's input axis is scaled by γ, the norm keeps
     gain 1 and bias β/γ. The reader's input axis is the one bound to the norm's site.
@@ -87,9 +88,15 @@ class FoldLayerNorm(Canonicalizer):
         gain = model_tensor(model, args.norm + ".weight")
         bias = model_tensor(model, args.norm + ".bias") if args.norm + ".bias" in resolved.tensors else None
         norm_binding = resolved.tensors.get(args.norm + ".weight")
-        if norm_binding is None or not norm_binding.sites():
-            raise BindError(f"fold_layernorm: '{args.norm}.weight' must be bound to a site in the spec")
-        site = next(iter(norm_binding.sites()))
+        if args.site is not None:
+            site = args.site
+        elif norm_binding is not None and norm_binding.sites():
+            site = next(iter(norm_binding.sites()))
+        else:
+            raise BindError(f"fold_layernorm: '{args.norm}.weight' is not bound to a site; bind it, or name the "
+                            "readers' site with 'site:' (a folded RMSNorm gain under a full rotation is invariant)")
+        if site not in resolved.sites:
+            raise BindError(f"fold_layernorm: unknown site '{site}'")
         tiny = torch.finfo(gain.dtype).tiny * 1e3
         if bool((gain.abs() < tiny).any()):
             zeros = (gain.abs() < tiny).nonzero().flatten().tolist()[:5]

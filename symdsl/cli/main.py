@@ -10,15 +10,22 @@ import os
 import sys
 
 from ..errors import SpecError, SymdslError, UsageError
-from . import check_cmd, specs_cmd
+from . import align_cmd, check_cmd, plugins_cmd, specs_cmd, train_cmd
+from . import infer_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="symdsl", description="Align and merge Transformers modulo their "
                                      "parameter-space symmetries, declared as checked YAML specs.")
+    parser.add_argument("--block", action="append", default=[], metavar="PLUGIN",
+                        help="do not load this plugin (repeatable; also SYMDSL_BLOCK_PLUGINS=a,b)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     specs_cmd.add_parsers(sub)
     check_cmd.add_parser(sub)
+    infer_cmd.add_parser(sub)
+    plugins_cmd.add_parser(sub)
+    train_cmd.add_parser(sub)
+    align_cmd.add_parsers(sub)
     return parser
 
 
@@ -28,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if args.block:
+        from ..plugins import block
+
+        block(*args.block)
     try:
         return int(args.run(args) or 0)
     except SpecError as exc:

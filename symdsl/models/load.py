@@ -8,20 +8,24 @@ import torch
 
 from ..errors import UsageError
 from .build import import_object, quiet_transformers
+from .save import MODEL_RECORD, load_symdsl_folder
 
 
 def load_model(ref: str, *, checkpoint: str | None = None) -> torch.nn.Module:
     """Load a model for checking or alignment.
 
-    REF forms: a folder written by ``save_pretrained`` (its config.json names the class),
+    REF forms: a folder written by ``save_pretrained`` (its config.json names the class) or by
+    :func:`symdsl.models.save_model` (``symdsl_model.json``),
     ``timm:MODEL_NAME`` (random init unless ``checkpoint`` names a safetensors/pt file), or
     ``package.module:factory`` (called with no arguments).
     """
     path = Path(ref)
+    if path.is_dir() and (path / MODEL_RECORD).exists():
+        return load_symdsl_folder(path)
     if path.is_dir():
         config_file = path / "config.json"
         if not config_file.exists():
-            raise UsageError(f"{ref}: folder has no config.json; expected a save_pretrained folder")
+            raise UsageError(f"{ref}: folder has neither config.json (save_pretrained) nor {MODEL_RECORD} (symdsl)")
         architectures = json.loads(config_file.read_text()).get("architectures") or []
         if not architectures:
             raise UsageError(f"{config_file}: no 'architectures' entry; cannot tell which model class to load")
@@ -49,6 +53,8 @@ def load_model(ref: str, *, checkpoint: str | None = None) -> torch.nn.Module:
         if checkpoint:
             model.load_state_dict(_read_checkpoint(checkpoint))
         return model.eval()
+    if not path.exists() and ("/" in ref or ref.startswith(".")):
+        raise UsageError(f"model folder '{ref}' does not exist")
     raise UsageError(f"cannot load model '{ref}': give a save_pretrained folder, timm:NAME or module:factory")
 
 

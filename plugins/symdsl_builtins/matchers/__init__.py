@@ -1,4 +1,5 @@
 """Built-in matchers."""
+from .activation import ActivationMatching
 from .weight import WeightMatching
 
-BUILTIN_MATCHERS = (WeightMatching,)
+BUILTIN_MATCHERS = (WeightMatching, ActivationMatching)

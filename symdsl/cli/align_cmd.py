@@ -1,0 +1,164 @@
+"""``symdsl align``, ``symdsl merge`` and ``symdsl barrier``: the alignment pipeline on saved models."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from ..errors import UsageError
+from ..models import load_model, save_model
+from ..pipeline import Alignment, align_pair, merge_models
+from .progress import progress_bar
+
+
+def _common(p, *, data_required=False) -> None:
+    p.add_argument("--spec", metavar="SPEC", help="spec name or .yaml file (default: the registry's match for A)")
+    p.add_argument("--matcher", default="weight", help="matcher plugin (default: weight; `symdsl plugins` lists them)")
+    p.add_argument("--permutations-only", action="store_true",
+                   help="restrict rotations to permutations and skip invertible maps (the paper's baseline)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra matcher option, e.g. --option max_iter=50 (repeatable)")
+    p.add_argument("--data", required=data_required, metavar="DATA",
+                   help="evaluation/activation data: digits, stdlib-text, text:PATH (see docs)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_parsers(sub) -> None:
+    a = sub.add_parser("align", help="write model B aligned to model A (a standard checkpoint of B's class)")
+    a.add_argument("a", metavar="A", help="reference model: a save_pretrained or symdsl folder, timm:NAME@FILE, "
+                   "or module:factory")
+    a.add_argument("b", metavar="B", help="model to align to A")
+    _common(a)
+    a.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write aligned B into")
+    a.set_defaults(run=run_align)
+
+    m = sub.add_parser("merge", help="align models to the first and average them into one standard checkpoint")
+    m.add_argument("models", nargs="+", metavar="MODEL", help="two or more models (the first is the reference)")
+    m.add_argument("--weights", type=float, nargs="+", help="merge weights (default: equal)")
+    m.add_argument("--merger", default="average", help="merger plugin (default: average)")
+    _common(m)
+    m.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write the merged model into")
+    m.set_defaults(run=run_merge)
+
+    b = sub.add_parser("barrier", help="loss/accuracy along the straight line from B to A, vanilla and aligned")
+    b.add_argument("a", metavar="A")
+    b.add_argument("b", metavar="B")
+    _common(b, data_required=True)
+    b.add_argument("--points", type=int, default=11, help="grid points on [0, 1] (default 11)")
+    b.add_argument("--split", default="test", choices=["test", "train"])
+    b.add_argument("--max-batches", type=int, default=None, help="evaluate only the first N batches of the split")
+    b.add_argument("--json", metavar="FILE", help="write curves and barriers as JSON")
+    b.add_argument("--plot", metavar="FILE.png", help="write the curves as a PNG plot")
+    b.set_defaults(run=run_barrier)
+
+
+def _device(name):
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda given but no CUDA device is available")
+    return name
+
+
+def _options(args) -> dict:
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option takes KEY=VALUE, got '{item}'")
+        options[key.replace("-", "_")] = yaml.safe_load(value)
+    if args.permutations_only:
+        options["permutations_only"] = True
+    return options
+
+
+def _align(args, a, b, device) -> Alignment:
+    with progress_bar(f"align ({args.matcher})") as bar:
+        return align_pair(a, b, args.spec, args.matcher, device=device, data=args.data, seed=args.seed,
+                          progress=lambda phase, done, total: bar(done, total), **_options(args))
+
+
+def _save_transform(alignment: Alignment, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    elements = {k: v.detach().contiguous().cpu() for k, v in alignment.result.elements.items()}
+    save_file(elements, str(folder / "transform.safetensors"))
+
+
+def run_align(args) -> int:
+    device = _device(args.device)
+    a, b = load_model(args.a), load_model(args.b)
+    start = time.perf_counter()
+    alignment = _align(args, a, b, device)
+    seconds = time.perf_counter() - start
+    model = alignment.prepared.models[1]
+    model.load_state_dict(alignment.aligned_b)
+    out = Path(args.output)
+    save_model(model.cpu(), out, {"command": "align", "a": args.a, "b": args.b, "spec": alignment.prepared.spec.name,
+                                  "seconds": seconds, **alignment.result.to_record()})
+    _save_transform(alignment, out)
+    objective = alignment.result.objective
+    print(f"aligned {args.b} to {args.a} with spec {alignment.prepared.spec.name}, matcher {args.matcher}: "
+          f"objective {objective[0]:.4g} -> {objective[-1]:.4g} in {seconds:.1f} s")
+    print(f"wrote {out}/ (standard checkpoint, transform.safetensors, symdsl.json)")
+    return 0
+
+
+def run_merge(args) -> int:
+    if len(args.models) < 2:
+        raise UsageError("merge needs at least two models")
+    device = _device(args.device)
+    models = [load_model(ref) for ref in args.models]
+    start = time.perf_counter()
+    with progress_bar(f"merge ({args.matcher})") as bar:
+        merged, results = merge_models(models, args.spec, args.matcher, weights=args.weights, merger=args.merger,
+                                       device=device, data=args.data, seed=args.seed,
+                                       progress=lambda phase, done, total: bar(done, total), **_options(args))
+    seconds = time.perf_counter() - start
+    out = Path(args.output)
+    save_model(merged.cpu(), out, {"command": "merge", "models": args.models, "weights": args.weights,
+                                   "merger": args.merger, "seconds": seconds,
+                                   "alignments": [r.to_record() for r in results]})
+    print(f"merged {len(models)} models ({args.matcher} matching, {args.merger}) in {seconds:.1f} s; wrote {out}/")
+    return 0
+
+
+def run_barrier(args) -> int:
+    from ..data import load_dataset
+    from ..evaluate import barrier, loss_curve, plot_curves
+
+    device = _device(args.device)
+    dataset = load_dataset(args.data)
+    a, b = load_model(args.a), load_model(args.b)
+    alignment = _align(args, a, b, device)
+    prepared = alignment.prepared
+    template = prepared.models[0]
+    curves = {}
+    for label, state_b in (("vanilla", prepared.states[1]), (f"{args.matcher} matching", alignment.aligned_b)):
+        with progress_bar(f"curve: {label}") as bar:
+            curves[label] = loss_curve(template, prepared.states[0], state_b, dataset, points=args.points,
+                                       split=args.split, max_batches=args.max_batches, progress=bar)
+    rows = []
+    record = {"a": args.a, "b": args.b, "spec": prepared.spec.name, "data": dataset.name, "matcher": args.matcher,
+              "alignment": alignment.result.to_record(), "curves": {}}
+    for label, curve in curves.items():
+        paper, mean = barrier(curve), barrier(curve, definition="mean")
+        rows.append((label, paper.loss, paper.accuracy, mean.loss))
+        record["curves"][label] = {**curve.to_dict(), "barrier": paper.to_dict(), "barrier_mean": mean.to_dict()}
+    print(f"{args.a} (lambda=1) <-> {args.b} (lambda=0) on {dataset.name} ({args.split}), spec {prepared.spec.name}")
+    print(f"{'path':<22} {'loss barrier':>13} {'acc barrier':>12} {'loss barrier (mean def.)':>25}")
+    for label, loss, acc, mean_loss in rows:
+        print(f"{label:<22} {loss:>13.4f} {acc:>12.4f} {mean_loss:>25.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_curves(curves, args.plot, title=f"{prepared.spec.name}: {Path(args.a).name} vs {Path(args.b).name}")
+        print(f"wrote {args.plot}")
+    return 0

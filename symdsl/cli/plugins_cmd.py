@@ -1,0 +1,38 @@
+"""``symdsl plugins``: everything the loaded plugins contribute, and where it comes from."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..plugins import inventory
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("plugins", help="list group kinds, canonicalizers, matchers, mergers, rules ... and their plugins")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="also list every op rule (long)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    inv = inventory()
+    rows = [{"category": c.category, "name": c.name, "plugin": c.plugin, "description": c.description}
+            for c in inv.contributions]
+    if args.json:
+        json.dump({"plugins": inv.plugins, "blocked": inv.blocked, "contributions": rows}, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"plugins: {', '.join(inv.plugins)}" + (f"   (blocked: {', '.join(inv.blocked)})" if inv.blocked else ""))
+    by_category: dict[str, list[dict]] = {}
+    for row in rows:
+        by_category.setdefault(row["category"], []).append(row)
+    for category, items in by_category.items():
+        if category == "op rule" and not args.all:
+            origins = sorted({r["plugin"] for r in items})
+            print(f"\nop rules: {len(items)} ops from {', '.join(origins)} (--all lists them)")
+            continue
+        print(f"\n{category}s:")
+        width = max(len(r["name"]) for r in items)
+        for r in items:
+            print(f"  {r['name']:<{width}}  [{r['plugin']}]  {r['description']}")
+    return 0

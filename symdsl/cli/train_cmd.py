@@ -1,0 +1,55 @@
+"""``symdsl train RECIPE``: train a small benchmark model and save it as a standard checkpoint."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..errors import UsageError
+from ..models import save_model
+from .progress import progress_bar
+
+RECIPES = ("vit-digits", "gpt2-text")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a small ViT on digits or a small GPT-2 on a text corpus")
+    p.add_argument("recipe", choices=RECIPES)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None, help="for gpt2-text: stdlib-text (default) or text:PATH")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    p.add_argument("--width", type=int, default=64, help="residual width (default 64)")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--device", default=None)
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..data import load_dataset
+    from ..train import CHAR_GPT2, DIGITS_VIT, small_gpt2, small_vit, train
+
+    if args.recipe == "vit-digits":
+        if args.data not in (None, "digits"):
+            raise UsageError("vit-digits trains on digits only")
+        dataset = load_dataset("digits")
+        model = small_vit(dataset, embed_dim=args.width, depth=args.layers, num_heads=args.heads, seed=args.seed)
+        model.symdsl_config = {"img_size": dataset.img_size, "patch_size": 2, "in_chans": dataset.in_chans,
+                               "num_classes": dataset.num_classes, "embed_dim": args.width, "depth": args.layers,
+                               "num_heads": args.heads, "mlp_ratio": 2.0, "class_token": True, "global_pool": "token"}
+        recipe = DIGITS_VIT
+    else:
+        dataset = load_dataset(args.data or "stdlib-text")
+        model = small_gpt2(dataset, n_embd=args.width, n_layer=args.layers, n_head=args.heads, seed=args.seed)
+        recipe = CHAR_GPT2
+    options = {**recipe, **({"steps": args.steps} if args.steps else {})}
+    start = time.perf_counter()
+    with progress_bar(f"train {args.recipe} seed {args.seed}") as bar:
+        metrics = train(model, dataset, seed=args.seed, device=args.device, progress=bar, **options)
+    seconds = time.perf_counter() - start
+    save_model(model.cpu(), Path(args.output), {"command": "train", "recipe": args.recipe, "seed": args.seed,
+                                                "data": dataset.name, "seconds": seconds,
+                                                **{k: v for k, v in metrics.items() if k != "losses"}})
+    print(f"trained {args.recipe} (seed {args.seed}) in {seconds:.1f} s: test loss {metrics.get('test_loss', float('nan')):.4f}, "
+          f"accuracy {metrics.get('test_accuracy', float('nan')):.4f}; wrote {args.output}/")
+    return 0

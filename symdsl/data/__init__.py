@@ -1,0 +1,17 @@
+"""Datasets for training and evaluating merged models: real digits, text files, the stdlib's source.
+
+>>> from symdsl.data import load_dataset
+>>> ds = load_dataset("digits")
+>>> x, y = next(ds.batches("test", 32))
+>>> tuple(x.shape), tuple(y.shape)
+((32, 1, 8, 8), (32,))
+"""
+from .base import Dataset, Split
+from .corpus import stdlib_corpus, stdlib_text_dataset
+from .digits import load_digits_dataset
+from .registry import DATASETS, load_dataset, register_dataset
+from .text import text_dataset, text_file_dataset
+from .tokenizers import BPETokenizer, CharTokenizer
+
+__all__ = ["BPETokenizer", "CharTokenizer", "DATASETS", "Dataset", "Split", "load_dataset", "load_digits_dataset",
+           "register_dataset", "stdlib_corpus", "stdlib_text_dataset", "text_dataset", "text_file_dataset"]

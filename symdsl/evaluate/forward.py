@@ -1,0 +1,50 @@
+"""Run a model on a batch the way its task expects, and get logits out of whatever it returns."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UsageError
+
+
+def logits_of(output) -> torch.Tensor:
+    """The logits in a model's output: a tensor, a ``ModelOutput``/object with ``.logits``, a dict, a tuple.
+
+    >>> logits_of((torch.ones(2, 3), "aux")).shape
+    torch.Size([2, 3])
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, dict):
+        logits = output.get("logits")
+    if logits is None and isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        logits = output[0]
+    if not isinstance(logits, torch.Tensor):
+        raise UsageError(f"cannot find logits in a model output of type {type(output).__name__}; "
+                         "return a tensor or an object with a .logits tensor")
+    return logits
+
+
+def model_logits(model: torch.nn.Module, task: str, inputs: torch.Tensor) -> torch.Tensor:
+    """Logits of ``model`` on a batch: classification ``model(x)`` -> (B, C); language models
+    ``model(input_ids=ids)`` (HF style) -> (B, T, V).
+
+    >>> model_logits(torch.nn.Flatten(), "classification", torch.ones(2, 1, 3)).shape
+    torch.Size([2, 3])
+    """
+    if task == "language_model":
+        return logits_of(model(input_ids=inputs))
+    return logits_of(model(inputs))
+
+
+def batch_loss(model: torch.nn.Module, task: str, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``model`` on one batch (differentiable): per example, or per token for
+    language models, where targets (B, T) are the next tokens of inputs (B, T).
+
+    >>> model = torch.nn.Flatten()
+    >>> float(batch_loss(model, "classification", torch.zeros(4, 1, 5), torch.zeros(4, dtype=torch.long)))  # log 5
+    1.6094379425048828
+    """
+    logits = model_logits(model, task, inputs)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))

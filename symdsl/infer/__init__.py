@@ -1,0 +1,103 @@
+"""Infer a draft spec from a model, without a spec: ``symdsl infer --model REF``.
+
+The model is traced once (:func:`symdsl.graph.capture`); every parameter axis gets a variable,
+and the ops of the graph unite variables that must transform together (:mod:`.walk`,
+:mod:`.rules`). Each resulting component gets the largest group its uses admit
+(:mod:`.groups`), norms whose gains can be folded get ``fold_layernorm`` steps (:mod:`.canon`),
+and the draft is written as a commented YAML spec (:mod:`.draft`, :mod:`.emit`) that
+:func:`check_draft` runs through the static and numeric checks.
+
+>>> from symdsl.spec.registry import find_spec
+>>> from symdsl.models import build_example
+>>> draft = infer_spec(build_example(find_spec("timm-vit")))
+>>> draft.site_counts()
+{'orthogonal+ones': 1, 'permutation': 4, 'invertible per head': 4}
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from ..graph.capture import capture
+from .draft import Draft, build_draft
+from .emit import render
+from .example import example_section, library, materialize
+from .walk import walk
+
+__all__ = ["Draft", "DraftCheck", "infer_spec", "check_draft"]
+
+
+def infer_spec(model: torch.nn.Module, *, factory: str | None = None, timm_name: str | None = None,
+               config: Mapping[str, Any] | None = None, inputs: Mapping[str, Any] | None = None,
+               name: str | None = None, backend: str = "auto", seed: int = 0) -> Draft:
+    """Trace ``model`` and return a draft spec (``draft.text`` is the YAML).
+
+    ``factory``/``timm_name``/``config`` say how ``symdsl check`` can rebuild the model (see
+    :func:`symdsl.infer.example.example_section`; transformers models need none of them);
+    ``inputs`` are forward() keyword arguments as spec input entries
+    (``{"x": {"randn": True, "shape": [2, 3, 8, 8]}}``), guessed when not given.
+
+    >>> mlp = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> draft = infer_spec(mlp, factory="mymodels:mlp")        # how `symdsl check` would rebuild it
+    >>> [(s.key, s.group, s.size_value) for s in draft.sites]
+    [('mlp', 'permutation', 8)]
+    >>> [(name, pattern) for name, pattern, _why in draft.tensors]
+    [('0.weight', 'mlp _'), ('0.bias', 'mlp'), ('2.weight', "_ mlp'")]
+    """
+    example = example_section(model, factory=factory, timm_name=timm_name, config=config, inputs=inputs)
+    names = dict(example.get("config") or {})
+    if library(model) == "transformers":
+        names = {**model.config.to_dict(), **names}
+    model = copy.deepcopy(model).to(torch.float64).eval()
+    graph = capture(model, materialize(example["inputs"], names, seed=seed), backend=backend)
+    draft = build_draft(model, graph, walk(graph, set(model.state_dict())), example, name)
+    header = [f"Draft spec inferred by `symdsl infer` from the traced graph of {type(model).__name__} "
+              f"({graph.backend}, {len(graph.nodes)} nodes). Every choice below is a guess from the graph, "
+              "explained in a comment; `symdsl check` on this file tests all of them.",
+              "Sites: " + (", ".join(f"{n} {k}" for k, n in draft.site_counts().items()) or "none")]
+    if draft.notes:
+        header.append("Left unbound (conservative):")
+        header += [f"- {note}" for note in draft.notes]
+    draft.text = render(draft, header)
+    return draft
+
+
+@dataclass
+class DraftCheck:
+    """The static and numeric reports of a draft (``error``: why it could not be checked)."""
+
+    static: Any = None
+    numeric: Any = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.static and self.static.ok) and bool(self.numeric and self.numeric.ok)
+
+
+def check_draft(text: str, model: torch.nn.Module | None = None, *, seed: int = 0, file: str = "<draft>",
+                tolerance: float | None = None) -> DraftCheck:
+    """Load a draft's YAML and run the static and numeric checks on its example (or ``model``).
+
+    >>> from symdsl.models import build_example
+    >>> from symdsl.spec.registry import find_spec
+    >>> check_draft(infer_spec(build_example(find_spec("timm-vit"))).text).ok
+    True
+    """
+    from ..check.numeric import numeric_check
+    from ..check.static import static_check
+    from ..errors import SymdslError
+    from ..spec.load import load_spec_text
+
+    result = DraftCheck()
+    try:
+        spec = load_spec_text(text, file)
+        result.static = static_check(spec, model, seed=seed)
+        extra = {"tolerance": tolerance} if tolerance is not None else {}
+        result.numeric = numeric_check(spec, model, seed=seed, **extra)
+    except SymdslError as exc:
+        result.error = str(exc)
+    return result

@@ -1,0 +1,256 @@
+"""Which canonicalizers a draft needs: norm folding (with untying), and writer centring.
+
+A norm's elementwise gain γ blocks rotations of the space it normalises, unless it can be
+folded into the layers that read the norm's output (``fold_layernorm``). That needs every
+path from the norm's output to end in a contraction with a *parameter* over the normalised
+axis (through ops that leave that axis alone: views, transposes, token selection, dropout,
+pooling over tokens), and the reader's weight not to be used for anything else — except a
+tied alias used elsewhere (GPT-2's ``lm_head``/``wte``), which an ``untie`` step separates.
+
+``center_writers`` subtracts the mean along the residual axis from every tensor that writes
+into the stream; it preserves the function only when every reader of the raw stream removes
+the mean itself, i.e. is a LayerNorm. :func:`plan_center` follows the stream from its writers
+and checks that.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+from ..graph.capture_types import Ref
+from .rules import PASS
+from .walk import Walk
+
+# ops that read a value without computing anything from it (export's dtype/device assertions)
+_IGNORED = frozenset({"assert", "_assert_tensor_metadata"})
+# ops that keep the normalised axis as it is, acting on other axes only (or not at all)
+_TRANSPARENT = frozenset(PASS + ("dropout", "view", "reshape", "_unsafe_view", "flatten", "transpose", "permute",
+                                 "unsqueeze", "squeeze", "select", "slice", "mean", "sum", "expand"))
+# ops through which a constant shift of the stream stays a constant shift
+_ADDITIVE = frozenset(PASS + ("dropout", "view", "reshape", "_unsafe_view", "flatten", "transpose", "permute",
+                              "unsqueeze", "squeeze", "select", "slice", "expand", "add", "sub", "cat"))
+
+
+def owner(name: str) -> str:
+    """The module path owning a state-dict entry: ``"h.0.ln_1.weight"`` -> ``"h.0.ln_1"``."""
+    return name.rpartition(".")[0]
+
+
+def alias_for(walk: Walk, param: str, module: str | None) -> str:
+    """The state-dict name of ``param`` that the op in ``module`` uses (tied weights have several)."""
+    names = walk.graph.params.get(param, [param])
+    return next((n for n in names if module is not None and owner(n) == module), names[0])
+
+
+@dataclass
+class FoldPlan:
+    """How to fold one norm's gain: ``norm`` module, ``readers`` (state-dict names), ``unties``."""
+
+    node: str
+    kind: str                      # 'ln' or 'rms'
+    var: int
+    norm: str | None = None        # None: the norm has no gain, nothing to fold
+    readers: list[str] = field(default_factory=list)
+    unties: list[list[str]] = field(default_factory=list)
+    untied_ops: set[str] = field(default_factory=set)   # reader ops that use the copy made by untie
+    ok: bool = True
+    why: str = ""
+
+
+def _reader(walk: Walk, user, current: str, track: int):
+    """(param node, axis) when ``user`` contracts ``current``'s tracked axis with a parameter."""
+    values, args = walk.values, user.args
+    cur = values.get(current)
+    if not isinstance(cur, tuple):
+        return None
+
+    def param(arg):
+        return arg.name if isinstance(arg, Ref) and arg.name in walk.param_axes else None
+
+    if user.op == "linear" and args[0] == Ref(current) and cur[-1] == track and param(args[1]):
+        return param(args[1]), 1
+    if user.op == "addmm" and args[1] == Ref(current) and cur[1] == track and param(args[2]):
+        return param(args[2]), 0
+    if user.op in ("matmul", "mm") and args[0] == Ref(current) and cur[-1] == track and param(args[1]) \
+            and len(walk.param_axes[param(args[1])]) == 2:
+        return param(args[1]), 0
+    return None
+
+
+def plan_fold(walk: Walk, record: tuple) -> FoldPlan:
+    """Can the gain of the norm ``record`` (from :attr:`Walk.norms`) be folded, and into what?"""
+    node, kind, var, weight, bias = record
+    graph = walk.graph
+    norm_node = graph.node(node)
+    plan = FoldPlan(node, kind, var)
+    if weight is None:
+        plan.why = "it has no gain"
+        return plan
+    if weight == "?" or bias == "?":
+        return _fail(plan, "its gain or bias is computed, not a parameter")
+    gain_names = graph.params[weight]
+    if len(gain_names) != 1 or not gain_names[0].endswith(".weight"):
+        return _fail(plan, f"its gain {gain_names} is not a single '<module>.weight' parameter")
+    plan.norm = gain_names[0][: -len(".weight")]
+    if bias is not None and graph.params[bias] != [plan.norm + ".bias"]:
+        return _fail(plan, f"its bias {graph.params[bias]} is not '{plan.norm}.bias'")
+    for param in (weight, bias):
+        if param is not None and [u.name for u in graph.users(param)] != [node]:
+            return _fail(plan, "its gain or bias is also used elsewhere")
+
+    readers: dict[str, list] = {}          # param node -> reader op nodes
+    queue, seen = [(node, var)], {node}
+    while queue:
+        current, track = queue.pop()
+        for user in graph.users(current):
+            if user.op in _IGNORED:
+                continue
+            found = _reader(walk, user, current, track)
+            if found is not None:
+                readers.setdefault(found[0], []).append(user)
+                continue
+            out = walk.values.get(user.name)
+            if user.op in _TRANSPARENT and isinstance(out, tuple) and track in out:
+                if user.name not in seen:
+                    seen.add(user.name)
+                    queue.append((user.name, track))
+                continue
+            where = f"{user.op} in {user.module}" if user.module else user.op
+            what = "is returned by the model" if user.op == "output" else f"reaches {where}"
+            return _fail(plan, f"its output {what}, which cannot absorb the gain (post-norm: the gain sits "
+                               "on the path, not in a reader's weight)")
+    if not readers:
+        return _fail(plan, "no linear layer reads its output")
+    for param, ops in readers.items():
+        names = graph.params[param]
+        modules = {op.module for op in ops}
+        reader_alias = alias_for(walk, param, next(iter(modules)))
+        others = [u for u in graph.users(param) if u not in ops]
+        if others:
+            # the weight is shared (tied) with something that does not read this norm
+            rest = [n for n in names if n != reader_alias]
+            if len(names) != 2 or len(modules) != 1 or owner(reader_alias) not in modules or \
+                    any(alias_for(walk, param, u.module) != rest[0] or owner(rest[0]) != u.module for u in others):
+                return _fail(plan, f"its reader {reader_alias} shares its weight with another use")
+            plan.unties.append([reader_alias, rest[0]])
+            plan.untied_ops.update(u.name for u in ops)   # after untie they read the copy
+        plan.readers.append(reader_alias)
+    return plan
+
+
+def _fail(plan: FoldPlan, why: str) -> FoldPlan:
+    plan.ok, plan.why = False, why
+    return plan
+
+
+@dataclass
+class CenterPlan:
+    """The writers of a residual stream to centre, or why it cannot be done."""
+
+    writers: list[str] = field(default_factory=list)
+    ok: bool = True
+    why: str = ""
+
+
+def plan_center(walk: Walk, root: int, excluded_ops: set[str]) -> CenterPlan:
+    """Writers of the stream on class ``root``, if every raw reader of it is a LayerNorm.
+
+    ``excluded_ops`` use an alias that an ``untie`` step separates from the writer.
+    """
+    graph, vars = walk.graph, walk.vars
+    plan = CenterPlan()
+
+    def on_class(var) -> bool:
+        return vars.root(var) == root and vars.structure(var) is None
+
+    raw: set[str] = set()
+    writers: dict[str, str] = {}
+    for param, axes in walk.param_axes.items():
+        if not any(on_class(a) for a in axes):
+            continue
+        users = [u for u in graph.users(param) if u.name not in excluded_ops]
+        writes = []
+        for user in users:
+            role = _param_role(walk, user, param, on_class)
+            if role == "read" or role == "norm":
+                continue
+            if role is None:
+                return CenterPlan(ok=False, why=f"{graph.params[param][0]} is used by {user.op} in {user.module}")
+            writes.append(user)
+        if not writes:
+            continue
+        if any(_param_role(walk, u, param, on_class) == "read" for u in users):
+            return CenterPlan(ok=False, why=f"{graph.params[param][0]} both writes and reads the stream")
+        if sum(on_class(a) for a in axes) != 1:
+            return CenterPlan(ok=False, why=f"{graph.params[param][0]} has several axes on the stream")
+        writers[param] = alias_for(walk, param, writes[0].module)
+        raw.update(u.name for u in writes)
+    queue = list(raw)
+    while queue:
+        current = queue.pop()
+        for user in graph.users(current):
+            if user.name in raw or user.op in _IGNORED:
+                continue
+            cur = walk.values.get(current)
+            if user.op == "layer_norm" and user.args[0] == Ref(current) and isinstance(cur, tuple) and on_class(cur[-1]):
+                continue                      # LayerNorm subtracts the mean: the shift ends here
+            out = walk.values.get(user.name)
+            if user.op in _ADDITIVE and isinstance(out, tuple) and any(on_class(a) for a in out):
+                raw.add(user.name)
+                queue.append(user.name)
+                continue
+            where = "the model output" if user.op == "output" else f"{user.op} in {user.module}"
+            return CenterPlan(ok=False, why=f"the raw stream reaches {where}, which does not remove its mean")
+    plan.writers = [writers[p] for p in walk.param_axes if p in writers]
+    return plan
+
+
+def _param_role(walk: Walk, user, param: str, on_class) -> str | None:
+    """'write' / 'read' / 'norm' for how ``user`` uses parameter ``param``'s stream axis; None if unknown."""
+    axes = walk.param_axes[param]
+    args = user.args
+    position = next((i for i, a in enumerate(args) if a == Ref(param)), None)
+    if user.op in ("layer_norm", "rms_norm"):
+        return "norm"
+    if user.op == "linear":
+        return "read" if position == 1 and on_class(axes[1]) and not on_class(axes[0]) else "write"
+    if user.op == "addmm":
+        return "read" if position == 2 and on_class(axes[0]) and not on_class(axes[1]) else "write"
+    if user.op in ("matmul", "mm"):
+        return "read" if position == 1 and on_class(axes[0]) and not on_class(axes[-1]) else "write"
+    if user.op in ("conv1d", "conv2d", "conv3d", "embedding"):
+        return "write"
+    if user.op in _ADDITIVE:
+        return "write"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def fold_accepts_unbound_gain() -> bool:
+    """Does ``fold_layernorm`` fold a norm whose gain the spec declares invariant?
+
+    An RMSNorm commutes with every rotation once its gain is 1, but a gain *bound* to the site
+    (all ones after folding) is itself rotated, which only rotations fixing the ones vector
+    survive. So an RMS residual gets full ``orthogonal`` only when the gain can stay unbound;
+    this probes the installed canonicalizer on a two-layer toy model.
+    """
+    import torch
+
+    from ..canon import canonicalize
+    from ..errors import SymdslError
+    from ..spec.load import load_spec_text
+    from ..spec.resolve import resolve
+
+    model = torch.nn.Sequential(torch.nn.RMSNorm(3), torch.nn.Linear(3, 2)).double()
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+    text = ('symdsl: 1\nname: probe\nsites: {r: {group: orthogonal, size: 3}}\n'
+            'canonicalize: [{fold_layernorm: {norm: "0", readers: ["1.weight"]}}]\n'
+            'tensors: {"1.weight": "_ r\'"}\ninvariant: ["0.weight", "1.bias"]\n')
+    x = torch.randn(4, 3, dtype=torch.float64)
+    before = model(x)
+    try:
+        canonicalize(model, resolve(load_spec_text(text), model))
+    except (SymdslError, ValueError):
+        return False
+    return bool(torch.allclose(model(x), before) and (model[0].weight == 1).all())

@@ -1,0 +1,123 @@
+"""Pick the largest group each coupled axis component admits, from the facts the walk found.
+
+From largest to smallest: ``invertible`` (the space is only read and written linearly: a
+head's query/key or value/output basis), ``orthogonal`` (it is read by RMS norms whose gains
+fold away), ``orthogonal`` with ``preserve: ones`` (LayerNorms subtract the mean; a constant is
+added or the space is summed over), ``permutation`` (an elementwise nonlinearity, the head
+axis of attention, an elementwise product, or a norm whose gain cannot be folded). A
+component that touches a model input or output, or an op the walk could not interpret, is
+left unbound.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LEVELS = ("permutation", "orthogonal_ones", "orthogonal", "invertible")   # smallest to largest
+ROLE_ORDER = ("heads", "qk", "ov")
+
+
+@dataclass
+class Decision:
+    """The group chosen for one component (a class root), with the evidence behind it."""
+
+    root: int
+    size: int
+    level: str                                   # one of LEVELS
+    role: str                                    # heads / qk / ov / mlp / linear
+    why: list[str] = field(default_factory=list)
+    folds: list = field(default_factory=list)    # FoldPlans of the norms to fold (orthogonal kinds)
+    per: int | None = None                       # root of the permutation site it is per-index of
+
+    @property
+    def group(self) -> str:
+        return "orthogonal" if self.level.startswith("orthogonal") else self.level
+
+    @property
+    def preserve(self) -> str | None:
+        return "ones" if self.level == "orthogonal_ones" else None
+
+
+def _lower(level: str, cap: str) -> str:
+    return level if LEVELS.index(level) <= LEVELS.index(cap) else cap
+
+
+def _first(evidence: list[str]) -> str:
+    return f" ({evidence[0]})" if evidence else ""
+
+
+def decide(root: int, size: int, flags: dict[str, list[str]], folds: list, *, gain_stays_bound: bool = False) -> Decision:
+    """The largest group for a component with ``flags`` (effective flags of its class) and the
+    fold plans of the norms that normalise it. ``gain_stays_bound``: a folded RMSNorm gain must
+    remain bound to the site (see :func:`symdsl.infer.canon.fold_accepts_unbound_gain`).
+
+    >>> decide(7, 64, {"nonlinear": ["gelu in mlp.act"]}, []).level
+    'permutation'
+    >>> decide(3, 8, {"qk": []}, []).level, decide(3, 8, {"qk": []}, []).role
+    ('invertible', 'qk')
+    """
+    role = next((r for r in ROLE_ORDER if r in flags), "mlp" if "nonlinear" in flags else "linear")
+    d = Decision(root, size, "invertible", role)
+    if "heads" in flags:
+        d.level = "permutation"
+        d.why.append(f"the head axis of attention{_first(flags['heads'])}: only permutations keep heads apart")
+    elif "nonlinear" in flags:
+        d.level = "permutation"
+        d.why.append(f"reaches an elementwise nonlinearity or product{_first(flags['nonlinear'])}")
+    for kind, name, cap in (("ln", "LayerNorm", "orthogonal_ones"), ("rms", "RMSNorm", "orthogonal")):
+        mine = [f for f in folds if f.kind == kind]
+        if not mine:
+            continue
+        blocked = [f for f in mine if not f.ok]
+        if blocked:
+            d.level = "permutation"
+            d.why.append(f"reaches {len(mine)} {name}(s); the gain of {blocked[0].norm or blocked[0].node} cannot be "
+                         f"folded: {blocked[0].why}; a norm with its gain commutes only with permutations")
+        else:
+            level = _lower(d.level, cap)
+            if level != "permutation":
+                d.folds.extend(f for f in mine if f.norm)
+                extra = ", which subtract the mean: rotations must fix the ones vector" if kind == "ln" else ""
+                d.why.append(f"read through {len(mine)} {name}(s) whose gains fold into the linear layers that read "
+                             f"them{extra}")
+            d.level = level
+            if kind == "rms" and gain_stays_bound and any(f.norm for f in mine) and \
+                    LEVELS.index(d.level) > LEVELS.index("orthogonal_ones"):
+                d.level = "orthogonal_ones"
+                d.why.append("preserve ones only because fold_layernorm needs the folded gain bound to the site: "
+                             "the gain (all ones after folding) then rotates with it, and only rotations fixing "
+                             "the ones vector keep it (an RMSNorm alone admits every rotation)")
+    if "shift" in flags and LEVELS.index(d.level) > LEVELS.index("orthogonal_ones"):
+        d.level = "orthogonal_ones"
+        d.why.append(f"a constant vector is added to it or it is summed over{_first(flags['shift'])}: "
+                     "only maps fixing the ones vector keep that")
+    if "self_dual" in flags and d.level == "invertible":
+        d.level = "orthogonal"
+        d.why.append(f"a tensor reads and writes it alike{_first(flags['self_dual'])}: only maps with g^-T = g")
+    if d.level == "invertible":
+        if role == "qk":
+            d.why.append("only contracted between queries and keys (q·k): queries take g, keys g^-T")
+        elif role == "ov":
+            d.why.append("a head's values reach only the output projection, linearly: values take g, "
+                         "the projection's input g^-T")
+        else:
+            d.why.append("only read and written by linear maps")
+    return d
+
+
+def assign_per(decisions: dict[int, Decision], occurrences: dict[int, list[tuple]]) -> None:
+    """Give a component one element per index of a permutation site when it only ever occurs
+    right after that site inside composite axes (``(heads qk)``): per-head bases.
+
+    ``occurrences[root]`` lists, for every tensor axis part that contains the component, the
+    root of the factor just before it (None when it is first or alone).
+    """
+    for root, d in decisions.items():
+        before = {prev for prev in occurrences.get(root, [])}
+        if len(before) != 1:
+            continue
+        parent = next(iter(before))
+        if parent is None or parent == root or parent not in decisions:
+            continue
+        if decisions[parent].level != "permutation" or decisions[parent].per is not None:
+            continue
+        d.per = parent

@@ -1,0 +1,62 @@
+"""Seeded factories for the benchmark architectures, sized from a dataset: a timm ViT and an HF GPT-2."""
+from __future__ import annotations
+
+import torch
+
+from ..data import Dataset
+from ..errors import UsageError
+
+GPT2_EOS = 50256  # GPT-2's <|endoftext|> id; only meaningful with the full BPE vocabulary
+
+
+def small_vit(dataset: Dataset, *, embed_dim: int = 64, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0,
+              patch_size: int = 2, seed: int = 0) -> torch.nn.Module:
+    """A timm ``VisionTransformer`` for ``dataset``'s images: class token, ``global_pool="token"``,
+    initialised from ``seed`` (the caller's RNG state is left untouched).
+
+    >>> from symdsl.data import load_dataset
+    >>> vit = small_vit(load_dataset("digits"), seed=0)
+    >>> type(vit).__name__, vit(torch.zeros(2, 1, 8, 8)).shape
+    ('VisionTransformer', torch.Size([2, 10]))
+    """
+    if dataset.task != "classification" or None in (dataset.img_size, dataset.in_chans, dataset.num_classes):
+        raise UsageError(f"small_vit needs an image classification dataset; '{dataset.name}' is {dataset.task}")
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:
+        raise UsageError("small_vit needs timm: pip install 'symdsl[timm]'") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = VisionTransformer(img_size=dataset.img_size, patch_size=patch_size, in_chans=dataset.in_chans,
+                                  num_classes=dataset.num_classes, embed_dim=embed_dim, depth=depth,
+                                  num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=True, global_pool="token")
+    return model
+
+
+def small_gpt2(dataset: Dataset, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
+               seed: int = 0) -> torch.nn.Module:
+    """A ``transformers.GPT2LMHeadModel`` for ``dataset``: its vocabulary, ``n_positions = block_size``,
+    every dropout 0, no KV cache (evaluation reads whole blocks), initialised from ``seed``.
+
+    >>> from symdsl.data import text_dataset
+    >>> gpt = small_gpt2(text_dataset("to be or not to be " * 30, block_size=16), seed=0)
+    >>> gpt(input_ids=torch.zeros(2, 16, dtype=torch.long)).logits.shape
+    torch.Size([2, 16, 7])
+    """
+    if dataset.task != "language_model":
+        raise UsageError(f"small_gpt2 needs a language-model dataset; '{dataset.name}' is {dataset.task}")
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        raise UsageError("small_gpt2 needs transformers: pip install 'symdsl[hf]'") from None
+    from ..models.build import quiet_transformers
+
+    # GPT-2's default <|endoftext|> id does not exist in a character vocabulary.
+    special = GPT2_EOS if dataset.vocab_size > GPT2_EOS else None
+    config = GPT2Config(vocab_size=dataset.vocab_size, n_positions=dataset.block_size, n_embd=n_embd,
+                        n_layer=n_layer, n_head=n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        use_cache=False, bos_token_id=special, eos_token_id=special)
+    with torch.random.fork_rng(devices=[]), quiet_transformers():
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    return model

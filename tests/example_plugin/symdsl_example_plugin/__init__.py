@@ -1,0 +1,1 @@
+"""An example third-party symdsl plugin (installed by the test suite)."""

@@ -1,0 +1,83 @@
+"""The plugin system: built-ins through hooks, a real third-party package through its entry point."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from symdsl.match import MATCHERS
+from symdsl.plugins import inventory
+
+PLUGIN_SOURCE = Path(__file__).parent / "example_plugin"
+
+
+def test_builtins_are_registered_through_the_hooks():
+    inv = inventory()
+    assert "symdsl-builtins" in inv.plugins
+    by_category = {}
+    for c in inv.contributions:
+        by_category.setdefault(c.category, set()).add(c.name)
+        assert c.plugin == "symdsl-builtins" or c.plugin != ""
+    assert {"permutation", "orthogonal", "invertible", "stiefel", "semi_permutation"} <= by_category["group"]
+    assert {"untie", "fold_layernorm", "center_writers"} <= by_category["canonicalizer"]
+    assert "weight" in by_category["matcher"] and {"average", "interpolate"} <= by_category["merger"]
+    assert {"linear", "layer_norm", "scaled_dot_product_attention"} <= by_category["op rule"]
+    assert {"export", "fx"} <= by_category["capture backend"]
+    assert MATCHERS.origins["weight"] == "symdsl-builtins"
+
+
+def test_a_duplicate_name_is_an_error():
+    from symdsl.plugins.lazy import LazyRegistry
+
+    registry = LazyRegistry("matcher")
+    registry.add("weight", object(), "one-plugin")
+    with pytest.raises(ValueError, match="matcher 'weight' is registered twice: by one-plugin and by other-plugin"):
+        registry.add("weight", object(), "other-plugin")
+
+
+@pytest.fixture(scope="module")
+def installed_plugin(tmp_path_factory):
+    """pip-install the example plugin package (with its entry point) into a private folder."""
+    target = tmp_path_factory.mktemp("site")
+    build = tmp_path_factory.mktemp("build")
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                             "--no-index", "--target", str(target), str(PLUGIN_SOURCE)],
+                            capture_output=True, text=True, env={**os.environ, "TMPDIR": str(build)})
+    assert result.returncode == 0, result.stderr
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+    env.pop("SYMDSL_BLOCK_PLUGINS", None)
+    return env
+
+
+def _symdsl(env, *args):
+    return subprocess.run([sys.executable, "-m", "symdsl", *args], capture_output=True, text=True, env=env)
+
+
+def test_entry_point_plugin_is_discovered_and_listed(installed_plugin):
+    result = _symdsl(installed_plugin, "plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert "example" in data["plugins"]
+    mine = {(c["category"], c["name"]) for c in data["contributions"] if c["plugin"] == "example"}
+    assert ("matcher", "none") in mine and ("spec folder", str(PLUGIN_SOURCE.name)) not in mine
+    specs = json.loads(_symdsl(installed_plugin, "specs", "--json").stdout)
+    assert "example-mlp" in {s["name"] for s in specs}
+
+
+def test_the_plugins_spec_checks_from_the_cli(installed_plugin):
+    result = _symdsl(installed_plugin, "check", "example-mlp")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "result: OK" in result.stdout
+
+
+def test_a_plugin_can_be_blocked(installed_plugin):
+    blocked = _symdsl(installed_plugin, "--block", "example", "plugins", "--json")
+    data = json.loads(blocked.stdout)
+    assert "example" not in data["plugins"] and data["blocked"] == ["example"]
+    assert all(c["plugin"] != "example" for c in data["contributions"])
+    env = {**installed_plugin, "SYMDSL_BLOCK_PLUGINS": "example"}
+    assert "example-mlp" not in _symdsl(env, "specs").stdout
