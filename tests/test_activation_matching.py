@@ -180,7 +180,7 @@ def test_discovered_as_a_plugin_and_rejects_bad_calls():
         matcher.match(resolved, state, state, model=model, batches=[])
 
 
-@pytest.mark.parametrize("module", ["activation_graph", "activation_stats"])
+@pytest.mark.parametrize("module", ["activation", "activation_graph", "activation_run", "activation_stats"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(f"symdsl_builtins.matchers.{module}"))
     assert result.failed == 0 and result.attempted > 0

@@ -81,3 +81,17 @@ def test_a_plugin_can_be_blocked(installed_plugin):
     assert all(c["plugin"] != "example" for c in data["contributions"])
     env = {**installed_plugin, "SYMDSL_BLOCK_PLUGINS": "example"}
     assert "example-mlp" not in _symdsl(env, "specs").stdout
+
+
+def test_the_plugins_matcher_runs_from_the_cli(installed_plugin, tmp_path):
+    for seed in (0, 1):
+        trained = _symdsl(installed_plugin, "train", "vit-digits", "--steps", "3", "--seed", str(seed),
+                          "-o", str(tmp_path / f"m{seed}"))
+        assert trained.returncode == 0, trained.stderr
+    result = _symdsl(installed_plugin, "align", str(tmp_path / "m0"), str(tmp_path / "m1"), "--matcher", "none",
+                     "-o", str(tmp_path / "aligned"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "aligned" / "symdsl.json").read_text())["matcher"] == "none"
+    blocked = _symdsl(installed_plugin, "--block", "example", "align", str(tmp_path / "m0"), str(tmp_path / "m1"),
+                      "--matcher", "none", "-o", str(tmp_path / "again"))
+    assert blocked.returncode == 2 and "unknown matcher 'none'" in blocked.stderr

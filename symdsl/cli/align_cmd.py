@@ -104,8 +104,9 @@ def run_align(args) -> int:
                                   "seconds": seconds, **alignment.result.to_record()})
     _save_transform(alignment, out)
     objective = alignment.result.objective
+    progress = f"objective {objective[0]:.4g} -> {objective[-1]:.4g}, " if objective else ""
     print(f"aligned {args.b} to {args.a} with spec {alignment.prepared.spec.name}, matcher {args.matcher}: "
-          f"objective {objective[0]:.4g} -> {objective[-1]:.4g} in {seconds:.1f} s")
+          f"{progress}{seconds:.1f} s")
     print(f"wrote {out}/ (standard checkpoint, transform.safetensors, symdsl.json)")
     return 0
 

@@ -80,6 +80,8 @@ def _report(draft, check, out) -> None:
     print(f"symdsl infer: {draft.model}: {counts}", file=out)
     for note in draft.notes:
         print(f"  left unbound: {note}", file=out)
+    for warning in draft.warnings:
+        print(f"  warning: {warning}", file=out)
     if check is None:
         return
     if check.error:

@@ -61,6 +61,9 @@ def infer_spec(model: torch.nn.Module, *, factory: str | None = None, timm_name:
     if draft.notes:
         header.append("Left unbound (conservative):")
         header += [f"- {note}" for note in draft.notes]
+    if draft.warnings:
+        header.append("Warnings:")
+        header += [f"- {warning}" for warning in draft.warnings]
     draft.text = render(draft, header)
     return draft
 

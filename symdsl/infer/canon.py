@@ -32,12 +32,22 @@ _ADDITIVE = frozenset(PASS + ("dropout", "view", "reshape", "_unsafe_view", "fla
 
 
 def owner(name: str) -> str:
-    """The module path owning a state-dict entry: ``"h.0.ln_1.weight"`` -> ``"h.0.ln_1"``."""
+    """The module path owning a state-dict entry.
+
+    >>> owner("h.0.ln_1.weight")
+    'h.0.ln_1'
+    """
     return name.rpartition(".")[0]
 
 
 def alias_for(walk: Walk, param: str, module: str | None) -> str:
-    """The state-dict name of ``param`` that the op in ``module`` uses (tied weights have several)."""
+    """The state-dict name of ``param`` that the op in ``module`` uses (tied weights have several).
+
+    >>> from types import SimpleNamespace
+    >>> w = SimpleNamespace(graph=SimpleNamespace(params={"p_wte": ["wte.weight", "lm_head.weight"]}))
+    >>> alias_for(w, "p_wte", "lm_head"), alias_for(w, "p_wte", None)
+    ('lm_head.weight', 'wte.weight')
+    """
     names = walk.graph.params.get(param, [param])
     return next((n for n in names if module is not None and owner(n) == module), names[0])
 
@@ -78,7 +88,17 @@ def _reader(walk: Walk, user, current: str, track: int):
 
 
 def plan_fold(walk: Walk, record: tuple) -> FoldPlan:
-    """Can the gain of the norm ``record`` (from :attr:`Walk.norms`) be folded, and into what?"""
+    """Can the gain of the norm ``record`` (from :attr:`Walk.norms`) be folded, and into what?
+
+    >>> import torch
+    >>> from symdsl.graph import capture
+    >>> from symdsl.infer.walk import walk
+    >>> net = torch.nn.Sequential(torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    >>> w = walk(capture(net, torch.randn(3, 4)), set(net.state_dict()))
+    >>> plan = plan_fold(w, w.norms[0])
+    >>> plan.ok, plan.norm, plan.readers
+    (True, '0', ['1.weight'])
+    """
     node, kind, var, weight, bias = record
     graph = walk.graph
     norm_node = graph.node(node)
@@ -156,6 +176,14 @@ def plan_center(walk: Walk, root: int, excluded_ops: set[str]) -> CenterPlan:
     """Writers of the stream on class ``root``, if every raw reader of it is a LayerNorm.
 
     ``excluded_ops`` use an alias that an ``untie`` step separates from the writer.
+
+    >>> import torch
+    >>> from symdsl.graph import capture
+    >>> from symdsl.infer.walk import walk
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    >>> w = walk(capture(net, torch.randn(5, 3)), set(net.state_dict()))
+    >>> plan_center(w, w.vars.root(w.param_axes["p_0_weight"][0]), set()).writers
+    ['0.weight', '0.bias']
     """
     graph, vars = walk.graph, walk.vars
     plan = CenterPlan()
@@ -233,6 +261,9 @@ def fold_accepts_unbound_gain() -> bool:
     (all ones after folding) is itself rotated, which only rotations fixing the ones vector
     survive. So an RMS residual gets full ``orthogonal`` only when the gain can stay unbound;
     this probes the installed canonicalizer on a two-layer toy model.
+
+    >>> fold_accepts_unbound_gain() in (True, False)
+    True
     """
     import torch
 

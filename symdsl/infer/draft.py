@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .canon import alias_for, fold_accepts_unbound_gain, owner, plan_center, plan_fold
+from .canon import fold_accepts_unbound_gain, owner, plan_center, plan_fold
 from .groups import Decision, assign_per, decide
 from .layers import Layers, find_layers, templatize
 from .patterns import describe, leaves, tensor_text
@@ -54,7 +54,8 @@ class Draft:
     tensors: list[tuple[str, str, str]] = field(default_factory=list)
     invariant: list[tuple[str, str]] = field(default_factory=list)
     tied: list[list[str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)       # components left unbound, and why
+    warnings: list[str] = field(default_factory=list)    # what may make the draft's own check fail
     text: str = ""
 
     def site_counts(self) -> dict[str, int]:
@@ -103,12 +104,17 @@ class _Builder:
                                          "cannot write")
         self.eff = vars.effective_flags()
         self.tensors_of: dict[int, list[str]] = {}
+        self.nested_of: dict[int, list[str]] = {}       # leaves below a nested fused axis -> tensors
         occurrences: dict[int, list] = {}
         for n, axes in self.descs.items():
             for parts in axes:
                 for part in parts:
                     for index, f in enumerate(part):
                         if f.root is None:
+                            for leaf in leaves(vars, f.nested) if f.nested is not None else []:
+                                users = self.nested_of.setdefault(leaf, [])
+                                if n not in users:
+                                    users.append(n)
                             continue
                         users = self.tensors_of.setdefault(f.root, [])
                         if n not in users:
@@ -424,13 +430,18 @@ class _Builder:
         sites that the model computes in less than float64 (the numeric check sees that)."""
         draft = self.draft
         blocked: dict[str, list[str]] = {}
-        for root, users in self.tensors_of.items():
+        for root, users in list(self.tensors_of.items()) + list(self.nested_of.items()):
             reasons = self.eff.get(root, {}).get("fixed", [])
             if root in self.decisions or self.vars.size(root) <= 1 or any(b in r for r in reasons for b in _CERTAIN):
                 continue
-            other = [r for r in reasons if not any(b in r for b in _BOUNDARY)]
+            other = [r for r in reasons if not any(b in r for b in _BOUNDARY) and "nested inside" not in r] or \
+                [r for r in reasons if not any(b in r for b in _BOUNDARY)]
             if other:
-                blocked.setdefault(other[0], []).extend(u for u in users if u not in blocked.get(other[0], []))
+                reason = other[0]
+                if self.templated:     # the same reason in every layer: one note
+                    reason = re.sub(rf"\b{re.escape(self.layers.container)}\.\d+\.", self.layers.name("${i}", ""), reason)
+                mine = blocked.setdefault(reason, [])
+                mine.extend(u for u in users if u not in mine)
         for reason, users in blocked.items():
             shown = templatize(users, self.layers) if self.templated else users
             draft.notes.append(f"{reason} -> left unbound: {', '.join(shown[:4])}{' ...' if len(shown) > 4 else ''}")
@@ -445,7 +456,7 @@ class _Builder:
         if low:
             modules = list(low)
             dtype = str(self.graph.node(self.w.low_precision[0]).dtype).replace("torch.", "")
-            draft.notes.append(f"the model computes below float64 on sites {', '.join(sorted(set().union(*low.values())))} "
+            draft.warnings.append(f"the model computes below float64 on sites {', '.join(sorted(set().union(*low.values())))} "
                                f"(e.g. {dtype} in {', '.join(modules[:2])}{' ...' if len(modules) > 2 else ''}): the "
                                "float64 numeric check confirms these symmetries only to that precision; check with a "
                                "larger --tolerance (1e-6 for float32)")
@@ -482,8 +493,18 @@ def _untied_template(alias: str, untied: set[str], layers: Layers) -> bool:
 
 
 def build_draft(model, graph, walk: Walk, example: dict, name: str | None = None) -> Draft:
-    """The draft spec for ``model`` from its captured ``graph`` and the finished ``walk``."""
+    """The draft spec for ``model`` from its captured ``graph`` and the finished ``walk``.
+
+    >>> import torch
+    >>> from symdsl.graph import capture
+    >>> from symdsl.infer.walk import walk
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    >>> graph = capture(net, torch.randn(2, 3))
+    >>> draft = build_draft(net, graph, walk(graph, set(net.state_dict())), {"inputs": {}})
+    >>> [(s.key, s.group) for s in draft.sites], draft.invariant
+    ([('mlp', 'permutation')], [('2.bias', 'axis 0: returned by the model')])
+    """
     return _Builder(model, graph, walk, example, name).build()
 
 
-__all__ = ["Draft", "SiteEntry", "build_draft", "alias_for"]
+__all__ = ["Draft", "SiteEntry", "build_draft"]

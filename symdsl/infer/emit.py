@@ -20,17 +20,30 @@ _WIDTH = 100
 
 
 def key(text: str) -> str:
-    """A mapping key, quoted unless it is a safe plain scalar (``h.${i}.ln_1.weight`` is)."""
+    """A mapping key, quoted unless it is a safe plain scalar.
+
+    >>> key("h.${i}.ln_1.weight"), key("0.weight")
+    ('h.${i}.ln_1.weight', '"0.weight"')
+    """
     return text if _PLAIN_KEY.match(text) and text not in ("y", "n", "yes", "no", "on", "off", "true", "false", "null") \
         else json.dumps(text)
 
 
 def flow(value) -> str:
-    """A YAML flow value (``{a: 1, b: 1.0e-05}``); strings with ``${`` are quoted."""
+    """A YAML flow value; floats keep a form YAML reads back as floats.
+
+    >>> flow({"eps": 1e-05, "n": 2, "name": "${i}"})
+    "{eps: 1.0e-05, n: 2, name: '${i}'}"
+    """
     return yaml.safe_dump(value, default_flow_style=True, width=10 ** 9, sort_keys=False).strip().removesuffix("...").strip()
 
 
 def quote(text: str) -> str:
+    """A double-quoted YAML scalar (JSON's escaping is valid YAML).
+
+    >>> print(quote("(heads qk')"))
+    "(heads qk')"
+    """
     return json.dumps(text)
 
 
@@ -53,7 +66,14 @@ def _comment_block(lines: list[str], indent: str = "") -> list[str]:
 
 
 def render(draft: Draft, header: list[str] | None = None) -> str:
-    """The YAML text of ``draft`` (``header``: comment lines to put first)."""
+    """The YAML text of ``draft`` (``header``: comment lines to put first).
+
+    >>> from symdsl.infer.draft import Draft
+    >>> d = Draft("mlp", "Sequential", {"factory": "m:f", "inputs": {"x": {"randn": True, "shape": [2, 3]}}},
+    ...           {"torch": ["Sequential"]}, invariant=[("0.weight", "")])
+    >>> print(render(d, ["a draft"]).splitlines()[0])
+    # a draft
+    """
     out = _comment_block(header or [])
     out += ["symdsl: 1", f"name: {key(draft.name)}",
             f"description: {quote('draft inferred by symdsl infer for ' + draft.model + '; review before use')}"]

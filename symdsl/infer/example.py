@@ -25,12 +25,23 @@ SEQ = 8
 
 
 def library(model: torch.nn.Module) -> str:
+    """Where a model class comes from: 'transformers', 'timm' or 'torch'.
+
+    >>> library(torch.nn.Linear(2, 2))
+    'torch'
+    """
     module = type(model).__module__
     return "transformers" if module.startswith("transformers.") else "timm" if module.startswith("timm.") else "torch"
 
 
 def transformers_config(model: torch.nn.Module) -> dict[str, Any]:
-    """The config values of a transformers model that differ from its config class's defaults."""
+    """The config values of a transformers model that differ from its config class's defaults.
+
+    >>> import transformers
+    >>> cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=64)
+    >>> sorted(transformers_config(transformers.GPT2LMHeadModel(cfg)))
+    ['n_embd', 'n_head', 'n_layer', 'vocab_size']
+    """
     config = model.config
     try:
         defaults = type(model).config_class().to_dict()
@@ -78,7 +89,15 @@ def _forward_args(model: torch.nn.Module) -> list[str]:
 
 
 def guess_inputs(model: torch.nn.Module) -> dict[str, Any]:
-    """Random-input specs (``{name: {randint|randn, shape}}``) for ``model.forward``."""
+    """Random-input specs (``{name: {randint|randn, shape}}``) for ``model.forward``.
+
+    >>> guess_inputs(torch.nn.Conv2d(3, 8, 2))
+    Traceback (most recent call last):
+    ...
+    symdsl.errors.UsageError: cannot guess the inputs of Conv2d.forward(input); pass them as JSON, e.g. --inputs '{"x": {"randn": true, "shape": [2, 3, 32, 32]}}'
+    >>> guess_inputs(torch.nn.Embedding(100, 4))
+    {'input': {'randint': [0, 100], 'shape': [2, 8]}}
+    """
     args = _forward_args(model)
     config = getattr(model, "config", None)
     if library(model) == "transformers" and config is not None:

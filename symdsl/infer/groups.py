@@ -110,6 +110,11 @@ def assign_per(decisions: dict[int, Decision], occurrences: dict[int, list[tuple
 
     ``occurrences[root]`` lists, for every tensor axis part that contains the component, the
     root of the factor just before it (None when it is first or alone).
+
+    >>> ds = {1: decide(1, 4, {"heads": []}, []), 2: decide(2, 8, {"qk": []}, [])}
+    >>> assign_per(ds, {1: [None, None], 2: [1, 1]})      # qk always follows heads: (heads qk)
+    >>> ds[2].per
+    1
     """
     for root, d in decisions.items():
         before = {prev for prev in occurrences.get(root, [])}

@@ -36,7 +36,14 @@ def describe(vars: AxisVars, var: int, inexpressible: set[int]) -> list[list[Fac
 
 
 def leaves(vars: AxisVars, var: int) -> list[int]:
-    """The leaf class roots below ``var``'s structure (itself when it has none)."""
+    """The leaf class roots below ``var``'s structure (itself when it has none).
+
+    >>> v = AxisVars()
+    >>> d = v.new(6)
+    >>> h, k = v.expand(d, "prod", [2, 3])
+    >>> leaves(v, d) == [h, k], leaves(v, h) == [h]
+    (True, True)
+    """
     s = vars.struct.get(vars.root(var))
     if s is None:
         return [vars.root(var)]
@@ -94,6 +101,11 @@ def axis_text(parts: list[list[Factor]], name_of, dual_of) -> str:
 
 
 def tensor_text(axes: list[list[list[Factor]]], name_of, dual_of) -> str:
-    """The whole pattern of a tensor: one entry per axis, space separated."""
+    """The whole pattern of a tensor: one entry per axis, space separated.
+
+    >>> axes = [[[Factor(None, 0, 50)]], [[Factor(3, 0, 8)]]]          # an embedding (vocab, d)
+    >>> tensor_text(axes, {3: "resid"}.get, lambda f, whole, axis: False)
+    '_ resid'
+    """
     return " ".join(axis_text(parts, name_of, lambda f, whole, i=i: dual_of(f, whole, i))
                     for i, parts in enumerate(axes))

@@ -126,6 +126,8 @@ def assert_rule(ctx):
 
 @rule("add", "sub", "rsub")
 def add_rule(ctx):
+    # x + y: axes where both vary are one space; a number or an operand constant along an axis
+    # (missing or size 1 there) adds c·1 to that axis
     tensors = [ctx.value(a) for a in ctx.node.args[:2] if isinstance(a, Ref)]
     if not all(isinstance(t, tuple) for t in tensors) or not tensors:
         raise Opaque("operand is not a plain tensor")
@@ -138,6 +140,8 @@ def add_rule(ctx):
 
 @rule("mul", "div")
 def mul_rule(ctx):
+    # x * y: scaling by a number or by a factor constant along an axis commutes with any linear
+    # map of that axis; an elementwise product of two varying operands only with permutations
     tensors = [ctx.value(a) for a in ctx.node.args[:2] if isinstance(a, Ref)]
     if not all(isinstance(t, tuple) for t in tensors) or not tensors:
         raise Opaque("operand is not a plain tensor")
@@ -167,6 +171,7 @@ def softmax_rule(ctx):
 
 @rule("mean", "sum")
 def reduce_rule(ctx):
+    # summing over an axis reads it with the ones vector: only maps that fix 1 keep the sum
     x = ctx.tensor(0)
     dims = ctx.arg(1)
     keep = bool(ctx.arg(2, False))
@@ -179,6 +184,8 @@ def reduce_rule(ctx):
 # -- contractions ------------------------------------------------------------------------
 @rule("linear")
 def linear_rule(ctx):
+    # x (..., in) · w (out, in)^T + b (out,): w's input axis reads x's features (their dual),
+    # its output axis and the bias write the output's features
     x, w = ctx.tensor(0), ctx.tensor(1)
     ctx.union(x[-1], w[1], flip=True)
     ctx.vars.vote(w[0])
@@ -194,6 +201,7 @@ def linear_rule(ctx):
 
 @rule("addmm")
 def addmm_rule(ctx):
+    # bias (out,) + m1 (n, in) @ m2 (in, out): GPT-2's Conv1D, whose weight is stored (in, out)
     bias, m1, m2 = ctx.tensor(0), ctx.tensor(1), ctx.tensor(2)
     ctx.union(m1[1], m2[0], flip=True)
     if ctx.vars.size(bias[-1]) == ctx.vars.size(m2[1]):
@@ -207,6 +215,7 @@ def addmm_rule(ctx):
 
 @rule("mm", "matmul", "bmm")
 def matmul_rule(ctx):
+    # a (*batch, n, m) @ b (*batch, m, p) -> (*batch, n, p); 1-d operands contract their only axis
     a, b = ctx.tensor(0), ctx.tensor(1)
     if len(a) == 1 or len(b) == 1:
         ctx.union(a[-1], b[0] if len(b) == 1 else b[-2], flip=True)
@@ -239,6 +248,8 @@ def _from_softmax(graph, arg, depth: int = 0) -> bool:
 
 @rule("conv1d", "conv2d", "conv3d", "convolution")
 def conv_rule(ctx):
+    # x (b, c_in, *spatial) * w (c_out, c_in, *kernel) + b (c_out,): channels contract like a
+    # linear layer; kernel taps and spatial positions mix, so they stay fixed
     x, w = ctx.tensor(0), ctx.tensor(1)
     groups = ctx.arg(6, 1)
     if groups not in (None, 1):
@@ -259,6 +270,7 @@ def conv_rule(ctx):
 
 @rule("embedding")
 def embedding_rule(ctx):
+    # w (vocab, d)[idx (...)] -> (..., d): rows are picked by integer ids, so they cannot move
     w, idx = ctx.tensor(0), ctx.tensor(1)
     ctx.flag(w[0], "fixed", f"embedding rows, indexed by integer ids ({ctx.where})")
     ctx.vars.vote(w[1])
@@ -268,6 +280,8 @@ def embedding_rule(ctx):
 
 @rule("scaled_dot_product_attention")
 def sdpa_rule(ctx):
+    # q (b, h, t_q, k), k (b, h, t_k, k), v (b, h, t_k, k_v) -> (b, h, t_q, k_v): scores contract
+    # q and k per head, softmax mixes tokens, values are averaged per head
     q, k, v = ctx.tensor(0), ctx.tensor(1), ctx.tensor(2)
     if ctx.node.kwargs.get("enable_gqa") or not len(q) == len(k) == len(v) >= 2:
         raise Opaque("grouped-query attention")
@@ -301,6 +315,7 @@ def sdpa_rule(ctx):
 # -- norms ---------------------------------------------------------------------------------
 @rule("layer_norm", "rms_norm")
 def norm_rule(ctx):
+    # x (..., d) normalised over d; gain w (d,) and bias b (d,) live on the same space as x's d
     x = ctx.tensor(0)
     shape = ctx.arg(1)
     n = len(shape) if isinstance(shape, (list, tuple)) else 1
@@ -472,7 +487,7 @@ def slice_rule(ctx):
     if size == ctx.vars.size(x[dim]):
         return x
     ctx.flag(x[dim], "fixed", f"slice takes part of this axis ({ctx.where})")
-    return x[:dim] + (ctx.vars.new(size, "fixed", f"slice ({ctx.where})"),) + x[dim + 1:]
+    return x[:dim] + (ctx.vars.new(size, "fixed", f"slice takes part of this axis ({ctx.where})"),) + x[dim + 1:]
 
 
 @rule("cat", "concat", "concatenate")

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..graph.capture_types import CapturedGraph
+from ..graph.rules import get_rule
 from .reshape import Stacked
 from .rules import RULES, Ctx, Opaque
 from .variables import AxisVars
@@ -93,6 +94,10 @@ def walk(graph: CapturedGraph, state_names: set[str]) -> Walk:
         try:
             if rule is None:
                 raise Opaque(f"no inference rule for op '{node.op}'")
+            if get_rule(node.op) is None:
+                # the static check fails closed on ops it has no rule for: a draft must not claim a
+                # symmetry through one, even where inference could follow it
+                raise Opaque(f"the static check has no rule for op '{node.op}'")
             result.values[node.name] = rule(ctx)
         except (Opaque, IndexError, TypeError, KeyError, ValueError, AttributeError, ZeroDivisionError) as exc:
             reason = f"{ctx.where}: {exc}" if isinstance(exc, Opaque) else \

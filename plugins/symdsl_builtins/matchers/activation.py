@@ -27,9 +27,15 @@ Solvers (element h acts on B; A ≈ h·B is the aim; C has A's coordinates as ro
   Procrustes on the raw cross second moment E[a b^T] summed over nodes (raw, not centred, so
   that means are aligned as well: it is the least-squares fit of the activations);
 - invertible and other non-self-dual kinds: least-squares regression of A's activations on
-  B's, h = E[a b^T] E[b b^T]^-1, per head for a ``per`` site. Only nodes where the site is
-  primal are used when there are any (for ``qk`` the queries, for ``ov`` the values and the
-  attention output); with dual nodes only (keys), the dual map M is regressed and h = M^-T;
+  B's, h = E[a b^T] E[b b^T]^-1, per head for a ``per`` site, from the nodes where the site
+  is primal (for ``qk`` the queries, for ``ov`` the values and the attention output); with
+  dual nodes only, the dual map M is regressed and h = M^-T. Where the site also has dual
+  nodes (``qk``: the keys) and the primal fit is not exact, it is refined (L-BFGS) on the
+  joint least-squares objective over both sides, since the primal fit alone shrinks h
+  between weakly related models and h^-T then blows up the keys. ``invertible="whitened"``
+  instead matches second moments (h E[bb^T] h^T = E[aa^T], the closest such map): equally
+  exact on a transformed A, and it never shrinks h, which keeps the merged weights sane on
+  the side no activation sees (``ov``'s output projection);
 - a parent of per-sites (attention heads with per-head maps): assignment on the mean
   squared canonical correlation between head a of A and head b of B, summed over the
   family's nodes. A head's centred activations span a subspace of the sample space; any
@@ -72,7 +78,7 @@ class ActivationMatching(Matcher):
     >>> spec = find_spec("timm-vit")
     >>> model = build_example(spec).double()
     >>> resolved = resolve(spec, model)
-    >>> canonicalize(model, resolved)
+    >>> model = canonicalize(model, resolved)
     >>> a = model.state_dict()
     >>> hidden = random_transform(resolved, seed=1)
     >>> b = act_state_dict(resolved, a, hidden)
@@ -111,8 +117,11 @@ class ActivationMatching(Matcher):
         if model is None or batches is None:
             raise UsageError("activation matching needs the architecture (model=) and data (batches=: an iterable of "
                              "forward() keyword-argument dicts)")
-        first = next(iter(state_a.values()))
-        device = torch.device(device) if device is not None else first.device
+        rectangular = [s.name for s in resolved.sites.values() if s.size != s.size_in]
+        if rectangular:
+            raise UsageError(f"activation matching runs A and B through one architecture; sites {rectangular[:3]} "
+                             "change width (use weight matching for width-heterogeneous alignment)")
+        device = torch.device(device) if device is not None else next(iter(state_a.values())).device
         floats = [t.dtype for t in state_a.values() if t.is_floating_point()]
         runner = ActivationRunner(resolved, model, device=device, dtype=floats[0] if floats else F64,
                                   evaluator=evaluator)

@@ -53,10 +53,11 @@ class Feature:
 class Plan:
     """How to turn one node's output into a (samples, features) matrix for one site family.
 
-    ``x`` (the node's value, of ``shape``) is narrowed to a part of a fused axis when ``split`` is set (axis, offset, size),
-    viewed as ``factor_shape`` (every axis cut into its type's factors), permuted so the
-    ``sample_factors`` come first and the ``feature_factors`` last (parent site first), and
-    flattened to (N, D) with D = prod of the features' sizes, row-major in ``features``.
+    ``x`` (the node's value, of ``shape``) is narrowed to one part of a fused axis when
+    ``split`` = (axis, offset, size) is set, viewed as ``factor_shape`` (every axis cut into its
+    type's factors), permuted so the ``sample_factors`` come first and the ``feature_factors``
+    last (parent site first), and flattened to (N, D), D = prod of the features' sizes,
+    row-major in ``features``.
     """
 
     node: str
@@ -208,7 +209,8 @@ def plans_for(name: str, value, shape, members: Sequence[str]) -> tuple[list[Pla
     return plans, None
 
 
-def select_plans(graph: CapturedGraph, values: Mapping, resolved: ResolvedSpec) -> tuple[dict[str, list[Plan]], list[str]]:
+def select_plans(graph: CapturedGraph, values: Mapping,
+                 resolved: ResolvedSpec) -> tuple[dict[str, list[Plan]], list[str]]:
     """For each family root: the plans of its frontier nodes; and notes on nodes passed over.
 
     ``values`` is ``propagate(graph, resolved).values``.

@@ -28,7 +28,7 @@ from symdsl.graph.capture_common import TensorAliases, without_kv_cache
 from symdsl.graph.propagate import propagate
 from symdsl.spec.binding import ResolvedSpec
 
-from .activation_graph import LAYOUT_OPS, Plan, select_plans
+from .activation_graph import Plan, select_plans
 
 State = Mapping[str, torch.Tensor]
 
@@ -62,8 +62,17 @@ class Program:
 class ActivationRunner:
     """Read the activations of the planned nodes for a state dict and a batch.
 
-    >>> # runner = ActivationRunner(resolved, model, device="cpu", dtype=torch.float64)
-    >>> # values = runner.run(runner.program(batch), state, batch)   # {node name: tensor}
+    >>> from symdsl.spec import load_spec_text, resolve
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
+    >>> spec = load_spec_text("symdsl: 1\\nname: t\\nsites: {h: {group: permutation, size: 4}}\\n"
+    ...                       "tensors: {0.weight: h _, 0.bias: h, 2.weight: _ h'}\\ninvariant: [2.bias]\\n")
+    >>> runner = ActivationRunner(resolve(spec, net), net, device="cpu", dtype=torch.float64)
+    >>> batch = {"input": torch.randn(5, 3, dtype=torch.float64)}
+    >>> program = runner.program(batch)
+    >>> [p.label for p in program.all_plans()]          # the MLP's pre- and post-activation
+    ['linear', 'relu']
+    >>> runner.run(program, net.state_dict(), batch)["relu"].shape
+    torch.Size([5, 4])
     """
 
     def __init__(self, resolved: ResolvedSpec, model: torch.nn.Module, *, device, dtype: torch.dtype,
@@ -127,8 +136,9 @@ class ActivationRunner:
         plans, notes = select_plans(graph, result.values, self.resolved)
         findings = len(result.findings)
         if findings:
-            notes.append(f"the static check found {findings} violation(s) on this model (first: {result.findings[0]}); "
-                         "nodes after them carry no type and are not read")
+            first = result.findings[0]
+            notes.append(f"the static check found {findings} violation(s) on this model (first, at node {first.node}: "
+                         f"{first.message}); nodes after a violation carry no type and are not read")
         evaluator = self.evaluator
         exported = None
         if evaluator in ("auto", "export") and graph.backend == "export":
@@ -180,12 +190,14 @@ class ActivationRunner:
             raise RuntimeError(f"exported program expects {len(specs)} inputs, got {len(flat)}")
         for i, spec in enumerate(specs):
             if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
-                flat[i] = self._tensor(state, spec.target, flat[i] if spec.kind == InputKind.BUFFER or not state else None)
+                own = flat[i] if spec.kind == InputKind.BUFFER or not state else None   # a dry run uses the model's
+                flat[i] = self._tensor(state, spec.target, own)
         recorder = _Recorder(ep.graph_module, wanted)
         recorder.run(*flat)
         return recorder.values
 
-    def _run_hooks(self, program: Program, state: State, batch: Mapping[str, Any], wanted: set[str]) -> dict[str, torch.Tensor]:
+    def _run_hooks(self, program: Program, state: State, batch: Mapping[str, Any],
+                   wanted: set[str]) -> dict[str, torch.Tensor]:
         values: dict[str, torch.Tensor] = {}
         numel = program.numel
         handles = []

@@ -38,6 +38,7 @@ class _Problem:
         self.occ = {s: occurrences(resolved, s) for s in self.sites}
         self.permutations_only = permutations_only
         self.only: set[str] | None = None    # restrict correlations to these tensors (anchor phase)
+        self.invertible_steps = 0             # L-BFGS iterations refining invertible sites (0: closed forms only)
 
     def touched(self, sites) -> list[str]:
         return sorted({o.tensor for s in sites for o in self.occ[s]})
@@ -87,12 +88,15 @@ class WeightMatching(Matcher):
 
     def match(self, resolved, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], *,
               seed: int = 0, progress=None, max_iter: int = 30, tol: float = 1e-9, permutations_only: bool = False,
-              device=None, **options) -> MatchResult:
+              invertible_steps: int = 50, device=None, **options) -> MatchResult:
         if options:
-            raise TypeError(f"weight matching has no option(s) {sorted(options)}; options: max_iter, tol, "
-                            "permutations_only, device")
+            from symdsl.errors import UsageError
+
+            raise UsageError(f"weight matching has no option(s) {sorted(options)}; options: max_iter, tol, "
+                             "permutations_only, invertible_steps, device")
         device = device or next(iter(state_a.values())).device
         problem = _Problem(resolved, state_a, state_b, device, permutations_only)
+        problem.invertible_steps = int(invertible_steps)
         everything = list(resolved.tensors)
         history = [problem.objective(everything)]
         units = _units(resolved)
@@ -234,6 +238,25 @@ def _solve_parent(problem: _Problem, parent: str, kids: list[str]) -> None:
                                                    dtype=torch.float64, device=device)
 
 
+def _sylvester_fit(primal, dual) -> torch.Tensor:
+    """Closed-form g for  sum ||g B_p - A_p||^2 + sum ||g^T A_d - B_d||^2.
+
+    The dual residual A_d - g^-T B_d, multiplied by g^T, becomes linear in g; the normal
+    equations are the Sylvester equation  g P + Q g = R  with P = B_p B_p^T, Q = A_d A_d^T
+    (both symmetric PSD, batched per head), solved in the eigenbases of P and Q.
+    Exact when a g fits both sides exactly (a recovery problem).
+    """
+    p = sum(b @ b.mT for _, b in primal)                  # (..., k, k)
+    q = sum(a @ a.mT for a, _ in dual)
+    r = sum(a @ b.mT for a, b in primal) + sum(a @ b.mT for a, b in dual)
+    p_val, p_vec = torch.linalg.eigh(p)
+    q_val, q_vec = torch.linalg.eigh(q)
+    denom = q_val.unsqueeze(-1) + p_val.unsqueeze(-2)     # (..., k, k): q_i + p_j
+    floor = 1e-12 * denom.abs().amax(dim=(-1, -2), keepdim=True).clamp_min(1e-300)
+    core = (q_vec.mT @ r @ p_vec) / denom.clamp_min(floor)
+    return q_vec @ core @ p_vec.mT
+
+
 def _solve_invertible(problem: _Problem, site: str) -> None:
     """min_g sum_primal ||A - g B||^2 + sum_dual ||A - g^-T B||^2 (batched over ``per``)."""
     primal, dual = [], []
@@ -259,6 +282,8 @@ def _solve_invertible(problem: _Problem, site: str) -> None:
         bb = sum(b @ b.mT for a, b in primal)
         eye = torch.eye(bb.shape[-1], dtype=bb.dtype, device=bb.device)
         candidates.append(torch.linalg.solve(bb + 1e-12 * bb.diagonal(dim1=-2, dim2=-1).mean() * eye, ab.mT).mT)
+    if primal and dual:   # both sides at once, reweighted to be linear: a Sylvester equation
+        candidates.append(_sylvester_fit(primal, dual))
     if dual:     # closed form from the g^-T side
         ab = sum(a @ b.mT for a, b in dual)
         bb = sum(b @ b.mT for a, b in dual)
@@ -270,14 +295,14 @@ def _solve_invertible(problem: _Problem, site: str) -> None:
         scores = [float(loss(c)) if torch.isfinite(c).all() else float("inf") for c in candidates]
     best = candidates[min(range(len(scores)), key=scores.__getitem__)]
     scale = sum(float((a ** 2).sum()) for a, _ in primal + dual)
-    if min(scores) <= 1e-24 * scale or not (primal and dual):
+    if min(scores) <= 1e-24 * scale or not (primal and dual) or problem.invertible_steps <= 0:
         # exact already, or one-sided (then the closed form is the least-squares optimum)
         if problem.sites[site].kind.contains(best):
             problem.elements[site] = best.detach()
         return
     g = best.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([g], lr=1, max_iter=100, tolerance_grad=1e-12, tolerance_change=1e-14,
-                                  line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS([g], lr=1, max_iter=problem.invertible_steps, tolerance_grad=1e-12,
+                                  tolerance_change=1e-14, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
