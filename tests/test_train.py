@@ -26,7 +26,7 @@ def test_a_few_steps_lower_the_training_loss(digits):
     model = small_vit(digits, seed=0)
     before = evaluate(model, digits, "train")["loss"]
     metrics = train(model, digits, steps=60, batch_size=64, lr=3e-3, schedule="constant", seed=0,
-                    evaluate_split=None)
+                    evaluate_split=None, threads=1)
     after = evaluate(model, digits, "train")["loss"]
     assert after < before - 0.3, (before, after)
     assert len(metrics["losses"]) == 60 and metrics["final_loss"] < metrics["first_loss"]
@@ -46,10 +46,11 @@ def test_training_is_reproducible_from_the_seed(digits):
     assert other_losses != losses
 
 
-def test_training_leaves_the_global_rng_alone(digits):
-    rng = torch.get_rng_state()
-    train(small_vit(digits, embed_dim=32, seed=0), digits, steps=2, batch_size=16, evaluate_split=None)
-    assert torch.equal(torch.get_rng_state(), rng)
+def test_training_leaves_the_global_rng_and_thread_count_alone(digits):
+    rng, threads = torch.get_rng_state(), torch.get_num_threads()
+    train(small_vit(digits, embed_dim=32, seed=0), digits, steps=2, batch_size=16, evaluate_split=None,
+          threads=threads + 1)
+    assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
 
 
 def test_train_reports_test_metrics_and_checks_arguments(digits):
@@ -89,7 +90,7 @@ def test_small_gpt2_follows_the_dataset_and_learns():
     assert (config.vocab_size, config.n_positions, config.n_embd) == (ds.vocab_size, 32, 32)
     assert config.resid_pdrop == config.embd_pdrop == config.attn_pdrop == 0.0
     before = evaluate(model, ds, "test")["loss"]
-    metrics = train(model, ds, steps=40, batch_size=16, lr=1e-2, seed=0)
+    metrics = train(model, ds, steps=40, batch_size=16, lr=1e-2, seed=0, threads=1)
     assert metrics["test_loss"] < before - 0.5, (before, metrics["test_loss"])
 
 

@@ -78,6 +78,8 @@ def _load(ref: str, config: dict | None):
 def _report(draft, check, out) -> None:
     counts = ", ".join(f"{n} {kind}" for kind, n in draft.site_counts().items()) or "no sites"
     print(f"symdsl infer: {draft.model}: {counts}", file=out)
+    for line in draft.info:
+        print(f"  {line}", file=out)
     for note in draft.notes:
         print(f"  left unbound: {note}", file=out)
     for warning in draft.warnings:

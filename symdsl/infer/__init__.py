@@ -57,7 +57,7 @@ def infer_spec(model: torch.nn.Module, *, factory: str | None = None, timm_name:
     header = [f"Draft spec inferred by `symdsl infer` from the traced graph of {type(model).__name__} "
               f"({graph.backend}, {len(graph.nodes)} nodes). Every choice below is a guess from the graph, "
               "explained in a comment; `symdsl check` on this file tests all of them.",
-              "Sites: " + (", ".join(f"{n} {k}" for k, n in draft.site_counts().items()) or "none")]
+              "Sites: " + (", ".join(f"{n} {k}" for k, n in draft.site_counts().items()) or "none")] + draft.info
     if draft.notes:
         header.append("Left unbound (conservative):")
         header += [f"- {note}" for note in draft.notes]

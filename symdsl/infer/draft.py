@@ -56,6 +56,7 @@ class Draft:
     tied: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)       # components left unbound, and why
     warnings: list[str] = field(default_factory=list)    # what may make the draft's own check fail
+    info: list[str] = field(default_factory=list)        # how the draft is laid out
     text: str = ""
 
     def site_counts(self) -> dict[str, int]:
@@ -461,8 +462,8 @@ class _Builder:
                                "float64 numeric check confirms these symmetries only to that precision; check with a "
                                "larger --tolerance (1e-6 for float32)")
         if not self.templated and self.layers is not None:
-            draft.notes.append(f"the layers of '{self.layers.container}' do not all have the same symmetries: "
-                               "every layer is written out")
+            draft.info.append(f"the layers of '{self.layers.container}' do not all have the same symmetries: "
+                              "every layer is written out")
 
     def build(self) -> Draft:
         self.analyse()

@@ -5,7 +5,9 @@ buffers get variables flagged ``fixed`` (no symmetry may move them); each op's r
 :mod:`symdsl.infer.rules`) unites and flags variables; the model's outputs are flagged ``fixed``
 too (the draft claims invariance of what the model returns). An op without a rule, or one its
 rule cannot interpret, flags everything it touches ``fixed`` and is listed in
-:attr:`Walk.opaque`: the draft then leaves those axes unbound rather than guess.
+:attr:`Walk.opaque`: the draft then leaves those axes unbound rather than guess. So does an op
+the static checker has no rule for (it fails closed on those), so that a draft never claims a
+symmetry that ``symdsl check`` cannot follow.
 """
 from __future__ import annotations
 

@@ -17,13 +17,16 @@ from .schedule import lr_multiplier
 def train(model: torch.nn.Module, dataset: Dataset | str, *, steps: int, batch_size: int = 64, lr: float = 1e-3,
           weight_decay: float = 0.01, schedule: str = "cosine", warmup: int = 0, grad_clip: float | None = 1.0,
           seed: int = 0, device: torch.device | str | None = None, evaluate_split: str | None = "test",
-          progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+          threads: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Train ``model`` in place for ``steps`` AdamW steps on shuffled train batches; return metrics.
 
     Batches come from ``dataset.batches("train", shuffle=True)`` with seeds derived from ``seed``
     (one per pass), and the global torch RNG (dropout) is seeded inside a forked RNG state, so
     the same seed gives the same model on the CPU and the caller's RNG is left untouched.
     ``schedule`` is ``"cosine"`` (to 0) or ``"constant"``, after ``warmup`` linear steps.
+    ``threads`` sets torch's CPU thread count for the run (restored after): models this small
+    gain nothing from intra-op threads, and on a busy shared CPU two threads were measured
+    10-20x slower than one (OpenMP workers waiting on each other), so the recipes use 1.
     Metrics: ``steps``, ``seconds``, ``first_loss``, ``final_loss`` (mean of the last 10 batch
     losses), ``losses`` (every batch loss), and, unless ``evaluate_split`` is None, that split's
     ``<split>_loss`` and ``<split>_accuracy``. The model is left in eval mode.
@@ -51,7 +54,7 @@ def train(model: torch.nn.Module, dataset: Dataset | str, *, steps: int, batch_s
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
-    with _seeded(seed, device):
+    with _seeded(seed, device), _threads(threads):
         for step, (inputs, targets) in enumerate(_batch_stream(dataset, batch_size, seed, device)):
             if step >= steps:
                 break
@@ -71,7 +74,8 @@ def train(model: torch.nn.Module, dataset: Dataset | str, *, steps: int, batch_s
     metrics: dict[str, Any] = {"steps": steps, "seconds": time.perf_counter() - start, "first_loss": losses[0],
                                "final_loss": sum(losses[-10:]) / len(losses[-10:]), "losses": losses}
     if evaluate_split is not None:
-        result = evaluate(model, dataset, evaluate_split)
+        with _threads(threads):
+            result = evaluate(model, dataset, evaluate_split)
         metrics.update({f"{evaluate_split}_{key}": value for key, value in result.items()})
     return metrics
 
@@ -96,6 +100,19 @@ def _parameter_groups(model: torch.nn.Module) -> tuple[list, list]:
         is_matrix = param.dim() >= 2 and not name.endswith(("cls_token", "pos_embed", "reg_token"))
         (decay if is_matrix else no_decay).append(param)
     return decay, no_decay
+
+
+@contextlib.contextmanager
+def _threads(count: int | None):
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @contextlib.contextmanager

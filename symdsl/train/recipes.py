@@ -17,5 +17,7 @@ Measured on a 2-core CPU (torch 2.14, 2 threads); wall time varies with machine 
 """
 from __future__ import annotations
 
-DIGITS_VIT = {"steps": 600, "batch_size": 64, "lr": 3e-3, "schedule": "cosine", "weight_decay": 0.01}
-CHAR_GPT2 = {"steps": 1200, "batch_size": 32, "lr": 3e-3, "schedule": "cosine", "weight_decay": 0.01}
+DIGITS_VIT = {"steps": 600, "batch_size": 64, "lr": 3e-3, "schedule": "cosine", "weight_decay": 0.01,
+              "threads": 1}
+CHAR_GPT2 = {"steps": 1200, "batch_size": 32, "lr": 3e-3, "schedule": "cosine", "weight_decay": 0.01,
+             "threads": 1}

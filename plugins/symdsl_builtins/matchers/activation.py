@@ -33,7 +33,7 @@ Solvers (element h acts on B; A ≈ h·B is the aim; C has A's coordinates as ro
   nodes (``qk``: the keys) and the primal fit is not exact, it is refined (L-BFGS) on the
   joint least-squares objective over both sides, since the primal fit alone shrinks h
   between weakly related models and h^-T then blows up the keys. ``invertible="whitened"``
-  instead matches second moments (h E[bb^T] h^T = E[aa^T], the closest such map): equally
+  (the default; ``"regression"`` selects the fit above) instead matches second moments (h E[bb^T] h^T = E[aa^T], the closest such map): equally
   exact on a transformed A, and it never shrinks h, which keeps the merged weights sane on
   the side no activation sees (``ov``'s output projection);
 - a parent of per-sites (attention heads with per-head maps): assignment on the mean
@@ -99,7 +99,7 @@ class ActivationMatching(Matcher):
     def match(self, resolved: ResolvedSpec, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
               *, model: torch.nn.Module | None = None, batches: Iterable[Mapping] | None = None, seed: int = 0,
               progress=None, max_samples: int = 65536, device=None, evaluator: str = "auto",
-              invertible: str = "regression", **options) -> MatchResult:
+              invertible: str = "whitened", **options) -> MatchResult:
         """Find h with act(h, B) ≈ A from activations of ``model`` (A's and B's architecture) on ``batches``.
 
         ``batches``: forward() keyword-argument dicts; they are read until some node has seen
