@@ -140,3 +140,24 @@ def test_canonicalization_is_idempotent(name):
     canonicalize(model, resolved)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, once[key], rtol=1e-13, atol=1e-15)
+
+
+def test_rmsnorm_gain_folds_unbound_and_the_residual_admits_every_rotation():
+    from symdsl.check import numeric_check
+
+    spec = load_spec_text("""
+symdsl: 1
+name: rms
+example: {factory: "test_canonicalizers:rms_net", inputs: {input: {randn: true, shape: [5, 6]}}}
+sites: {resid: {group: orthogonal, size: 6}}
+canonicalize:
+  - fold_layernorm: {norm: "1", readers: [2.weight]}
+tensors: {0.weight: "resid _", 0.bias: resid, 2.weight: "_ resid'"}
+invariant: [1.weight, 2.bias]
+""", "rms.yaml")
+    report = numeric_check(spec)
+    assert report.ok and report.canonicalize_error < 1e-12
+
+
+def rms_net():
+    return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.RMSNorm(6), torch.nn.Linear(6, 3))

@@ -27,6 +27,23 @@ def _site_axis(resolved, tensor_name: str, site: str, want_dual: bool | None) ->
                     + ("" if want_dual is None else (" (dual)" if want_dual else " (primal)")))
 
 
+def _reader_sites(resolved, readers) -> set[str]:
+    """The site every reader reads: common to all readers as a whole axis marked dual (');
+    failing that, any common whole-axis site of a self-dual group."""
+    def common(accept) -> set[str]:
+        shared = None
+        for name in readers:
+            binding = resolved.tensors.get(name)
+            found = {axis.parts[0][0].site for axis in (binding.axes if binding else ())
+                     if len(axis.parts) == 1 and len(axis.parts[0]) == 1 and axis.parts[0][0].site
+                     and accept(axis.parts[0][0])}
+            shared = found if shared is None else shared & found
+        return shared or set()
+
+    marked = common(lambda f: f.dual)
+    return marked if marked else common(lambda f: resolved.sites[f.site].kind.self_dual)
+
+
 def _broadcast(vector: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
     shape = [1] * ndim
     shape[axis] = -1
@@ -92,6 +109,8 @@ class FoldLayerNorm(Canonicalizer):
             site = args.site
         elif norm_binding is not None and norm_binding.sites():
             site = next(iter(norm_binding.sites()))
+        elif len(_reader_sites(resolved, args.readers)) == 1:
+            site = _reader_sites(resolved, args.readers).pop()   # the one site every reader reads
         else:
             raise BindError(f"fold_layernorm: '{args.norm}.weight' is not bound to a site; bind it, or name the "
                             "readers' site with 'site:' (a folded RMSNorm gain under a full rotation is invariant)")
