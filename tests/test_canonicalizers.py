@@ -148,7 +148,7 @@ def test_rmsnorm_gain_folds_unbound_and_the_residual_admits_every_rotation():
     spec = load_spec_text("""
 symdsl: 1
 name: rms
-example: {factory: "test_canonicalizers:rms_net", inputs: {input: {randn: true, shape: [5, 6]}}}
+example: {factory: "test_canonicalizers:rms_net", inputs: {input: {randn: true, shape: [5, 4]}}}
 sites: {resid: {group: orthogonal, size: 6}}
 canonicalize:
   - fold_layernorm: {norm: "1", readers: [2.weight]}

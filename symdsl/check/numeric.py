@@ -14,6 +14,7 @@ from torch.func import functional_call
 
 from ..act import act_outputs, act_state_dict, random_transform
 from ..canon import canonicalize
+from ..errors import SymdslError
 from ..models.build import build_example, make_inputs, perturb_parameters, select_outputs
 from ..spec.load import Spec
 from ..spec.resolve import detect_ties, model_config, resolve
@@ -89,7 +90,13 @@ def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, seed: int
 
     def run(state=None) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            result = model(**inputs) if state is None else functional_call(model, state, args=(), kwargs=inputs)
+            try:
+                result = model(**inputs) if state is None else functional_call(model, state, args=(), kwargs=inputs)
+            except Exception as exc:  # the model rejected the inputs: say which inputs, not where in torch
+                shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in inputs.items())
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise SymdslError(f"{spec.file}: running {type(model).__name__} on example.inputs ({shapes}) failed: "
+                                  f"{type(exc).__name__}: {first}; check example.inputs") from None
         return select_outputs(result, primary, extra)
 
     reference = run()

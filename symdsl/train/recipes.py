@@ -19,5 +19,5 @@ from __future__ import annotations
 
 DIGITS_VIT = {"steps": 600, "batch_size": 64, "lr": 3e-3, "schedule": "cosine", "weight_decay": 0.01,
               "threads": 1}
-CHAR_GPT2 = {"steps": 1200, "batch_size": 32, "lr": 3e-3, "schedule": "cosine", "weight_decay": 0.01,
+CHAR_GPT2 = {"steps": 1000, "batch_size": 32, "lr": 6e-3, "schedule": "cosine", "weight_decay": 0.01,
              "threads": 1}
