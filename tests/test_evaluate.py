@@ -197,7 +197,8 @@ def test_plot_writes_a_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
 
 
-@pytest.mark.parametrize("module", ["__init__", "forward", "metrics", "interpolate", "curve", "barrier", "baselines", "record", "plot"])
+@pytest.mark.parametrize("module", ["__init__", "forward", "metrics", "interpolate", "curve", "barrier", "baselines",
+                                    "record", "plot"])
 def test_docstring_examples_run(module):
     name = "symdsl.evaluate" if module == "__init__" else f"symdsl.evaluate.{module}"
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)

@@ -10,7 +10,7 @@ import os
 import sys
 
 from ..errors import SpecError, SymdslError, UsageError
-from . import align_cmd, check_cmd, plugins_cmd, specs_cmd, train_cmd
+from . import align_cmd, check_cmd, demo_cmd, plugins_cmd, specs_cmd, train_cmd
 from . import infer_cmd
 
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer_cmd.add_parser(sub)
     plugins_cmd.add_parser(sub)
     train_cmd.add_parser(sub)
+    demo_cmd.add_parser(sub)
     align_cmd.add_parsers(sub)
     return parser
 

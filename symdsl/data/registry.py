@@ -48,6 +48,9 @@ def load_dataset(ref: str | Dataset, **options) -> Dataset:
         if options:
             raise UsageError("options cannot be applied to an already built Dataset")
         return ref
+    from ..plugins.manager import ensure_loaded
+
+    ensure_loaded()   # datasets contributed by plugins (symdsl_datasets hook)
     name, sep, arg = ref.partition(":")
     if name not in DATASETS:
         raise UsageError(f"unknown dataset '{name}'{suggest(name, DATASETS)}; known: {', '.join(sorted(DATASETS))}")

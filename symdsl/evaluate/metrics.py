@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Dataset, load_dataset
+from ..errors import UsageError
 from .forward import model_logits
 
 
@@ -75,7 +76,11 @@ def evaluate(model: torch.nn.Module, dataset: Dataset | str, split: str = "test"
     batch_size = batch_size or default_batch_size(dataset)
     total = -(-len(part) // batch_size)
     if max_batches is not None:
+        if max_batches < 1:
+            raise UsageError(f"max_batches must be at least 1, not {max_batches}")
         total = min(total, max_batches)
+    if total == 0:
+        raise UsageError(f"the {split} split of '{dataset.name}' is empty")
     loss_sum, correct, count = 0.0, 0, 0
     was_training = model.training
     model.eval()

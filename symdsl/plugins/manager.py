@@ -136,8 +136,12 @@ def _register_all(pm) -> None:
     for plugin, loaders in _calls(pm, "symdsl_model_loaders"):
         for loader in loaders or []:
             _inventory.contributions.append(Contribution("model loader", loader.name, loader, plugin, _describe(loader)))
+    from ..data.registry import DATASETS, register_dataset
+
     for plugin, datasets in _calls(pm, "symdsl_datasets"):
         for name, factory in (datasets or {}).items():
+            if DATASETS.get(name) is not factory:
+                register_dataset(name, factory)
             _inventory.contributions.append(Contribution("dataset", name, factory, plugin, _describe(factory)))
 
 
