@@ -20,6 +20,7 @@ from symdsl.spec.template import combos, expand_list, substitute, substitute_all
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {"hf-gpt2": "hf-gpt2.yaml", "timm-vit": "timm-vit.yaml", "hf-bert": "hf-bert.yaml"}
+PAPER_ROUTE = {"hf-gpt2-rmsnorm": "hf-gpt2-rmsnorm.yaml", "timm-vit-rmsnorm": "timm-vit-rmsnorm.yaml"}
 
 
 # --------------------------------------------------------------------------- models
@@ -587,9 +588,9 @@ def test_registry_finds_exactly_the_shipped_specs(monkeypatch):
     from symdsl.spec import registry
 
     entries = [e for e in registry.list_specs() if e.origin == "symdsl-builtins"]  # the built-in plugin's folder
-    assert sorted(e.name for e in entries) == sorted(SHIPPED)
+    assert sorted(e.name for e in entries) == sorted({**SHIPPED, **PAPER_ROUTE})
     for e in entries:
-        assert e.file.name == SHIPPED[e.name]
+        assert e.file.name == {**SHIPPED, **PAPER_ROUTE}[e.name]
     assert registry.find_spec("hf-gpt2").name == "hf-gpt2"
 
 

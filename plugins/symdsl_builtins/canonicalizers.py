@@ -156,3 +156,56 @@ class CenterWriters(Canonicalizer):
 
 
 BUILTIN_CANONICALIZERS = (Untie, FoldLayerNorm, CenterWriters)
+
+
+class BiasedRMSNorm(torch.nn.Module):
+    """x / rms(x) * weight + bias: what a LayerNorm computes on inputs whose mean is zero.
+
+    Keeps the LayerNorm's parameter names (``weight``, ``bias``) so state dicts keep their keys.
+    """
+
+    def __init__(self, size: int, eps: float, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.normalized_shape, self.eps = (size,), eps
+        self.weight = torch.nn.Parameter(weight.detach().clone())
+        self.bias = torch.nn.Parameter(bias.detach().clone()) if bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.nn.functional.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+        return out + self.bias if self.bias is not None else out
+
+
+class RMSArgs(StrictArgs):
+    norms: list[str]
+
+
+class LayerNormToRMSNorm(Canonicalizer):
+    """``layernorm_to_rmsnorm: [norm, ...]``: replace LayerNorms by RMSNorm + bias (the paper's route).
+
+    **Changes the architecture**: the result is no longer a standard checkpoint of its class.
+    Exact when every writer into the normalised stream is mean-centred (``center_writers``
+    first): then mean(x) = 0 and LayerNorm(x) = x / rms(x). RMSNorm commutes with *every*
+    rotation, so the residual site may drop ``preserve: ones``.
+    """
+
+    name = "layernorm_to_rmsnorm"
+    Args = RMSArgs
+    name_fields = ("norms",)
+    changes_architecture = True
+
+    def apply(self, model, args, resolved) -> None:
+        for path in args.norms:
+            owner, _, attribute = path.rpartition(".")
+            parent = model.get_submodule(owner) if owner else model
+            norm = getattr(parent, attribute, None)
+            if not isinstance(norm, torch.nn.LayerNorm):
+                if isinstance(norm, BiasedRMSNorm):
+                    continue   # already converted
+                raise BindError(f"layernorm_to_rmsnorm: '{path}' is a {type(norm).__name__}, not a LayerNorm")
+            if len(norm.normalized_shape) != 1:
+                raise BindError(f"layernorm_to_rmsnorm: '{path}' normalises over several axes")
+            weight = norm.weight if norm.weight is not None else torch.ones(norm.normalized_shape)
+            setattr(parent, attribute, BiasedRMSNorm(norm.normalized_shape[0], norm.eps, weight, norm.bias))
+
+
+BUILTIN_CANONICALIZERS = BUILTIN_CANONICALIZERS + (LayerNormToRMSNorm,)

@@ -84,6 +84,24 @@ def _align(args, a, b, device) -> Alignment:
                           progress=lambda phase, done, total: bar(done, total), **_options(args))
 
 
+def _refuse_architecture_change(resolved, command: str) -> None:
+    """A spec whose canonicalizers change the architecture cannot produce a standard checkpoint."""
+    from ..canon import get_canonicalizer
+
+    changed = sorted({s.name for s in resolved.canonicalize if get_canonicalizer(s.name).changes_architecture})
+    if changed:
+        raise UsageError(f"spec '{resolved.spec.name}' changes the architecture ({', '.join(changed)}): its models "
+                         f"are not standard checkpoints, so `symdsl {command}` will not write one; compare routes "
+                         "with `symdsl barrier`, or use the Python API (symdsl.pipeline)")
+
+
+def _refuse_spec(spec_name: str, model, command: str) -> None:
+    from ..spec import resolve
+    from ..spec.registry import find_spec
+
+    _refuse_architecture_change(resolve(find_spec(spec_name), model), command)
+
+
 def _save_transform(alignment: Alignment, folder: Path) -> None:
     from safetensors.torch import save_file
 
@@ -94,6 +112,8 @@ def _save_transform(alignment: Alignment, folder: Path) -> None:
 def run_align(args) -> int:
     device = _device(args.device)
     a, b = load_model(args.a), load_model(args.b)
+    if args.spec:
+        _refuse_spec(args.spec, a, "align")
     start = time.perf_counter()
     alignment = _align(args, a, b, device)
     seconds = time.perf_counter() - start
@@ -116,6 +136,8 @@ def run_merge(args) -> int:
         raise UsageError("merge needs at least two models")
     device = _device(args.device)
     models = [load_model(ref) for ref in args.models]
+    if args.spec:
+        _refuse_spec(args.spec, models[0], "merge")
     start = time.perf_counter()
     with progress_bar(f"merge ({args.matcher})") as bar:
         merged, results = merge_models(models, args.spec, args.matcher, weights=args.weights, merger=args.merger,
