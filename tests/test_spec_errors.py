@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from toy_models import ATTENTION_SPEC, ToyAttention
+
 from symdsl.errors import Problem, SpecError, SymdslError, UsageError
 from symdsl.spec import load_spec, load_spec_text, resolve
 
@@ -80,28 +82,6 @@ def edit(old: str, new: str, text: str = MLP_SPEC) -> str:
     return text.replace(old, new, 1)
 
 
-class ToyAttention(nn.Module):
-    def __init__(self, d: int = 8):
-        super().__init__()
-        self.qkv = nn.Linear(d, 3 * d)
-        self.proj = nn.Linear(d, d)
-
-
-ATTENTION_SPEC = """\
-symdsl: 1
-name: toy-attention
-dims: {d: 8, h: 2, k: d // h}
-sites:
-  resid: {group: orthogonal, size: d, preserve: ones}
-  heads: {group: permutation, size: h}
-  qk:    {group: invertible, size: k, per: heads}
-  ov:    {group: invertible, size: k, per: heads}
-tensors:
-  qkv.weight: "[heads qk | heads qk' | heads ov] resid'"
-  qkv.bias: "[heads qk | heads qk' | heads ov]"
-  proj.weight: "resid (heads ov')"
-  proj.bias: resid
-"""
 
 
 class Tied(nn.Module):

@@ -12,6 +12,8 @@ import torch
 import yaml
 from torch import nn
 
+from toy_models import ATTENTION_SPEC, ToyAttention
+
 from symdsl.errors import SpecError
 from symdsl.spec import json_schema, load_spec, load_spec_text, resolve
 from symdsl.spec.expr import ExprError, evaluate
@@ -64,30 +66,6 @@ invariant: [2.bias]
 """
 
 
-class ToyAttention(nn.Module):
-    """A fused-qkv attention block stored like timm's (out, in): d = 8, 2 heads of 4."""
-
-    def __init__(self, d: int = 8):
-        super().__init__()
-        self.qkv = nn.Linear(d, 3 * d)
-        self.proj = nn.Linear(d, d)
-
-
-ATTENTION_SPEC = """\
-symdsl: 1
-name: toy-attention
-dims: {d: 8, h: 2, k: d // h}
-sites:
-  resid: {group: orthogonal, size: d, preserve: ones}
-  heads: {group: permutation, size: h}
-  qk:    {group: invertible, size: k, per: heads}
-  ov:    {group: invertible, size: k, per: heads}
-tensors:
-  qkv.weight: "[heads qk | heads qk' | heads ov] resid'"
-  qkv.bias: "[heads qk | heads qk' | heads ov]"
-  proj.weight: "resid (heads ov')"
-  proj.bias: resid
-"""
 
 
 # --------------------------------------------------------------------------- axis patterns

@@ -1,55 +1,30 @@
 """Built-in mergers: linear interpolation of two aligned models, weighted average of N."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
-
-import torch
-
 from symdsl.errors import UsageError
+from symdsl.evaluate.interpolate import weighted_average
 from symdsl.merge.base import Merger
 
 
-def _check_keys(states: Sequence[Mapping[str, torch.Tensor]]) -> None:
-    first = states[0]
-    for index, other in enumerate(states[1:], start=1):
-        if set(other) != set(first):
-            missing = sorted(set(first) ^ set(other))[:3]
-            raise UsageError(f"model {index} has different tensors from model 0: {missing}")
-        for name, tensor in first.items():
-            if other[name].shape != tensor.shape:
-                raise UsageError(f"'{name}' has shape {tuple(other[name].shape)} in model {index} but "
-                                 f"{tuple(tensor.shape)} in model 0")
-
-
 class WeightedAverage(Merger):
-    """Weighted average of N aligned models (equal weights by default); non-float tensors from the first."""
+    """Weighted average of N aligned models (equal weights by default, normalised to sum to 1)."""
 
     name = "average"
     description = "weighted average of N aligned state dicts (equal weights by default)"
 
     def merge(self, states, weights=None, **options):
         if options:
-            raise TypeError(f"average takes no options, got {sorted(options)}")
+            raise UsageError(f"average takes no options, got {sorted(options)}")
         if not states:
             raise UsageError("nothing to merge")
-        _check_keys(states)
-        weights = [1.0 / len(states)] * len(states) if weights is None else [float(w) for w in weights]
-        if len(weights) != len(states):
-            raise UsageError(f"{len(weights)} weights for {len(states)} models")
-        total = sum(weights)
-        if abs(total) < 1e-12:
-            raise UsageError("weights sum to zero")
-        weights = [w / total for w in weights]
-        out = {}
-        for name, tensor in states[0].items():
-            if not tensor.is_floating_point():
-                out[name] = tensor.clone()
-                continue
-            acc = torch.zeros_like(tensor, dtype=torch.float64)
-            for w, state in zip(weights, states):
-                acc += w * state[name].to(torch.float64)
-            out[name] = acc.to(tensor.dtype)
-        return out
+        if weights is not None:
+            if len(weights) != len(states):
+                raise UsageError(f"{len(weights)} weights for {len(states)} models")
+            total = sum(float(w) for w in weights)
+            if abs(total) < 1e-12:
+                raise UsageError("weights sum to zero")
+            weights = [float(w) / total for w in weights]
+        return weighted_average(states, weights, names=[f"model {i}" for i in range(len(states))])
 
 
 class Interpolate(Merger):

@@ -8,6 +8,8 @@ others, batched along their parent's (already transformed) axis, so that for a h
 """
 from __future__ import annotations
 
+import math
+
 from typing import Mapping
 
 import torch
@@ -40,7 +42,7 @@ def _act_axis(x: torch.Tensor, binding: TensorBinding, axis_index: int, axis: Bo
               if f.site and f.site in elements and (sites[f.site].per is not None) == per_pass]
     if not wanted:
         return x
-    sizes = [_prod(f.size for f in part) for part in axis.parts]
+    sizes = [math.prod(f.size for f in part) for part in axis.parts]
     chunks = torch.split(x, sizes, dim=axis_index) if len(sizes) > 1 else (x,)
     out = []
     for chunk, part in zip(chunks, axis.parts):
@@ -111,9 +113,3 @@ def act_outputs(resolved: ResolvedSpec, outputs: Mapping[str, torch.Tensor], ele
     return {name: act_tensor(value, resolved.outputs[name], elements, resolved.sites) if name in resolved.outputs else value
             for name, value in outputs.items()}
 
-
-def _prod(values) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out

@@ -7,6 +7,8 @@ rows indexed by the site's coordinates — or, for a site declared ``per`` a par
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +39,7 @@ def occurrences(resolved: ResolvedSpec, site: str) -> list[Occurrence]:
 
 def _part_view(x: torch.Tensor, binding: TensorBinding, axis: int, part: int) -> torch.Tensor:
     parts = binding.axes[axis].parts
-    sizes = [_prod(f.size for f in p) for p in parts]
+    sizes = [math.prod(f.size for f in p) for p in parts]
     offset = sum(sizes[:part])
     x = x.narrow(axis, offset, sizes[part])
     return x.reshape(*x.shape[:axis], *[f.size for f in parts[part]], *x.shape[axis + 1:])
@@ -66,9 +68,3 @@ def unfold(x: torch.Tensor, binding: TensorBinding, occ: Occurrence, parent: str
     y = y.movedim((parent_dim, target), (0, 1))
     return y.reshape(y.shape[0], y.shape[1], -1)
 
-
-def _prod(values) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out

@@ -5,6 +5,8 @@ transform applied to models of that configuration.
 """
 from __future__ import annotations
 
+import math
+
 import re
 from typing import Any, Mapping
 
@@ -346,7 +348,7 @@ class _Resolver:
     def infer_unknown(self, parts, axis_size, tensor, index, origin):
         unknown = [(i, j) for i, p in enumerate(parts) for j, f in enumerate(p) if f.size < 0]
         if not unknown:
-            total = sum(_prod(f.size for f in p) for p in parts)
+            total = sum(math.prod(f.size for f in p) for p in parts)
             if axis_size is not None and total != axis_size:
                 detail = " + ".join("*".join(str(f.size) for f in p) for p in parts)
                 self.problem(origin, f"axis {index} of '{tensor}' has size {axis_size}, but the pattern gives {detail} = {total}",
@@ -360,8 +362,8 @@ class _Resolver:
         if axis_size is None:
             return parts  # an output pattern: '_' takes any size
         i, j = unknown[0]
-        known = sum(_prod(f.size for f in p) for k, p in enumerate(parts) if k != i)
-        rest = _prod(f.size for k, f in enumerate(parts[i]) if k != j)
+        known = sum(math.prod(f.size for f in p) for k, p in enumerate(parts) if k != i)
+        rest = math.prod(f.size for k, f in enumerate(parts[i]) if k != j)
         size, remainder = divmod(axis_size - known, rest) if rest else (0, 1)
         if remainder or size <= 0:
             self.problem(origin, f"axis {index} of '{tensor}' (size {axis_size}) does not factor as the pattern says")
@@ -657,12 +659,6 @@ def _same_action(a: TensorBinding, b: TensorBinding, sites: Mapping[str, SiteDef
                     return False
     return True
 
-
-def _prod(values) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out
 
 
 def resolve(spec: Spec, model: torch.nn.Module | None = None, *, state: Mapping[str, torch.Tensor] | None = None,

@@ -54,6 +54,7 @@ import torch
 
 from symdsl.act import act_state_dict, identity_transform
 from symdsl.errors import UsageError
+from symdsl.match.refine import refine_lbfgs
 from symdsl.match.base import Matcher, MatchResult
 from symdsl.match.solvers import maximize_trace
 from symdsl.spec.binding import ResolvedSpec
@@ -369,7 +370,7 @@ class _Solver:
             best = candidates[min(range(len(scores)), key=scores.__getitem__)] if candidates else None
             scale = float(sum(t[2].diagonal(dim1=-2, dim2=-1).sum() for t in terms))
             if best is not None and primal and dual and min(scores) > 1e-20 * scale:
-                best, refined = _refine(best, loss, kind, options)
+                best, refined = refine_lbfgs(best, loss, kind, options, tolerance_change=1e-15)
                 how += ", refined jointly on primal and dual nodes" if refined else ""
             self.methods[site] = f"least-squares regression of A's activations on B's, {how}"
         if best is not None:
@@ -388,23 +389,6 @@ def _sqrt(m: torch.Tensor) -> torch.Tensor:
     return (vectors * values.sqrt().unsqueeze(-2)) @ vectors.mT
 
 
-def _refine(start: torch.Tensor, loss, kind, options) -> tuple[torch.Tensor, bool]:
-    """L-BFGS from ``start`` on ``loss``; the result only if it is better and a valid element."""
-    g = start.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([g], lr=1, max_iter=100, tolerance_grad=1e-12, tolerance_change=1e-15,
-                                  line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        value = loss(g)
-        value.backward()
-        return value
-
-    try:
-        with torch.enable_grad():
-            optimizer.step(closure)
-    except RuntimeError:          # a singular step: keep the start
-        return start, False
     refined = g.detach()
     with torch.no_grad():
         better = bool(torch.isfinite(refined).all()) and float(loss(refined)) < float(loss(start))

@@ -22,6 +22,7 @@ import torch
 from symdsl.act.engine import act_tensor
 from symdsl.act.transform import identity_transform
 from symdsl.match.base import Matcher, MatchResult
+from symdsl.match.refine import refine_lbfgs
 from symdsl.match.solvers import maximize_trace
 from symdsl.match.unfold import Occurrence, occurrences, unfold
 
@@ -300,23 +301,8 @@ def _solve_invertible(problem: _Problem, site: str) -> None:
         if problem.sites[site].kind.contains(best):
             problem.elements[site] = best.detach()
         return
-    g = best.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([g], lr=1, max_iter=problem.invertible_steps, tolerance_grad=1e-12,
-                                  tolerance_change=1e-14, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        value = loss(g)
-        value.backward()
-        return value
-
-    try:
-        optimizer.step(closure)
-        refined = g.detach()
-        with torch.no_grad():
-            if torch.isfinite(refined).all() and float(loss(refined)) <= min(scores):
-                best = refined
-    except RuntimeError:   # a singular step: keep the closed-form candidate
-        pass
+    refined, improved = refine_lbfgs(best, loss, problem.sites[site].kind, max_iter=problem.invertible_steps)
+    if improved:
+        best = refined
     if problem.sites[site].kind.contains(best):
         problem.elements[site] = best.detach()
