@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from toy_models import ATTENTION_SPEC, ToyAttention
+from toy_models import ATTENTION_SPEC, MLP_SPEC, ToyAttention, mlp
 
 from symdsl.errors import Problem, SpecError, SymdslError, UsageError
 from symdsl.spec import load_spec, load_spec_text, resolve
@@ -57,24 +57,6 @@ def assert_at(problem: Problem, text: str, needle: str, path: str, *words: str, 
     for word in words:
         assert word in shown, f"{word!r} not in:\n{shown}"
     return shown
-
-
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-
-
-MLP_SPEC = """\
-symdsl: 1
-name: mlp
-dims: {d: 4}
-sites:
-  hidden: {group: permutation, size: d}
-tensors:
-  0.weight: "hidden _"
-  0.bias: hidden
-  2.weight: "_ hidden'"
-invariant: [2.bias]
-"""
 
 
 def edit(old: str, new: str, text: str = MLP_SPEC) -> str:

@@ -12,7 +12,7 @@ import torch
 import yaml
 from torch import nn
 
-from toy_models import ATTENTION_SPEC, ToyAttention
+from toy_models import ATTENTION_SPEC, MLP_SPEC, ToyAttention, mlp
 
 from symdsl.errors import SpecError
 from symdsl.spec import json_schema, load_spec, load_spec_text, resolve
@@ -46,26 +46,6 @@ def gpt2():
 @pytest.fixture(scope="module")
 def gpt2_spec_text() -> str:
     return (ROOT / "specs" / "hf-gpt2.yaml").read_text()
-
-
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-
-
-MLP_SPEC = """\
-symdsl: 1
-name: mlp
-dims: {d: 4}
-sites:
-  hidden: {group: permutation, size: d}
-tensors:
-  0.weight: "hidden _"
-  0.bias: hidden
-  2.weight: "_ hidden'"
-invariant: [2.bias]
-"""
-
-
 
 
 # --------------------------------------------------------------------------- axis patterns

@@ -26,3 +26,21 @@ tensors:
   proj.weight: "resid (heads ov')"
   proj.bias: resid
 """
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+MLP_SPEC = """\
+symdsl: 1
+name: mlp
+dims: {d: 4}
+sites:
+  hidden: {group: permutation, size: d}
+tensors:
+  0.weight: "hidden _"
+  0.bias: hidden
+  2.weight: "_ hidden'"
+invariant: [2.bias]
+"""

@@ -387,11 +387,3 @@ def _sqrt(m: torch.Tensor) -> torch.Tensor:
     values, vectors = torch.linalg.eigh(m)
     values = values.clamp_min(1e-12 * values.amax(-1, keepdim=True).clamp_min(1e-300))
     return (vectors * values.sqrt().unsqueeze(-2)) @ vectors.mT
-
-
-    refined = g.detach()
-    with torch.no_grad():
-        better = bool(torch.isfinite(refined).all()) and float(loss(refined)) < float(loss(start))
-    if better and kind.contains(refined, options):
-        return refined, True
-    return start, False
