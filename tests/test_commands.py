@@ -73,3 +73,29 @@ def test_barrier_needs_data(pair, capsys):
 def test_unknown_matcher_is_a_usage_error(pair, capsys):
     assert main(["align", str(pair / "vit0"), str(pair / "vit1"), "--matcher", "wieght", "-o", str(pair / "x")]) == 2
     assert "did you mean 'weight'" in capsys.readouterr().err
+
+
+def test_timm_models_by_name_with_a_safetensors_checkpoint(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=7, img_size=32, depth=1)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / f"w{seed}.safetensors"))
+    # the default img_size of vit_tiny is 224; sizes in the checkpoint must fit the named architecture
+    from symdsl.errors import UsageError
+
+    with pytest.raises(UsageError, match="does not fit timm model 'vit_tiny_patch16_224'"):
+        load_model(f"timm:vit_tiny_patch16_224@{tmp_path / 'w0.safetensors'}")
+    torch.manual_seed(0)
+    full = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=7)
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(tmp_path / "full.safetensors"))
+    loaded = load_model(f"timm:vit_tiny_patch16_224@{tmp_path / 'full.safetensors'}")
+    assert loaded.head.weight.shape == (7, 192)
+    from symdsl.models import save_model
+
+    save_model(loaded, tmp_path / "saved")
+    again = load_model(str(tmp_path / "saved"))
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[key], value)

@@ -16,10 +16,15 @@ def load_model(ref: str, *, checkpoint: str | None = None) -> torch.nn.Module:
 
     REF forms: a folder written by ``save_pretrained`` (its config.json names the class) or by
     :func:`symdsl.models.save_model` (``symdsl_model.json``),
-    ``timm:MODEL_NAME`` (random init unless ``checkpoint`` names a safetensors/pt file), or
+    ``timm:MODEL_NAME`` (random init unless ``checkpoint`` names a safetensors/pt file; also written
+    ``timm:MODEL_NAME@weights.safetensors``), or
     ``package.module:factory`` (called with no arguments).
     """
     path = Path(ref)
+    if not path.exists() and "@" in ref and checkpoint is None:   # timm:NAME@weights.safetensors
+        ref, checkpoint = ref.rsplit("@", 1)
+        if not Path(checkpoint).is_file():
+            raise UsageError(f"checkpoint file '{checkpoint}' does not exist")
     if path.is_dir() and (path / MODEL_RECORD).exists():
         return load_symdsl_folder(path)
     if path.is_dir():
@@ -42,9 +47,20 @@ def load_model(ref: str, *, checkpoint: str | None = None) -> torch.nn.Module:
     if ref.startswith("timm:"):
         import timm
 
-        model = timm.create_model(ref[5:], pretrained=False)
-        if checkpoint:
-            model.load_state_dict(_read_checkpoint(checkpoint))
+        name, kwargs = ref[5:], {}
+        state = _read_checkpoint(checkpoint) if checkpoint else None
+        if state is not None and "head.weight" in state:   # a fine-tuned head: build it with its own size
+            kwargs["num_classes"] = int(state["head.weight"].shape[0])
+        try:
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        except RuntimeError as exc:
+            raise UsageError(f"timm cannot build '{name}': {str(exc).splitlines()[0]}") from None
+        if state is not None:
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:
+                raise UsageError(f"{checkpoint} does not fit timm model '{name}': {str(exc).splitlines()[0]}") from None
+        model.symdsl_timm = {"name": name, "kwargs": kwargs}
         return model.eval()
     if ":" in ref:
         model = import_object(ref)()

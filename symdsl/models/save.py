@@ -36,12 +36,14 @@ def save_model(model: torch.nn.Module, folder: str | Path, provenance: dict[str,
         from safetensors.torch import save_file
 
         config = getattr(model, "symdsl_config", None)
-        if config is None:
+        timm_name = getattr(model, "symdsl_timm", None)
+        if config is None and timm_name is None:
             raise UsageError(f"cannot save a {type(model).__name__} without its constructor arguments: set "
                              "model.symdsl_config = {...} (the keyword arguments that rebuild it)")
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(_unshared(state), str(folder / "model.safetensors"))
-        record = {"class": f"{type(model).__module__}:{type(model).__qualname__}", "config": config}
+        record = ({"timm": timm_name["name"], "config": timm_name["kwargs"]} if config is None else
+                  {"class": f"{type(model).__module__}:{type(model).__qualname__}", "config": config})
         (folder / MODEL_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
     if provenance is not None:
         (folder / PROVENANCE).write_text(json.dumps({"symdsl": __version__, **provenance}, indent=2, default=str) + "\n")
@@ -66,8 +68,14 @@ def load_symdsl_folder(folder: Path) -> torch.nn.Module:
     from .build import import_object
 
     record = json.loads((folder / MODEL_RECORD).read_text())
-    cls = import_object(record["class"])
-    model = cls(**record.get("config", {}))
+    if "timm" in record:
+        import timm
+
+        model = timm.create_model(record["timm"], pretrained=False, **record.get("config", {}))
+        model.symdsl_timm = {"name": record["timm"], "kwargs": record.get("config", {})}
+    else:
+        model = import_object(record["class"])(**record.get("config", {}))
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    model.symdsl_config = record.get("config", {})
+    if "timm" not in record:
+        model.symdsl_config = record.get("config", {})
     return model.eval()
