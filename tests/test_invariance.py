@@ -56,6 +56,14 @@ def test_other_matched_classes_hold_too(spec_name, class_name):
     assert report.ok, [s for s in report.sites if not s.ok]
 
 
+def test_bare_gpt2_backbone_permutes_its_returned_features():
+    spec = find_spec("hf-gpt2-backbone")
+    report = numeric_check(spec)
+    assert report.ok
+    resolved = resolve(spec, build_example(spec))
+    assert resolved.sites["resid"].kind.name == "permutation" and "last_hidden_state" in resolved.outputs
+
+
 def _edited(name: str, old: str, new: str):
     text = Path(find_spec(name).file).read_text()
     assert old in text, old

@@ -104,7 +104,7 @@ def propagate(graph, resolved: ResolvedSpec, parameter: Callable[[str], Any] = l
         if node.op == "output":
             for ref in _refs(node.args):
                 value = values.get(ref)
-                if is_typed(value) and normalize_type(value) not in declared_outputs:
+                if is_typed(value) and not any(_fits(value, declared) for declared in declared_outputs):
                     site = sites_in(value)[0]
                     findings.append(_finding(graph, node, resolved, Violation(
                         f"the model returns a tensor {show(value)} that carries site {site}; the spec declares no such "
@@ -137,6 +137,20 @@ def propagate(graph, resolved: ResolvedSpec, parameter: Callable[[str], Any] = l
                 "treated as a violation (fail closed)", None, "internal")))
             values[node.name] = POISONED
     return Propagation(values, findings, unused, len(graph.nodes))
+
+
+def _fits(value, declared) -> bool:
+    """Does an output's type match a declared output pattern ('_' axes of unknown size match any unbound axis)?"""
+    if not is_tensor_type(value) or len(value) != len(declared):
+        return False
+    for axis, want in zip(value, declared):
+        if not isinstance(want, SplitAxis) and all(a.site is None and a.size < 0 for a in want):
+            if any(a.site for a in (axis.parts[0] if isinstance(axis, SplitAxis) else axis)) or isinstance(axis, SplitAxis):
+                return False
+            continue
+        if normalize(axis) != normalize(want):
+            return False
+    return True
 
 
 def normalize_type(value):
