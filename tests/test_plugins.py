@@ -95,3 +95,32 @@ def test_the_plugins_matcher_runs_from_the_cli(installed_plugin, tmp_path):
     blocked = _symdsl(installed_plugin, "--block", "example", "align", str(tmp_path / "m0"), str(tmp_path / "m1"),
                       "--matcher", "none", "-o", str(tmp_path / "again"))
     assert blocked.returncode == 2 and "unknown matcher 'none'" in blocked.stderr
+
+
+def test_a_plugin_model_loader_is_asked_first():
+    import torch
+
+    from symdsl.models import ModelLoader, load_model
+    from symdsl.plugins import hookimpl, plugin_manager
+
+    class Registry(ModelLoader):
+        name = "toy-store"
+
+        def can_load(self, ref):
+            return ref.startswith("toy:")
+
+        def load(self, ref, checkpoint=None):
+            return torch.nn.Linear(int(ref[4:]), 2)
+
+    class Plugin:
+        @hookimpl
+        def symdsl_model_loaders(self):
+            return [Registry()]
+
+    pm = plugin_manager()
+    pm.register(Plugin(), name="toy-loader")
+    try:
+        model = load_model("toy:5")
+        assert isinstance(model, torch.nn.Linear) and model.in_features == 5 and not model.training
+    finally:
+        pm.unregister(name="toy-loader")

@@ -8,6 +8,7 @@ import torch
 
 from ..errors import UsageError
 from .build import import_object, quiet_transformers
+from .loader import plugin_loaders
 from .save import MODEL_RECORD, load_symdsl_folder
 
 
@@ -20,6 +21,12 @@ def load_model(ref: str, *, checkpoint: str | None = None) -> torch.nn.Module:
     ``timm:MODEL_NAME@weights.safetensors``), or
     ``package.module:factory`` (called with no arguments).
     """
+    for loader in plugin_loaders():
+        if loader.can_load(ref):
+            model = loader.load(ref, checkpoint)
+            if not isinstance(model, torch.nn.Module):
+                raise UsageError(f"model loader '{loader.name}' returned {type(model).__name__} for '{ref}'")
+            return model.eval()
     path = Path(ref)
     if not path.exists() and "@" in ref and checkpoint is None:   # timm:NAME@weights.safetensors
         ref, checkpoint = ref.rsplit("@", 1)
