@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,8 +45,10 @@ def installed_plugin(tmp_path_factory):
     """pip-install the example plugin package (with its entry point) into a private folder."""
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
+    source = tmp_path_factory.mktemp("src") / "example_plugin"
+    shutil.copytree(PLUGIN_SOURCE, source)      # building in place would leave metadata in the repository
     result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                             "--no-index", "--target", str(target), str(PLUGIN_SOURCE)],
+                             "--no-index", "--target", str(target), str(source)],
                             capture_output=True, text=True, env={**os.environ, "TMPDIR": str(build)})
     assert result.returncode == 0, result.stderr
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
