@@ -18,7 +18,8 @@ from .canon import canonicalize
 from .errors import UsageError
 from .match import MatchResult, get_matcher
 from .merge import get_merger
-from .spec import ResolvedSpec, resolve
+from .spec import ResolvedSpec
+from .spec.cache import resolve_cached
 from .spec.load import Spec
 from .spec.registry import find_spec, match_spec
 
@@ -46,9 +47,9 @@ def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *
         model = copy.deepcopy(model).eval()
         if device is not None:
             model.to(device)
-        canonicalize(model, resolve(spec, model))
+        canonicalize(model, resolve_cached(spec, model))
         copies.append(model)
-    resolved = resolve(spec, copies[0])
+    resolved = resolve_cached(spec, copies[0])
     shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in copies]
     for index, other in enumerate(shapes[1:], start=1):
         if other != shapes[0]:

@@ -17,7 +17,8 @@ from ..canon import canonicalize
 from ..errors import SymdslError
 from ..models.build import build_example, make_inputs, perturb_parameters, select_outputs
 from ..spec.load import Spec
-from ..spec.resolve import detect_ties, model_config, resolve
+from ..spec.cache import resolve_cached
+from ..spec.resolve import detect_ties, model_config
 
 DEFAULT_TOLERANCE = 1e-9
 
@@ -82,7 +83,7 @@ def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, seed: int
     # a user's model is checked on a perturbed copy too: unit gains and zero biases must not hide a wrong binding
     model = build_example(spec, seed=seed) if model is None else perturb_parameters(copy.deepcopy(model), seed=seed)
     model = model.to(torch.float64).eval()
-    resolved = resolve(spec, model)
+    resolved = resolve_cached(spec, model)
     names = {**model_config(model), **resolved.dims}
     inputs = make_inputs(spec, names, seed=seed)
     primary = spec.model.example.output if spec.model.example else None

@@ -16,7 +16,8 @@ from ..graph.capture import capture
 from ..graph.propagate import Finding, propagate
 from ..models.build import build_example, make_inputs
 from ..spec.load import Spec
-from ..spec.resolve import model_config, resolve
+from ..spec.cache import resolve_cached
+from ..spec.resolve import model_config
 
 
 @dataclass
@@ -50,7 +51,7 @@ def static_check(spec: Spec, model: torch.nn.Module | None = None, *, backend: s
     """
     model = build_example(spec, seed=seed) if model is None else copy.deepcopy(model)
     model = model.to(torch.float64).eval()
-    resolved = resolve(spec, model)
+    resolved = resolve_cached(spec, model)
     canonicalize(model, resolved)
     names = {**model_config(model), **resolved.dims}
     inputs = make_inputs(spec, names, seed=seed)

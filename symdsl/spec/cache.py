@@ -8,7 +8,7 @@ import torch
 
 from .binding import ResolvedSpec
 from .load import Spec
-from .resolve import model_config, resolve
+from .resolve import detect_ties, model_config, resolve
 
 _CACHE: dict[tuple, ResolvedSpec] = {}
 _MAX_ENTRIES = 64
@@ -16,8 +16,11 @@ _MAX_ENTRIES = 64
 
 def _fingerprint(spec: Spec, model: torch.nn.Module) -> tuple:
     config: Any = model_config(model)
-    shapes = tuple((name, tuple(t.shape)) for name, t in model.state_dict(keep_vars=True).items())
-    return (spec.file, spec.model.model_dump_json(), json.dumps(config, sort_keys=True, default=str), shapes)
+    state = model.state_dict(keep_vars=True)
+    shapes = tuple((name, tuple(t.shape)) for name, t in state.items())
+    ties = tuple(tuple(group) for group in detect_ties(state))
+    # id(spec): another Spec object with the same content may sit at other lines of another file
+    return (id(spec), spec.model.model_dump_json(), json.dumps(config, sort_keys=True, default=str), shapes, ties)
 
 
 def resolve_cached(spec: Spec, model: torch.nn.Module) -> ResolvedSpec:
