@@ -40,6 +40,7 @@ class _Problem:
         self.permutations_only = permutations_only
         self.only: set[str] | None = None    # restrict correlations to these tensors (anchor phase)
         self.invertible_steps = 0             # L-BFGS iterations refining invertible sites (0: closed forms only)
+        self.cache: dict[str, float] = {}     # tensor -> ||A - act(g, B)||^2 for the current elements
 
     def touched(self, sites) -> list[str]:
         return sorted({o.tensor for s in sites for o in self.occ[s]})
@@ -50,6 +51,10 @@ class _Problem:
     def objective(self, names, elements=None) -> float:
         elements = self.elements if elements is None else elements
         return float(sum(((self.a[n] - self.moved(n, elements)) ** 2).sum() for n in names))
+
+    def errors(self, names) -> dict[str, float]:
+        """||A_t - act(g, B)_t||^2 per tensor for the current elements (each tensor moved once)."""
+        return {n: float(((self.a[n] - self.moved(n, self.elements)) ** 2).sum()) for n in names}
 
     def without(self, sites) -> dict:
         return {k: v for k, v in self.elements.items() if k not in sites}
@@ -99,16 +104,18 @@ class WeightMatching(Matcher):
         problem = _Problem(resolved, state_a, state_b, device, permutations_only)
         problem.invertible_steps = int(invertible_steps)
         everything = list(resolved.tensors)
-        history = [problem.objective(everything)]
+        # per-tensor errors for the current elements: a unit re-measures only its own tensors
+        problem.cache = problem.errors(everything)
+        history = [sum(problem.cache.values())]
         units = _units(resolved)
         _anchored_start(problem, units)
-        history.append(problem.objective(everything))
+        history.append(sum(problem.cache.values()))
         for sweep in range(max_iter):
             for index, unit in enumerate(units):
                 _update(problem, unit)
                 if progress is not None:
                     progress("weight matching", sweep * len(units) + index + 1, max_iter * len(units))
-            history.append(problem.objective(everything))
+            history.append(sum(problem.cache.values()))
             if history[-2] - history[-1] <= tol * max(history[-2], 1e-300):
                 break
         return MatchResult(problem.elements, self.name, history,
@@ -166,7 +173,7 @@ def _update(problem: _Problem, unit) -> None:
     parent, kids = unit
     sites = [parent, *kids]
     names = problem.touched(sites)
-    before = problem.objective(names)
+    before = sum(problem.cache[n] for n in names)
     saved = {s: problem.elements[s] for s in sites}
     if kids:
         _solve_parent(problem, parent, kids)
@@ -174,8 +181,11 @@ def _update(problem: _Problem, unit) -> None:
             _solve_site(problem, kid)
     else:
         _solve_site(problem, parent)
-    if problem.objective(names) > before * (1 + 1e-12) + 1e-300:
-        problem.elements.update(saved)   # never let J go up
+    after = problem.errors(names)
+    if sum(after.values()) > before * (1 + 1e-12) + 1e-300:
+        problem.elements.update(saved)   # never let J go up (the cached errors still hold)
+    else:
+        problem.cache.update(after)
 
 
 def _solve_site(problem: _Problem, site: str) -> None:
