@@ -166,3 +166,17 @@ def test_average_weights_are_normalised_and_checked():
     torch.testing.assert_close(merged["w"], torch.tensor([2.5, 5.0]))
     with pytest.raises(UsageError, match="state dicts differ: key .w. is missing from model 1"):
         get_merger("average").merge([x, {"v": torch.ones(2)}])
+
+
+@pytest.mark.parametrize("name", ["hf-gpt2", "hf-bert"])
+def test_reported_objective_equals_the_distance_it_claims(name):
+    """The matcher scores some updates from correlations instead of re-applying them: check the bookkeeping."""
+    _, model, resolved = _canonical(name)
+    other = build_example(find_spec(name), seed=1).double()
+    canonicalize(other, resolve(find_spec(name), other))
+    a, b = model.state_dict(), other.state_dict()
+    result = get_matcher("weight").match(resolved, a, b, max_iter=3)
+    aligned = act_state_dict(resolved, b, result.elements)
+    actual = sum(float(((a[n] - aligned[n]) ** 2).sum()) for n in resolved.tensors)
+    assert result.objective[-1] == pytest.approx(actual, rel=1e-9)
+    assert result.objective[-1] < result.objective[0]

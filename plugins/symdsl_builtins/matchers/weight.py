@@ -175,39 +175,56 @@ def _update(problem: _Problem, unit) -> None:
     names = problem.touched(sites)
     before = sum(problem.cache[n] for n in names)
     saved = {s: problem.elements[s] for s in sites}
+    scored: dict[str, float] = {}
     if kids:
         _solve_parent(problem, parent, kids)
         for kid in kids:
             _solve_site(problem, kid)
     else:
-        _solve_site(problem, parent)
-    after = problem.errors(names)
+        scored = _solve_site(problem, parent)
+    after = {**scored, **problem.errors([n for n in names if n not in scored])}
     if sum(after.values()) > before * (1 + 1e-12) + 1e-300:
         problem.elements.update(saved)   # never let J go up (the cached errors still hold)
     else:
         problem.cache.update(after)
 
 
-def _solve_site(problem: _Problem, site: str) -> None:
+def _solve_site(problem: _Problem, site: str) -> dict[str, float]:
+    """Update one site; return the new errors of the tensors it could score without re-applying g.
+
+    For a norm-preserving site (permutation, orthogonal) occurring once on a whole axis of a
+    tensor,  ||A - g B'||^2 = ||A||^2 + ||B'||^2 - 2 tr(g^T a b^T)  from the unfolded pair already
+    at hand, so the caller need not move that tensor again (the embedding matrices are the
+    largest tensors a residual rotation touches).
+    """
     info = problem.sites[site]
     kind = info.kind
     if kind.name == "invertible":
         if not problem.permutations_only:
             _solve_invertible(problem, site)
-        return
-    c = None
+        return {}
+    c, scorable = None, {}
+    counts: dict[str, int] = {}
+    for occ in problem.occ[site]:
+        counts[occ.tensor] = counts.get(occ.tensor, 0) + 1
     for occ, a, b in problem.unfolded_pairs(site, {site}):
         term = a @ b.mT
         c = term if c is None else c + term
+        whole_axis = len(problem.r.tensors[occ.tensor].axes[occ.axis].parts) == 1
+        if kind.self_dual and kind.square and counts[occ.tensor] == 1 and whole_axis and info.per is None:
+            scorable[occ.tensor] = (float((a * a).sum() + (b * b).sum()), term)
     if c is None:
-        return
+        return {}
     if problem.permutations_only and kind.name == "orthogonal":
         from symdsl.groups import get_group_kind
 
         perm = get_group_kind("permutation")
-        problem.elements[site] = perm.to_matrix(maximize_trace(perm, c), dtype=torch.float64).to(c.device)
-        return
-    problem.elements[site] = maximize_trace(kind, c, info.options).to(c.device)
+        g = perm.to_matrix(maximize_trace(perm, c), dtype=torch.float64).to(c.device)
+    else:
+        g = maximize_trace(kind, c, info.options).to(c.device)
+    problem.elements[site] = g
+    matrix = g if g.is_floating_point() else kind.to_matrix(g, dtype=torch.float64).to(c.device)
+    return {name: norms - 2.0 * float((matrix * term).sum()) for name, (norms, term) in scorable.items()}
 
 
 def _solve_parent(problem: _Problem, parent: str, kids: list[str]) -> None:
