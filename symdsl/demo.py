@@ -57,10 +57,6 @@ def _trained(kind: str, seed: int, dataset, steps: int | None, say: Callable[[st
         say(f"  model seed {seed}: cached ({folder})")
         return load_model(str(folder))
     model = small_vit(dataset, seed=seed) if kind == "vit" else small_gpt2(dataset, seed=seed)
-    if kind == "vit":
-        model.symdsl_config = {"img_size": dataset.img_size, "patch_size": 2, "in_chans": dataset.in_chans,
-                               "num_classes": dataset.num_classes, "embed_dim": 64, "depth": 2, "num_heads": 4,
-                               "mlp_ratio": 2.0, "class_token": True, "global_pool": "token"}
     start = time.perf_counter()
     last = [0]
 

@@ -34,9 +34,6 @@ def run(args) -> int:
             raise UsageError("vit-digits trains on digits only")
         dataset = load_dataset("digits")
         model = small_vit(dataset, embed_dim=args.width, depth=args.layers, num_heads=args.heads, seed=args.seed)
-        model.symdsl_config = {"img_size": dataset.img_size, "patch_size": 2, "in_chans": dataset.in_chans,
-                               "num_classes": dataset.num_classes, "embed_dim": args.width, "depth": args.layers,
-                               "num_heads": args.heads, "mlp_ratio": 2.0, "class_token": True, "global_pool": "token"}
         recipe = DIGITS_VIT
     else:
         dataset = load_dataset(args.data or "stdlib-text")

@@ -27,9 +27,11 @@ def small_vit(dataset: Dataset, *, embed_dim: int = 64, depth: int = 2, num_head
         raise UsageError("small_vit needs timm: pip install 'symdsl[timm]'") from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = VisionTransformer(img_size=dataset.img_size, patch_size=patch_size, in_chans=dataset.in_chans,
-                                  num_classes=dataset.num_classes, embed_dim=embed_dim, depth=depth,
-                                  num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=True, global_pool="token")
+        kwargs = dict(img_size=dataset.img_size, patch_size=patch_size, in_chans=dataset.in_chans,
+                      num_classes=dataset.num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                      mlp_ratio=mlp_ratio, class_token=True, global_pool="token")
+        model = VisionTransformer(**kwargs)
+    model.symdsl_config = kwargs   # what rebuilds it: symdsl.models.save_model records it
     return model
 
 
