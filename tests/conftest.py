@@ -27,6 +27,26 @@ def shipped_spec(request):
     return find_spec(request.param)
 
 
+def canonical_example(name: str, seed: int = 0):
+    """(spec, canonicalized float64 example model, resolved spec) for a shipped spec."""
+    from symdsl.canon import canonicalize
+    from symdsl.models import build_example
+    from symdsl.spec import resolve
+
+    spec = find_spec(name)
+    model = build_example(spec, seed=seed).double()
+    resolved = resolve(spec, model)
+    canonicalize(model, resolved)
+    return spec, model, resolved
+
+
+def relative_distance(resolved, x, y) -> float:
+    """||x - y|| / ||y|| over the spec's tensors."""
+    num = sum(float(((x[n] - y[n]) ** 2).sum()) for n in resolved.tensors)
+    den = sum(float((y[n] ** 2).sum()) for n in resolved.tensors)
+    return (num / den) ** 0.5
+
+
 def pytest_collection_modifyitems(session, config, items):
     """A run that collects no test is an error, never a silent pass (pytest's exit 5)."""
     if not items:

@@ -8,24 +8,13 @@ import importlib
 import pytest
 import torch
 
-from conftest import SHIPPED
+from conftest import SHIPPED, canonical_example, relative_distance
 from symdsl.act import act_state_dict, random_transform
-from symdsl.canon import canonicalize
 from symdsl.match import get_matcher
-from symdsl.models import build_example
 from symdsl.models.build import make_inputs
 from symdsl.spec import load_spec_text, model_config, resolve
-from symdsl.spec.registry import find_spec
 
 F64 = torch.float64
-
-
-def _canonical(name, seed=0):
-    spec = find_spec(name)
-    model = build_example(spec, seed=seed).double()
-    resolved = resolve(spec, model)
-    canonicalize(model, resolved)
-    return spec, model, resolved
 
 
 def _batches(spec, model, resolved, n=4):
@@ -33,15 +22,9 @@ def _batches(spec, model, resolved, n=4):
     return [make_inputs(spec, names, seed=100 + s) for s in range(n)]
 
 
-def _relative_distance(resolved, x, y):
-    num = sum(float(((x[n] - y[n]) ** 2).sum()) for n in resolved.tensors)
-    den = sum(float((y[n] ** 2).sum()) for n in resolved.tensors)
-    return (num / den) ** 0.5
-
-
 def _assert_recovered(resolved, a, b, hidden, result):
     aligned = act_state_dict(resolved, b, result.elements)
-    assert _relative_distance(resolved, aligned, a) < 1e-6
+    assert relative_distance(resolved, aligned, a) < 1e-6
     for site, g in result.elements.items():
         info = resolved.sites[site]
         kind = info.kind
@@ -57,11 +40,11 @@ def _assert_recovered(resolved, a, b, hidden, result):
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_activation_matching_recovers_a_hidden_transform(name):
-    spec, model, resolved = _canonical(name)
+    spec, model, resolved = canonical_example(name)
     a = {k: v.clone() for k, v in model.state_dict().items()}
     hidden = random_transform(resolved, seed=7)
     b = act_state_dict(resolved, a, hidden)
-    assert _relative_distance(resolved, b, a) > 0.3
+    assert relative_distance(resolved, b, a) > 0.3
     calls = []
     result = get_matcher("activation").match(resolved, a, b, model=model, batches=_batches(spec, model, resolved),
                                              progress=lambda *args: calls.append(args))
@@ -79,8 +62,8 @@ def test_activation_matching_recovers_a_hidden_transform(name):
 
 def test_unrelated_models_give_valid_elements():
     for name in SHIPPED:
-        spec, model_a, resolved = _canonical(name, seed=0)
-        _, model_b, _ = _canonical(name, seed=1)
+        spec, model_a, resolved = canonical_example(name, seed=0)
+        _, model_b, _ = canonical_example(name, seed=1)
         a, b = model_a.state_dict(), model_b.state_dict()
         result = get_matcher("activation").match(resolved, a, b, model=model_a,
                                                  batches=_batches(spec, model_a, resolved, n=3))
@@ -95,7 +78,7 @@ def test_unrelated_models_give_valid_elements():
 
 
 def test_whitened_invertible_fit_recovers_and_does_not_blow_up_weights():
-    spec, model, resolved = _canonical("hf-gpt2")
+    spec, model, resolved = canonical_example("hf-gpt2")
     a = model.state_dict()
     hidden = random_transform(resolved, seed=3)
     b = act_state_dict(resolved, a, hidden)
@@ -103,16 +86,16 @@ def test_whitened_invertible_fit_recovers_and_does_not_blow_up_weights():
     result = get_matcher("activation").match(resolved, a, b, model=model, batches=batches, invertible="whitened")
     _assert_recovered(resolved, a, b, hidden, result)
     # unrelated models: least squares shrinks ov (no activation sees the output projection's side), whitening does not
-    _, other, _ = _canonical("hf-gpt2", seed=1)
+    _, other, _ = canonical_example("hf-gpt2", seed=1)
     c = other.state_dict()
     plain = get_matcher("activation").match(resolved, a, c, model=model, batches=batches, invertible="regression")
     white = get_matcher("activation").match(resolved, a, c, model=model, batches=batches, invertible="whitened")
-    assert (_relative_distance(resolved, act_state_dict(resolved, c, white.elements), a)
-            < _relative_distance(resolved, act_state_dict(resolved, c, plain.elements), a))
+    assert (relative_distance(resolved, act_state_dict(resolved, c, white.elements), a)
+            < relative_distance(resolved, act_state_dict(resolved, c, plain.elements), a))
 
 
 def test_module_hook_evaluator_recovers_without_the_attention_op():
-    spec, model, resolved = _canonical("timm-vit")
+    spec, model, resolved = canonical_example("timm-vit")
     a = model.state_dict()
     hidden = random_transform(resolved, seed=5)
     b = act_state_dict(resolved, a, hidden)
@@ -170,7 +153,7 @@ def test_discovered_as_a_plugin_and_rejects_bad_calls():
 
     matcher = get_matcher("activation")
     assert matcher.name == "activation" and matcher.needs_data
-    spec, model, resolved = _canonical("hf-gpt2")
+    spec, model, resolved = canonical_example("hf-gpt2")
     state = model.state_dict()
     with pytest.raises(UsageError, match="model="):
         matcher.match(resolved, state, state)

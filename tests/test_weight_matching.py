@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from conftest import SHIPPED
+from conftest import SHIPPED, canonical_example, relative_distance
 from symdsl.act import act_state_dict, random_transform
 from symdsl.canon import canonicalize
 from symdsl.groups import get_group_kind
@@ -22,20 +22,6 @@ from symdsl.spec.registry import find_spec
 F64 = torch.float64
 
 
-def _canonical(name):
-    spec = find_spec(name)
-    model = build_example(spec).double()
-    resolved = resolve(spec, model)
-    canonicalize(model, resolved)
-    return spec, model, resolved
-
-
-def _relative_distance(resolved, x, y):
-    num = sum(float(((x[n] - y[n]) ** 2).sum()) for n in resolved.tensors)
-    den = sum(float((y[n] ** 2).sum()) for n in resolved.tensors)
-    return (num / den) ** 0.5
-
-
 def _outputs(spec, model, resolved, state):
     inputs = make_inputs(spec, {**model_config(model), **resolved.dims})
     model.load_state_dict(state)
@@ -46,14 +32,14 @@ def _outputs(spec, model, resolved, state):
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_weight_matching_recovers_a_hidden_transform(name):
-    spec, model, resolved = _canonical(name)
+    spec, model, resolved = canonical_example(name)
     a = {k: v.clone() for k, v in model.state_dict().items()}
     hidden = random_transform(resolved, seed=11)
     b = act_state_dict(resolved, a, hidden)
-    assert _relative_distance(resolved, b, a) > 0.3            # B looks unrelated to A
+    assert relative_distance(resolved, b, a) > 0.3            # B looks unrelated to A
     result = get_matcher("weight").match(resolved, a, b)
     aligned = act_state_dict(resolved, b, result.elements)
-    assert _relative_distance(resolved, aligned, a) < 1e-6
+    assert relative_distance(resolved, aligned, a) < 1e-6
     assert all(x >= y - 1e-9 * abs(x) for x, y in zip(result.objective, result.objective[1:]))   # monotone
     # the recovered element of each site undoes the hidden one
     for site, g in result.elements.items():
@@ -68,26 +54,26 @@ def test_weight_matching_recovers_a_hidden_transform(name):
 
 
 def test_recovery_with_noise_lands_at_the_noise_level():
-    spec, model, resolved = _canonical("hf-gpt2")
+    spec, model, resolved = canonical_example("hf-gpt2")
     a = model.state_dict()
     generator = torch.Generator().manual_seed(3)
     noisy = {k: v + 1e-3 * v.std() * torch.randn(v.shape, generator=generator, dtype=F64) for k, v in a.items()}
     b = act_state_dict(resolved, noisy, random_transform(resolved, seed=5))
     aligned = act_state_dict(resolved, b, get_matcher("weight").match(resolved, a, b).elements)
-    assert _relative_distance(resolved, aligned, a) < 5e-3
+    assert relative_distance(resolved, aligned, a) < 5e-3
 
 
 @pytest.mark.parametrize("site", ["resid", "heads.1", "qk.0", "ov.1", "mlp.0"])
 def test_each_group_kind_alone_is_recovered(site):
-    _, model, resolved = _canonical("hf-gpt2")
+    _, model, resolved = canonical_example("hf-gpt2")
     a = model.state_dict()
     b = act_state_dict(resolved, a, random_transform(resolved, [site], seed=2))
     aligned = act_state_dict(resolved, b, get_matcher("weight").match(resolved, a, b).elements)
-    assert _relative_distance(resolved, aligned, a) < 1e-8
+    assert relative_distance(resolved, aligned, a) < 1e-8
 
 
 def test_permutations_only_mode_uses_permutation_matrices_for_rotations():
-    _, model, resolved = _canonical("timm-vit")
+    _, model, resolved = canonical_example("timm-vit")
     a = model.state_dict()
     b = act_state_dict(resolved, a, random_transform(resolved, seed=4))
     result = get_matcher("weight").match(resolved, a, b, permutations_only=True)
@@ -145,7 +131,7 @@ def test_surjective_assignment_matches_brute_force():
 
 # -- mergers ----------------------------------------------------------------------------------
 def test_merging_a_model_with_its_aligned_twin_returns_the_model():
-    _, model, resolved = _canonical("hf-bert")
+    _, model, resolved = canonical_example("hf-bert")
     a = model.state_dict()
     b = act_state_dict(resolved, a, random_transform(resolved, seed=9))
     aligned = act_state_dict(resolved, b, get_matcher("weight").match(resolved, a, b).elements)
@@ -171,7 +157,7 @@ def test_average_weights_are_normalised_and_checked():
 @pytest.mark.parametrize("name", ["hf-gpt2", "hf-bert"])
 def test_reported_objective_equals_the_distance_it_claims(name):
     """The matcher scores some updates from correlations instead of re-applying them: check the bookkeeping."""
-    _, model, resolved = _canonical(name)
+    _, model, resolved = canonical_example(name)
     other = build_example(find_spec(name), seed=1).double()
     canonicalize(other, resolve(find_spec(name), other))
     a, b = model.state_dict(), other.state_dict()
