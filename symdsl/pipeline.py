@@ -89,6 +89,9 @@ def match(prepared: Prepared, index: int, matcher: str = "weight", *, data=None,
 
         dataset = load_dataset(data)
         model = prepared.models[0]
+        if getattr(chosen, "data_mode", "activations") == "dataset":
+            return chosen.match(prepared.resolved, prepared.states[0], prepared.states[index], seed=seed,
+                                progress=progress, model=model, dataset=dataset, **options)
         dtype = next(model.parameters()).dtype
         device = next(model.parameters()).device
         feed = []

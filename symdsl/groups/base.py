@@ -272,6 +272,15 @@ class GroupKind(abc.ABC):
     def project(self, m: Tensor, *, options=None) -> Tensor:
         """The nearest valid element to a real matrix ``(..., n_out, n_in)``."""
 
+    def parametrize(self, g0: Tensor, *, options=None, n_in: int | None = None):
+        """A trainable :class:`symdsl.learn.parametrize.Parametrization` starting at ``g0``.
+
+        Learned matching trains these. A plugin kind that can be learned overrides this; the
+        default says that it cannot, and learned matching then reports the site.
+        """
+        raise NotImplementedError(f"group kind {self.name!r} has no trainable parametrisation "
+                                  "(it does not implement GroupKind.parametrize)")
+
 
 class MatrixGroupKind(GroupKind):
     """Shared behaviour of kinds whose elements are float matrices ``(..., n_out, n_in)``."""

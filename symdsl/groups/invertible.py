@@ -111,6 +111,17 @@ class Invertible(MatrixGroupKind):
             return False
         return bool((condition_number(g) < MAX_CONDITION).all())
 
+    def parametrize(self, g0: Tensor, *, options=None, n_in: int | None = None):
+        """The matrix itself; its condition number is kept below 1e4 after every step.
+
+        >>> Invertible().parametrize(torch.eye(2, dtype=torch.float64)).element()
+        tensor([[1., 0.],
+                [0., 1.]], dtype=torch.float64)
+        """
+        from symdsl.learn.parametrize import FreeInvertible
+
+        return FreeInvertible(g0)
+
     def project(self, m: Tensor, *, options=None) -> Tensor:
         """m itself if it is a valid element; otherwise raise ``ValueError``.
 

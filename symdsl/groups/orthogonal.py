@@ -163,6 +163,19 @@ class Orthogonal(MatrixGroupKind):
             return False
         return not preserves_ones(options) or all_close(g.sum(dim=-1), 1.0, tol)
 
+    def parametrize(self, g0: Tensor, *, options=None, n_in: int | None = None):
+        """``g0 @ cayley(A)`` with A skew-symmetric (on the complement of 1 with ``preserve: ones``).
+
+        >>> p = Orthogonal().parametrize(torch.eye(3, dtype=torch.float64), options={"preserve": "ones"})
+        >>> p.element().shape
+        torch.Size([3, 3])
+        """
+        from symdsl.learn.parametrize import CayleyOrthogonal
+
+        self.validate_options(options)
+        return CayleyOrthogonal(g0.to(torch.promote_types(g0.dtype, torch.float32)),
+                                preserve_ones=preserves_ones(options))
+
     def project(self, m: Tensor, *, options=None) -> Tensor:
         """The nearest element in Frobenius norm: the polar factor ``U V^T`` of m.
 

@@ -88,6 +88,16 @@ class Permutation(IndexGroupKind):
         n = g.shape[-1]
         return bool((g.sort(dim=-1).values == torch.arange(n, device=g.device)).all())
 
+    def parametrize(self, g0: Tensor, *, options=None, n_in: int | None = None):
+        """Hard assignment forward, straight-through gradient (see :mod:`symdsl.learn.parametrize`).
+
+        >>> Permutation().parametrize(torch.tensor([1, 0])).element()
+        tensor([1, 0])
+        """
+        from symdsl.learn.parametrize import StraightThroughPermutation
+
+        return StraightThroughPermutation(g0)
+
     def project(self, m: Tensor, *, options=None) -> Tensor:
         """The permutation maximising ``sum_a m[a, g[a]]`` (= trace of ``P^T m``).
 

@@ -147,6 +147,18 @@ class SemiPermutation(IndexGroupKind):
             return False
         return bool((copy_counts(g, n_in) > 0).all())
 
+    def parametrize(self, g0: Tensor, *, options=None, n_in: int | None = None):
+        """Hard surjective assignment forward, straight-through gradient.
+
+        >>> SemiPermutation().parametrize(torch.tensor([0, 1, 0]), n_in=2).element()
+        tensor([0, 1, 0])
+        """
+        from symdsl.learn.parametrize import StraightThroughSemiPermutation
+
+        if n_in is None:
+            raise ValueError("semi_permutation.parametrize needs n_in=... (the input size)")
+        return StraightThroughSemiPermutation(g0, n_in=n_in)
+
     def project(self, m: Tensor, *, options=None) -> Tensor:
         """Each output row picks its largest input: ``m.argmax(-1)``, shape ``(..., n_out)``.
 

@@ -91,6 +91,16 @@ class Stiefel(MatrixGroupKind):
         eye = torch.eye(k, dtype=g.dtype, device=g.device)
         return all_close(g.mT @ g, eye, tolerance(atol, g.dtype, g.shape[-2]))
 
+    def parametrize(self, g0: Tensor, *, options=None, n_in: int | None = None):
+        """``cayley(A) @ g0`` with A skew-symmetric (n_out x n_out).
+
+        >>> Stiefel().parametrize(torch.eye(3, 2, dtype=torch.float64)).element().shape
+        torch.Size([3, 2])
+        """
+        from symdsl.learn.parametrize import CayleyStiefel
+
+        return CayleyStiefel(g0)
+
     def project(self, m: Tensor, *, options=None) -> Tensor:
         """The nearest element in Frobenius norm: ``U V^T`` from the thin SVD of m.
 

@@ -29,11 +29,16 @@ class Matcher:
     """Base class of matchers. Subclasses set ``name`` and ``description`` and implement :meth:`match`.
 
     ``needs_data`` is True for matchers that look at activations or losses (pass ``data=``).
+    ``data_mode`` says what the pipeline then passes: ``"activations"`` gives ``model=`` (A's
+    canonical model) and ``batches=`` (a list of forward keyword dicts from the train split);
+    ``"dataset"`` gives ``model=`` and ``dataset=`` (the whole :class:`symdsl.data.Dataset`,
+    for matchers that train on the task loss).
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     needs_data: ClassVar[bool] = False
+    data_mode: ClassVar[str] = "activations"
 
     def match(self, resolved: ResolvedSpec, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
               *, seed: int = 0, progress: Progress | None = None, **options) -> MatchResult:  # pragma: no cover
