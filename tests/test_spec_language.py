@@ -23,7 +23,8 @@ from symdsl.spec.template import combos, expand_list, substitute, substitute_all
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {"hf-gpt2": "hf-gpt2.yaml", "timm-vit": "timm-vit.yaml", "hf-bert": "hf-bert.yaml"}
 PAPER_ROUTE = {"hf-gpt2-rmsnorm": "hf-gpt2-rmsnorm.yaml", "timm-vit-rmsnorm": "timm-vit-rmsnorm.yaml",
-               "hf-gpt2-backbone": "hf-gpt2-backbone.yaml"}   # variants: paper route, bare GPT2Model
+               "hf-gpt2-backbone": "hf-gpt2-backbone.yaml", "hf-gpt2-circuits": "hf-gpt2-circuits.yaml",
+               "timm-vit-circuits": "timm-vit-circuits.yaml"}   # variants: paper route, bare GPT2Model
 
 
 # --------------------------------------------------------------------------- models

@@ -15,7 +15,8 @@ from symdsl.spec import load_spec_text
 from symdsl.spec.registry import find_spec
 
 
-@pytest.mark.parametrize("name", SHIPPED + ["hf-gpt2-backbone", "hf-gpt2-rmsnorm", "timm-vit-rmsnorm"])
+@pytest.mark.parametrize("name", SHIPPED + ["hf-gpt2-backbone", "hf-gpt2-rmsnorm", "timm-vit-rmsnorm",
+                                             "hf-gpt2-circuits", "timm-vit-circuits"])
 def test_shipped_specs_pass_on_the_exported_graph(name):
     report = static_check(find_spec(name), backend="export")
     assert report.backend == "export" and report.nodes > 50

@@ -10,6 +10,8 @@ import torch
 from symdsl.canon.base import Canonicalizer, StrictArgs, model_tensor
 from symdsl.errors import BindError
 
+from .circuits import AttentionToCircuits   # the paper's circuit route (architecture-changing)
+
 
 def _site_axis(resolved, tensor_name: str, site: str, want_dual: bool | None) -> int:
     """Index of the whole axis of ``tensor_name`` bound to ``site`` (optionally of a given variance)."""
@@ -208,4 +210,4 @@ class LayerNormToRMSNorm(Canonicalizer):
             setattr(parent, attribute, BiasedRMSNorm(norm.normalized_shape[0], norm.eps, weight, norm.bias))
 
 
-BUILTIN_CANONICALIZERS = BUILTIN_CANONICALIZERS + (LayerNormToRMSNorm,)
+BUILTIN_CANONICALIZERS = BUILTIN_CANONICALIZERS + (LayerNormToRMSNorm, AttentionToCircuits)

@@ -71,11 +71,16 @@ def canonicalize(model: torch.nn.Module, resolved) -> torch.nn.Module:
     """Run every canonicalize step of ``resolved`` on ``model`` in place, in order; return the model.
 
     The model computes the same function before and after (each canonicalizer is tested
-    for that in float64).
+    for that in float64). For a spec with a ``canonical`` section the steps read the
+    original form's bindings (``resolved.original``); a model resolved while already in
+    canonical form (``resolved.original`` is None) is left as it is.
     """
     from .registry import get_canonicalizer
 
+    view = getattr(resolved, "original", resolved)   # the bindings the steps read
+    if view is None:
+        return model                                   # already canonical
     with torch.no_grad():
         for step in resolved.canonicalize:
-            get_canonicalizer(step.name).apply(model, step.args, resolved)
+            get_canonicalizer(step.name).apply(model, step.args, view)
     return model

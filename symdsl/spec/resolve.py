@@ -5,9 +5,10 @@ transform applied to models of that configuration.
 """
 from __future__ import annotations
 
+import copy
 import math
-
 import re
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 import torch
@@ -139,6 +140,7 @@ class _Resolver:
         self._modules: set[str] | None = None
         self.dropped: list[tuple[tuple, str, dict]] = []  # entries skipped for template errors
         self.ties_incomplete = False  # a tie group or canonicalize step was skipped for an error
+        self.form = "single"
 
     def problem(self, path, message, hint=""):
         key = (tuple(path), message)
@@ -386,11 +388,46 @@ class _Resolver:
                              f"'{binding.name}' has no '{site.per}' factor to index its elements",
                              f"write the axis as a composite, e.g. ({site.per} {site.name})")
 
-    def resolve(self) -> ResolvedSpec:
+    def in_canonical_form(self) -> bool:
+        """Is the model already in the spec's canonical form? True when every tensor that only the
+        ``canonical`` section names exists in it (under one of the prefixes)."""
+        self.resolve_dims()
+        section = self.m.canonical
+        original = {n for n, *_ in self.expand_keys(self.m.tensors, ("tensors",))}
+        original |= {n for n, _ in self.expand_items(list(self.m.invariant), ("invariant",)) if isinstance(n, str)}
+        new = [n for n, *_ in self.expand_keys(section.tensors, ("canonical", "tensors"))]
+        new += [n for n, _ in self.expand_items(list(section.invariant), ("canonical", "invariant")) if isinstance(n, str)]
+        only = [n for n in new if n not in original]
+        return bool(only) and any(all(p + n in self.state for n in only) for p in self.m.prefix)
+
+    def overlay(self, entries: list, invariant_src: list, extra: list) -> tuple[list, list]:
+        """The canonical form's backbone entries: those of 'tensors'/'invariant' whose tensors survive
+        canonicalization, then the 'canonical' section's, which take precedence on the same name."""
+        new = [(self.prefix + n, substitute(v, env), o) for n, v, o, env in extra]
+        new_invariant = [(self.prefix + n, o)
+                         for n, o in self.expand_items(list(self.m.canonical.invariant), ("canonical", "invariant"))]
+        override = {n for n, *_ in new} | {n for n, _ in new_invariant}
+        kept = [e for e in entries if e[0] in self.state and e[0] not in override]
+        kept_invariant = [e for e in invariant_src if e[0] in self.state and e[0] not in override]
+        return kept + new, kept_invariant + new_invariant
+
+    def resolve(self, form: str = "single", steps: list[CanonStep] | None = None) -> ResolvedSpec:
+        """Bind one form of the model.
+
+        ``form`` is ``single`` (no 'canonical' section: one set of bindings for both forms),
+        ``original`` (a spec with a 'canonical' section, on the model before canonicalization:
+        the bindings the canonicalize steps read, no coverage rule) or ``canonical`` (the model
+        after canonicalization: surviving 'tensors' entries overlaid with 'canonical').
+        ``steps`` are the already expanded steps when the canonical form was made here from the
+        original model; without them the steps are expanded without checking their names,
+        which refer to the original model.
+        """
+        self.form = form
         self.resolve_dims()
         self.used_sites: set[str] = set()
         backbone = self.expand_keys(self.m.tensors, ("tensors",))
-        prefix = self.prefix = self.choose_prefix([name for name, *_ in backbone])
+        extra = self.expand_keys(self.m.canonical.tensors, ("canonical", "tensors")) if form == "canonical" else []
+        prefix = self.prefix = self.choose_prefix([name for name, *_ in (extra or backbone)])
         fixed = {"prefix": prefix}
         # list sections of heads (invariant, tied, canonicalize) with ${prefix} filled in; keys are
         # expanded from the heads as written, so problems point at the right line
@@ -403,7 +440,10 @@ class _Resolver:
         entries = [(prefix + n, substitute(v, env), o) for n, v, o, env in backbone]
         invariant_src = [(prefix + n, o) for n, o in self.expand_items(list(self.m.invariant), ("invariant",))]
         tied = [([prefix + n for n in g], o) for g, o in self.expand_items([list(g) for g in self.m.tied], ("tied",))]
-        steps = self.expand_steps(self.m.canonicalize, prefix, ("canonicalize",))
+        if form == "canonical":
+            entries, invariant_src = self.overlay(entries, invariant_src, extra)
+        given_steps = steps
+        steps = self.expand_steps(self.m.canonicalize, prefix, ("canonicalize",)) if given_steps is None else []
         outputs_src = [(n, v, ("outputs", n)) for n, v in self.m.outputs.items()]
         head_steps: list[CanonStep] = []
         for head in heads:
@@ -414,10 +454,11 @@ class _Resolver:
             invariant_src += self.expand_items(list(h.invariant), base + ("invariant",))
             tied += self.expand_items([list(g) for g in h.tied], base + ("tied",))
             # a head's steps run before the backbone's: they untie what the backbone's steps would change
-            head_steps += self.expand_steps(h.canonicalize, "", base + ("canonicalize",))
+            if given_steps is None:
+                head_steps += self.expand_steps(h.canonicalize, "", base + ("canonicalize",))
             outputs_src += [(n, v, base + ("outputs", n)) for n, v in h.outputs.items()]
 
-        steps = head_steps + steps
+        steps = head_steps + steps if given_steps is None else list(given_steps)
         tensors: dict[str, TensorBinding] = {}
         attempted: set[str] = set()  # bound, even if the binding had errors (no cascade of coverage errors)
         absent: dict[tuple, list[str]] = {}
@@ -455,10 +496,11 @@ class _Resolver:
             if binding is not None:
                 outputs[name] = binding
 
-        self.check_coverage(attempted, invariant)
+        if form != "original":   # what the canonicalize steps consume need not be bound
+            self.check_coverage(attempted, invariant)
         self.check_ties(tensors, invariant, tied, steps)
         for name, site in self.sites.items():
-            if name not in self.used_sites and not self.problems:
+            if form != "original" and name not in self.used_sites and not self.problems:
                 self.problem(site.origin, f"site '{name}' is declared but no tensor uses it",
                              "bind it in some tensor pattern, or remove it")
         self.fail_if_problems()
@@ -582,8 +624,8 @@ class _Resolver:
 
     def unknown_step_names(self, canon, args) -> list[tuple[str, str]]:
         """(field, name) for each name in a step's arguments that is neither a tensor nor a module of the model."""
-        if getattr(canon, "changes_architecture", False):
-            return []  # such a step may name what it creates
+        if getattr(canon, "changes_architecture", False) or self.form == "canonical":
+            return []  # such a step may name what it creates; on a canonical model the names are gone
         found = []
         for field in getattr(canon, "name_fields", ()):
             value = getattr(args, field, None)
@@ -602,7 +644,14 @@ class _Resolver:
                 skipped.append(re.compile(".+".join(re.escape(p) for p in parts)))
         missing = [n for n in self.state if n not in tensors and n not in invariant
                    and not any(r.fullmatch(n) for r in skipped)]
+        canonical = self.form == "canonical"
         for name in missing:
+            if canonical:
+                self.problem(("canonical", "tensors"), f"tensor '{name}' {tuple(self.state[name].shape)} of the "
+                             "canonical form (after the canonicalize steps) is neither bound nor declared invariant",
+                             f"add '{name}' under 'canonical: tensors' with an axis pattern, or under "
+                             "'canonical: invariant' if no symmetry touches it")
+                continue
             self.problem(("tensors",), f"model tensor '{name}' {tuple(self.state[name].shape)} is neither bound "
                          "nor declared invariant", f"add '{name}' under 'tensors' with an axis pattern, "
                          "or under 'invariant' if no symmetry touches it")
@@ -687,4 +736,43 @@ def resolve(spec: Spec, model: torch.nn.Module | None = None, *, state: Mapping[
         state = model.state_dict(keep_vars=True)
     if config is None:
         config = model_config(model) if model is not None else {}
-    return _Resolver(spec, model, state, config).resolve()
+    if spec.model.canonical is None:
+        return _Resolver(spec, model, state, config).resolve()
+    return _resolve_two_forms(spec, model, state, config)
+
+
+@dataclass
+class TwoFormSpec(ResolvedSpec):
+    """A resolved spec with a ``canonical`` section: ``tensors``/``invariant`` are the canonical form's.
+
+    ``original`` holds the bindings the canonicalize steps read (the ``tensors`` section on
+    the original model); it is None when the model was already in canonical form, and then
+    :func:`symdsl.canon.canonicalize` leaves the model alone.
+    """
+
+    original: ResolvedSpec | None = None
+
+
+def _resolve_two_forms(spec: Spec, model, state, config) -> TwoFormSpec:
+    """Bind a spec that declares a canonical form, on a model in either form.
+
+    A model in its original form is bound as the canonicalize steps read it, canonicalized on
+    a copy, and the canonical form is bound on that copy (with coverage); a model already in
+    canonical form (see :meth:`_Resolver.in_canonical_form`) is bound directly.
+    """
+    from ..canon.base import canonicalize   # late: canon drives the steps of a resolved spec
+
+    if model is None:
+        raise UsageError(f"spec '{spec.name}' declares a canonical form ('canonical'): binding it needs the model "
+                         "itself (its canonical form is made by running the canonicalize steps), not only a state dict")
+
+    def two_form(resolved: ResolvedSpec, original: ResolvedSpec | None) -> TwoFormSpec:
+        return TwoFormSpec(**{f.name: getattr(resolved, f.name) for f in fields(ResolvedSpec)}, original=original)
+
+    if _Resolver(spec, model, state, config).in_canonical_form():
+        return two_form(_Resolver(spec, model, state, config).resolve("canonical"), None)
+    original = _Resolver(spec, model, state, config).resolve("original")
+    canonical = copy.deepcopy(model)
+    canonicalize(canonical, original)
+    after = _Resolver(spec, canonical, canonical.state_dict(keep_vars=True), model_config(canonical))
+    return two_form(after.resolve("canonical", steps=original.canonicalize), original)

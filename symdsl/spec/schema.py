@@ -87,6 +87,19 @@ class Head(_Strict):
     outputs: dict[str, str] = Field(default_factory=dict)
 
 
+class Canonical(_Strict):
+    """The tensors of the canonical form, when canonicalization renames or reshapes parameters.
+
+    Without this section one set of bindings describes the model before and after the
+    ``canonicalize`` steps. With it, ``tensors``/``invariant`` describe the original model as
+    the steps read it (coverage is not required there), and the canonical form's bindings are
+    those entries whose tensors survive canonicalization, overridden and extended by these.
+    """
+
+    tensors: dict[str, str] = Field(default_factory=dict, description="tensor of the canonical form -> axis pattern")
+    invariant: list[str] = Field(default_factory=list, description="tensors of the canonical form no site touches")
+
+
 class SpecModel(_Strict):
     """A symdsl spec file (language version 1)."""
 
@@ -105,6 +118,8 @@ class SpecModel(_Strict):
     tied: list[list[str]] = Field(default_factory=list, description="groups of names that are one shared parameter")
     outputs: dict[str, str] = Field(default_factory=dict, description="model outputs that transform (equivariant): name -> axis pattern")
     heads: dict[str, Head] = Field(default_factory=dict)
+    canonical: Canonical | None = Field(default=None, description="bindings of the canonical form, for canonicalizers "
+                                        "that rename or reshape parameters (architecture-changing routes)")
 
     @field_validator("symdsl")
     @classmethod
