@@ -1,0 +1,127 @@
+"""Merge N >= 2 models through their universe: what ``symdsl merge A B C ...`` runs.
+
+canonicalize every model (:func:`symdsl.pipeline.prepare`) -> universe matching (weight matching
+onto leave-one-out universes, model 0's frame) -> optionally learned refinement of the N
+transforms (lambda ~ Dirichlet(alpha * 1), needs data) -> weighted average of the aligned models,
+loaded into model 0's canonical copy, so the result is a standard checkpoint of the first model's
+class. For three models and a ``surface_path``, the simplex surfaces of the vanilla, universe and
+refined alignments are evaluated and written as a PNG heat map plus JSON beside it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ..errors import UsageError
+from .universe import UniverseResult, universe_match
+
+SURFACE_LABELS = {"vanilla": "vanilla", "universe": "universe weight matching", "refined": "universe + refinement"}
+
+
+@dataclass
+class UniverseMerge:
+    """The merged model, the universe (and refined) transforms, and the surfaces if any were asked for."""
+
+    model: torch.nn.Module
+    universe: UniverseResult
+    refined: UniverseResult | None = None
+    surfaces: dict[str, Any] = field(default_factory=dict)      # label -> symdsl.evaluate.simplex.Surface
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def result(self) -> UniverseResult:
+        """The transforms the merge used: the refined ones if refinement ran, else universe matching's."""
+        return self.refined or self.universe
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (for ``symdsl.json``)."""
+        return {"universe": self.universe.to_record(),
+                "refined": None if self.refined is None else self.refined.to_record(),
+                "surfaces": {label: s.summary() for label, s in self.surfaces.items()}, **self.info}
+
+
+def merge_universe(models: Sequence[torch.nn.Module], spec=None, *, refine: bool = False, dataset=None,
+                   weights: Sequence[float] | None = None, merger: str = "average",
+                   surface_path: str | Path | None = None, resolution: int = 9, split: str = "test",
+                   seed: int = 0, device=None, progress: Callable[[str, int, int], None] | None = None,
+                   universe_options: Mapping[str, Any] | None = None,
+                   refine_options: Mapping[str, Any] | None = None) -> UniverseMerge:
+    """Align ``models`` to their universe (optionally refined on ``dataset``) and merge them.
+
+    ``spec``: a Spec, a spec name, or None (found from the first model). ``weights``: the merge
+    weights (default equal; normalised by the merger). ``universe_options`` go to
+    :func:`symdsl.match.universe.universe_match` (``max_iter``, ``tol``, weight-matching options),
+    ``refine_options`` to :func:`symdsl.learn.universe_refine.refine_universe` (``alpha``,
+    ``steps``, ``lr`` ...). ``surface_path`` (three models, needs ``dataset``): a PNG of the
+    simplex surfaces at ``resolution`` on ``split``, and their JSON at the same path with ``.json``.
+
+    >>> import torch
+    >>> from symdsl.spec import load_spec_text
+    >>> spec = load_spec_text('symdsl: 1\\nname: mlp\\nsites: {u: {group: permutation, size: 8}}\\n'
+    ...                       'tensors: {0.weight: "u _", 0.bias: u, 2.weight: "_ u\\'"}\\ninvariant: [2.bias]\\n')
+    >>> models = [torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)) for _ in range(3)]
+    >>> out = merge_universe(models, spec)
+    >>> type(out.model).__name__, len(out.universe.elements)
+    ('Sequential', 3)
+    """
+    from ..merge import get_merger
+    from ..pipeline import prepare
+
+    if (refine or surface_path is not None) and dataset is None:
+        raise UsageError("universe refinement and simplex surfaces evaluate the task loss: pass a dataset "
+                         "(--data DATA; Python: dataset='digits' or a symdsl.data.Dataset)")
+    if surface_path is not None and len(models) != 3:
+        raise UsageError(f"simplex surfaces are drawn for three models, got {len(models)}; drop surface_path")
+    if dataset is not None:
+        from ..data import load_dataset
+
+        dataset = load_dataset(dataset)
+    started = time.perf_counter()
+    prepared = prepare(models, spec, device=device)
+    resolved, states, template = prepared.resolved, prepared.states, prepared.models[0]
+    universe = universe_match(resolved, states, progress=progress, seed=seed, **dict(universe_options or {}))
+    info: dict[str, Any] = {"spec": prepared.spec.name, "models": len(models), "weights": weights,
+                            "universe_seconds": time.perf_counter() - started}
+    refined = None
+    if refine:
+        from ..learn.universe_refine import refine_universe
+
+        begun = time.perf_counter()
+        refined = refine_universe(template, resolved, states, universe.elements, dataset, seed=seed,
+                                  progress=progress, **dict(refine_options or {}))
+        info["refine_seconds"] = time.perf_counter() - begun
+    chosen = refined or universe
+    aligned = chosen.aligned(resolved, states)
+    surfaces = {}
+    if surface_path is not None:
+        surfaces = _surfaces(template, resolved, states, universe, refined, dataset, Path(surface_path),
+                             resolution=resolution, split=split, progress=progress)
+        info["surface_png"] = str(surface_path)
+        info["surface_json"] = str(Path(surface_path).with_suffix(".json"))
+    merged_state = get_merger(merger).merge(aligned, weights)
+    template.load_state_dict(merged_state)
+    return UniverseMerge(template, universe, refined, surfaces, info)
+
+
+def _surfaces(template, resolved, states, universe, refined, dataset, path: Path, *, resolution, split, progress):
+    from ..evaluate.simplex import simplex_surface, surfaces_record
+    from ..evaluate.simplex_plot import plot_simplex
+    from ..evaluate.record import save_json
+
+    runs = {"vanilla": list(states), "universe": universe.aligned(resolved, states)}
+    if refined is not None:
+        runs["refined"] = refined.aligned(resolved, states)
+    surfaces = {}
+    for key, aligned in runs.items():
+        report = None if progress is None else (lambda done, total, key=key: progress(f"surface {key}", done, total))
+        surfaces[SURFACE_LABELS[key]] = simplex_surface(template, aligned, dataset, resolution=resolution, split=split,
+                                                        labels=["model 0", "model 1", "model 2"], progress=report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot_simplex(surfaces, path)
+    save_json(surfaces_record(surfaces, info={"resolution": resolution, "split": split, "dataset": dataset.name}),
+              path.with_suffix(".json"))
+    return surfaces
