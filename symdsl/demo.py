@@ -3,7 +3,8 @@
 Trains two small models from different seeds (cached, so only the first run trains), then
 measures the loss and accuracy barrier of the straight line between them for each way of
 aligning them: none (vanilla averaging), activation matching, weight matching with
-permutations only, and weight matching with the full symmetry set of the spec.
+permutations only and with the full symmetry set of the spec, and learned matching (trained on
+the interpolated model's loss, started from the weight-matching solution) likewise.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ METHODS = [  # (label, matcher, options)
     ("activation matching", "activation", {}),
     ("weight matching, permutations only", "weight", {"permutations_only": True}),
     ("weight matching, full symmetries", "weight", {}),
+    ("learned matching, permutations only", "learned", {"permutations_only": True}),
+    ("learned matching, full symmetries", "learned", {}),
 ]
 
 
@@ -74,8 +77,21 @@ def _trained(kind: str, seed: int, dataset, steps: int | None, say: Callable[[st
     return model
 
 
+def _every_quarter(label: str, say: Callable[[str], None]) -> Callable[[str, int, int], None]:
+    """Progress lines at 25 %, 50 %, 75 % and 100 % of a long phase."""
+    shown = [0]
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if done * 4 >= (shown[0] + 1) * total:
+            shown[0] = done * 4 // total
+            say(f"  {label}: step {done}/{total}")
+
+    return progress
+
+
 def run_demo(kind: str = "vit", *, output: str | Path = "symdsl-demo", data: str | None = None,
-             steps: int | None = None, seeds=(0, 1), say: Callable[[str], None] = print) -> dict:
+             steps: int | None = None, learn_steps: int | None = None, seeds=(0, 1),
+             say: Callable[[str], None] = print) -> dict:
     """Train (or load cached) models, align them every way, and report barriers. Returns the record."""
     from .data import load_dataset
 
@@ -89,12 +105,22 @@ def run_demo(kind: str = "vit", *, output: str | Path = "symdsl-demo", data: str
     prepared = prepare(models)
     say(f"  spec {prepared.spec.name}: {len(prepared.resolved.sites)} sites")
     curves, rows = {}, []
+    weight_results: dict[bool, tuple] = {}   # permutations_only -> (weight-matching result, seconds)
     for label, matcher, options in METHODS:
         start = time.perf_counter()
         if matcher is None:
             state_b = prepared.states[1]
         else:
-            result = match(prepared, 1, matcher, data=dataset, **options)
+            extra = {}
+            if matcher == "learned":   # start from the weight-matching row's solution instead of recomputing it
+                found, found_seconds = weight_results[options.get("permutations_only", False)]
+                extra = {"start": found.elements, "progress": _every_quarter(label, say)}
+                if learn_steps is not None:
+                    extra["steps"] = learn_steps
+                start -= found_seconds   # the learned row's time includes its weight-matching start
+            result = match(prepared, 1, matcher, data=dataset, **options, **extra)
+            if matcher == "weight":
+                weight_results[options.get("permutations_only", False)] = (result, time.perf_counter() - start)
             state_b = act_state_dict(prepared.resolved, prepared.states[1], result.elements)
         align_seconds = time.perf_counter() - start
         curves[label] = loss_curve(prepared.models[0], prepared.states[0], state_b, dataset)

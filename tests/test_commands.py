@@ -99,3 +99,21 @@ def test_timm_models_by_name_with_a_safetensors_checkpoint(tmp_path):
     again = load_model(str(tmp_path / "saved"))
     for key, value in loaded.state_dict().items():
         torch.testing.assert_close(again.state_dict()[key], value)
+
+
+def test_merge_of_three_models_uses_the_universe_with_refinement_and_plots_the_simplex(pair, capsys):
+    assert main(["train", "vit-digits", "--seed", "2", "--steps", "150", "-o", str(pair / "vit2")]) == 0
+    models = [str(pair / f"vit{i}") for i in range(3)]
+    out, plot = pair / "merged3", pair / "simplex.png"
+    assert main(["merge", *models, "--refine", "--data", "digits", "--plot", str(plot), "--option", "steps=20",
+                 "--option", "eval_every=10", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "universe matching + refinement" in text and "max loss gap" in text
+    record = json.loads((out / "symdsl.json").read_text())
+    assert record["method"] == "universe + refinement" and record["refined"]["info"]["steps"] >= 10
+    assert type(load_model(str(out))).__name__ == "VisionTransformer"
+    assert plot.stat().st_size > 10_000 and plot.with_suffix(".json").exists()
+    # refinement and the simplex evaluate the task loss: without data they are usage errors
+    assert main(["merge", *models, "--refine", "-o", str(pair / "x")]) == 2
+    assert "dataset" in capsys.readouterr().err
+    assert main(["merge", *models[:2], "--plot", str(plot), "-o", str(pair / "x")]) == 2

@@ -40,6 +40,14 @@ def add_parsers(sub) -> None:
     m.add_argument("models", nargs="+", metavar="MODEL", help="two or more models (the first is the reference)")
     m.add_argument("--weights", type=float, nargs="+", help="merge weights (default: equal)")
     m.add_argument("--merger", default="average", help="merger plugin (default: average)")
+    m.add_argument("--refine", action="store_true",
+                   help="three or more models: train the universe transforms on the task loss (needs --data; "
+                        "also chosen by --matcher learned)")
+    m.add_argument("--pairwise", action="store_true",
+                   help="three or more models: align each to the first with --matcher instead of universe matching")
+    m.add_argument("--plot", metavar="FILE.png",
+                   help="three models: loss/accuracy over the simplex of the aligned models (PNG, JSON beside it; "
+                        "needs --data)")
     _common(m)
     m.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write the merged model into")
     m.set_defaults(run=run_merge)
@@ -138,6 +146,10 @@ def run_merge(args) -> int:
     models = [load_model(ref) for ref in args.models]
     if args.spec:
         _refuse_spec(args.spec, models[0], "merge")
+    if len(models) >= 3 and not args.pairwise:
+        return _merge_universe(args, models, device)
+    if args.refine or args.plot:
+        raise UsageError("--refine and --plot apply to universe merges of three or more models")
     start = time.perf_counter()
     with progress_bar(f"merge ({args.matcher})") as bar:
         merged, results = merge_models(models, args.spec, args.matcher, weights=args.weights, merger=args.merger,
@@ -184,4 +196,41 @@ def run_barrier(args) -> int:
     if args.plot:
         plot_curves(curves, args.plot, title=f"{prepared.spec.name}: {Path(args.a).name} vs {Path(args.b).name}")
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _merge_universe(args, models, device) -> int:
+    """Three or more models: universe matching (optionally refined), then the weighted average."""
+    from ..match.universe_merge import merge_universe
+
+    if args.matcher not in ("weight", "learned"):
+        raise UsageError(f"universe merging uses weight matching (refined with --refine or --matcher learned); "
+                         f"for --matcher {args.matcher} add --pairwise to align every model to the first")
+    refine = args.refine or args.matcher == "learned"
+    options = _options(args)
+    universe_options = {k: v for k, v in options.items() if k in ("max_iter", "tol", "permutations_only",
+                                                                  "invertible_steps", "weight_max_iter", "weight_tol")}
+    refine_options = {k: v for k, v in options.items() if k not in universe_options or k == "permutations_only"}
+    if not refine and refine_options.keys() - {"permutations_only"}:
+        raise UsageError(f"option(s) {sorted(refine_options.keys() - {'permutations_only'})} are refinement options: "
+                         "add --refine")
+    start = time.perf_counter()
+    with progress_bar("merge (universe" + (" + refinement)" if refine else ")")) as bar:
+        out = merge_universe(models, args.spec, refine=refine, dataset=args.data, weights=args.weights,
+                             merger=args.merger, surface_path=args.plot, seed=args.seed, device=device,
+                             progress=lambda phase, done, total: bar(done, total),
+                             universe_options=universe_options, refine_options=refine_options if refine else None)
+    seconds = time.perf_counter() - start
+    folder = Path(args.output)
+    save_model(out.model.cpu(), folder, {"command": "merge", "models": args.models, "weights": args.weights,
+                                         "merger": args.merger, "seconds": seconds, "method": "universe"
+                                         + (" + refinement" if refine else ""), **out.to_record()})
+    objective = out.universe.objective
+    print(f"merged {len(models)} models (universe matching{' + refinement' if refine else ''}, {args.merger}) in "
+          f"{seconds:.1f} s; universe objective {objective[0]:.4g} -> {objective[-1]:.4g}; wrote {folder}/")
+    for label, surface in out.surfaces.items():
+        summary = surface.summary()
+        print(f"  {label:<26} max loss gap over the simplex {summary['max_loss_gap']:.3f}")
+    if args.plot:
+        print(f"wrote {args.plot} and {Path(args.plot).with_suffix('.json')}")
     return 0

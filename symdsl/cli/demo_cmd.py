@@ -9,6 +9,7 @@ def add_parser(sub) -> None:
     p.add_argument("--text", metavar="FILE", help="gpt2: train on this text file (default: the Python standard "
                    "library's source, present on every machine)")
     p.add_argument("--steps", type=int, help="training steps per model (default: the recipe's)")
+    p.add_argument("--learn-steps", type=int, help="steps of learned matching (default: the matcher's, 1000)")
     p.add_argument("-o", "--output", default="symdsl-demo", help="folder for curves.png and demo.json")
     p.set_defaults(run=run)
 
@@ -20,5 +21,5 @@ def run(args) -> int:
     if args.text and args.kind != "gpt2":
         raise UsageError("--text applies to `symdsl demo gpt2`")
     run_demo(args.kind, output=args.output, data=f"text:{args.text}" if args.text else None, steps=args.steps,
-             say=lambda line: print(line, flush=True))
+             learn_steps=args.learn_steps, say=lambda line: print(line, flush=True))
     return 0

@@ -20,7 +20,9 @@ current element in the kind's own representation (an index array for permutation
   optimiser step :meth:`Parametrization.project` clips its singular values so the condition
   number stays below ``max_condition``.
 
-Plugin group kinds provide their own through ``GroupKind.parametrize``.
+Plugin group kinds provide their own through ``GroupKind.parametrize``. :class:`Fixed` holds
+an element that is not trained (a frozen site) so that it still acts in the dense action;
+:func:`parametrize_sites` builds one parametrisation per site of a resolved spec.
 
 >>> p = CayleyOrthogonal(torch.eye(3, dtype=torch.float64), preserve_ones=True)
 >>> primal, dual = p.dense()
@@ -29,8 +31,11 @@ True
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 
+from ..errors import UsageError
 from ..groups.orthogonal import ones_complement_basis
 
 
@@ -54,6 +59,10 @@ class Parametrization(torch.nn.Module):
 
     def project(self) -> None:
         """Called after every optimiser step: pull the parameters back to a valid element."""
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`dense` (so ``torch.func.functional_call`` can evaluate it at other parameters)."""
+        return self.dense()
 
 
 def cayley(a: torch.Tensor) -> torch.Tensor:
@@ -235,3 +244,70 @@ class FreeInvertible(Parametrization):
             floor = s[..., :1] / self.max_condition
             if bool((s < floor).any()):
                 self.matrix.copy_(u @ torch.diag_embed(torch.maximum(s, floor)) @ vh)
+
+
+class Fixed(Parametrization):
+    """An element that is not trained: constant dense matrices, no parameters.
+
+    >>> f = Fixed(torch.tensor([1, 0]), kind=__import__("symdsl.groups", fromlist=["x"]).get_group_kind("permutation"))
+    >>> f.dense()[0], list(f.parameters())
+    (tensor([[0., 1.],
+            [1., 0.]], dtype=torch.float64), [])
+    """
+
+    def __init__(self, g: torch.Tensor, *, kind, n_in: int | None = None, dtype=torch.float64):
+        super().__init__()
+        self.register_buffer("value", g.detach().clone())
+        dense = (lambda m: m.to(dtype) if m.is_floating_point() else kind.to_matrix(m, dtype=dtype, n_in=n_in))
+        self.register_buffer("primal", dense(g))
+        self.register_buffer("dual_matrix", dense(kind.dual(g, n_in=n_in)))
+
+    def dense(self):
+        return self.primal, self.dual_matrix
+
+    def element(self) -> torch.Tensor:
+        return self.value.clone()
+
+
+def parametrize_sites(resolved, start: Mapping[str, torch.Tensor], *, permutations_only: bool = False,
+                      dtype=torch.float32, device=None, freeze=()) -> dict[str, Parametrization]:
+    """site -> parametrisation starting at ``start[site]``, for every site of ``resolved``.
+
+    Frozen sites, and with ``permutations_only`` the invertible ones, become :class:`Fixed` at
+    their starting element (so they still act); with ``permutations_only`` an orthogonal site is
+    learned as a permutation (:class:`StraightThroughPermutation` returning a dense matrix).
+    A kind without ``parametrize`` is a UsageError naming the site and the fix.
+
+    >>> from symdsl.spec import load_spec_text, resolve
+    >>> from symdsl.act import identity_transform
+    >>> spec = load_spec_text('symdsl: 1\\nname: t\\nsites: {h: {group: orthogonal, size: 3}}\\n'
+    ...                       'tensors: {weight: "h _", bias: h}\\n')
+    >>> r = resolve(spec, torch.nn.Linear(2, 3))
+    >>> sorted(type(p).__name__ for p in parametrize_sites(r, identity_transform(r)).values())
+    ['CayleyOrthogonal']
+    """
+    unknown = sorted(set(freeze) - set(resolved.sites))
+    if unknown:
+        raise UsageError(f"freeze names site(s) {unknown[:5]} that spec '{resolved.spec.name}' does not have; "
+                         f"its sites: {', '.join(list(resolved.sites)[:8])} ...")
+    params: dict[str, Parametrization] = {}
+    for name, site in resolved.sites.items():
+        g0 = start[name].to(device=device)
+        if g0.is_floating_point():
+            g0 = g0.to(dtype)
+        if name in freeze or (permutations_only and site.kind.name == "invertible"):
+            params[name] = Fixed(g0, kind=site.kind, n_in=site.size_in, dtype=dtype).to(device)
+        elif permutations_only and site.kind.name == "orthogonal":
+            params[name] = StraightThroughPermutation(g0, dtype=dtype, as_matrix=True).to(device)
+        else:
+            try:
+                params[name] = site.kind.parametrize(g0, options=site.options, n_in=site.size_in).to(device)
+            except NotImplementedError as exc:
+                raise UsageError(f"site '{name}' (group {site.kind.name}) cannot be learned: {exc}; keep it at its "
+                                 f"starting element with --option freeze=[{name}]") from None
+    return params
+
+
+def trained_sites(params: Mapping[str, Parametrization]) -> list[str]:
+    """The sites whose parametrisation has parameters (not :class:`Fixed`)."""
+    return sorted(name for name, p in params.items() if any(True for _ in p.parameters()))

@@ -20,40 +20,8 @@ import torch
 from symdsl.errors import UsageError
 from symdsl.match.base import Matcher, MatchResult
 
-DEFAULTS = {"steps": 1000, "lr": 0.003, "schedule": "cosine", "lam": "uniform:0.4,0.6", "batch_size": 64,
+DEFAULTS = {"steps": 1000, "epochs": None, "lr": 0.003, "schedule": "cosine", "lam": "uniform:0.4,0.6", "batch_size": 64,
             "eval_every": 25, "patience": 20, "validation": 0.1, "validation_batches": 4}
-
-
-def build_parametrizations(resolved, start: Mapping[str, torch.Tensor], *, permutations_only: bool = False,
-                           dtype=torch.float32, device=None, freeze=()) -> dict:
-    """site -> Parametrization starting at ``start[site]``; frozen sites (and, permutations only,
-    invertible ones) are left out, so they keep their starting element."""
-    from symdsl.learn.parametrize import StraightThroughPermutation
-
-    params = {}
-    for name, site in resolved.sites.items():
-        if name in freeze:
-            continue
-        g0 = start[name].to(device=device)
-        if g0.is_floating_point():
-            g0 = g0.to(dtype)
-        if permutations_only and site.kind.name == "orthogonal":
-            params[name] = StraightThroughPermutation(g0, dtype=dtype, as_matrix=True).to(device)
-            continue
-        if permutations_only and site.kind.name == "invertible":
-            continue
-        try:
-            params[name] = site.kind.parametrize(g0, options=site.options, n_in=site.size_in).to(device)
-        except NotImplementedError as exc:
-            raise UsageError(f"site '{name}' (group {site.kind.name}) cannot be learned: {exc}; keep it at its "
-                             f"weight-matching element with --option freeze=[{name}]") from None
-        if dtype is not None:
-            params[name] = params[name].to(dtype) if _all_float(params[name]) else params[name]
-    return params
-
-
-def _all_float(module: torch.nn.Module) -> bool:
-    return all(t.is_floating_point() for t in list(module.parameters()) + list(module.buffers()))
 
 
 class LearnedMatching(Matcher):
@@ -70,6 +38,7 @@ class LearnedMatching(Matcher):
         from symdsl.data.holdout import with_validation
         from symdsl.learn.loop import learn_transforms
         from symdsl.learn.objective import PathLoss
+        from symdsl.learn.parametrize import parametrize_sites, trained_sites
         from symdsl.learn.samplers import parse_sampler
         from symdsl.match import get_matcher
 
@@ -91,25 +60,27 @@ class LearnedMatching(Matcher):
         missing = [s for s in resolved.sites if s not in start]
         if missing:
             raise UsageError(f"the starting transform has no element for site(s) {missing[:5]}")
-        params = build_parametrizations(resolved, start, permutations_only=permutations_only, dtype=dtype,
-                                        device=device, freeze=set(freeze))
+        params = parametrize_sites(resolved, start, permutations_only=permutations_only, dtype=dtype,
+                                   device=device, freeze=set(freeze))
         states = [{k: v.to(device) for k, v in s.items()} for s in (state_a, state_b)]
         path = PathLoss(model, resolved, states, dataset.task)
         fit_data = with_validation(dataset, settings["validation"])
+        steps = int(settings["steps"])
+        if settings["epochs"] is not None:   # passes over the (held-out-reduced) train split
+            steps = int(float(settings["epochs"]) * -(-len(fit_data.train) // int(settings["batch_size"])))
         result = learn_transforms(path, [None, params], parse_sampler(settings["lam"], 2), fit_data,
-                                  steps=int(settings["steps"]), lr=float(settings["lr"]),
+                                  steps=steps, lr=float(settings["lr"]),
                                   batch_size=int(settings["batch_size"]), eval_every=int(settings["eval_every"]),
                                   patience=int(settings["patience"]), schedule=str(settings["schedule"]),
                                   validation_batches=int(settings["validation_batches"]), seed=seed,
                                   device=device, dtype=dtype, progress=progress)
         learned = result.elements[1]
-        elements = {name: _native(resolved.sites[name], learned[name]) if name in learned else start[name]
-                    for name in resolved.sites}
+        elements = {name: _native(learned[name]) for name in resolved.sites}
         info = {**result.info, "history": result.history, "permutations_only": permutations_only,
-                "lam": settings["lam"], "start": start_record, "learned_sites": sorted(learned)}
+                "lam": settings["lam"], "start": start_record, "learned_sites": trained_sites(params)}
         return MatchResult(elements, self.name, [h["validation"] for h in result.history], info)
 
 
-def _native(site, element: torch.Tensor) -> torch.Tensor:
+def _native(element: torch.Tensor) -> torch.Tensor:
     """A learned element in the site kind's representation and float64 (matrices) for saving/acting."""
     return element.to(torch.float64) if element.is_floating_point() else element
