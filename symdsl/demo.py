@@ -21,6 +21,7 @@ from .act import act_state_dict
 from .evaluate import barrier, loss_curve, plot_curves
 from .models import load_model, save_model
 from .pipeline import match, prepare
+from .train.loop import torch_threads
 
 RECIPES = {
     "vit": {"data": "digits", "label": "ViT (2 layers, 64 wide, 4 heads) on sklearn digits"},
@@ -102,6 +103,11 @@ def run_demo(kind: str = "vit", *, output: str | Path = "symdsl-demo", data: str
     say("1/3 training two models from different seeds")
     models = [_trained(kind, seed, dataset, steps, say) for seed in seeds]
     say("2/3 canonicalizing and aligning B to A")
+    with torch_threads(1):   # tiny models: one thread is faster, and far faster on a shared CPU
+        return _align_and_report(kind, recipe, dataset, models, output, learn_steps, seeds, started, say)
+
+
+def _align_and_report(kind, recipe, dataset, models, output, learn_steps, seeds, started, say) -> dict:
     prepared = prepare(models)
     say(f"  spec {prepared.spec.name}: {len(prepared.resolved.sites)} sites")
     curves, rows = {}, []

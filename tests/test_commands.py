@@ -117,3 +117,25 @@ def test_merge_of_three_models_uses_the_universe_with_refinement_and_plots_the_s
     assert main(["merge", *models, "--refine", "-o", str(pair / "x")]) == 2
     assert "dataset" in capsys.readouterr().err
     assert main(["merge", *models[:2], "--plot", str(plot), "-o", str(pair / "x")]) == 2
+
+
+def test_align_and_barrier_lift_a_narrower_b_into_a_s_space(pair, capsys):
+    narrow = pair / "narrow"
+    assert main(["train", "vit-digits", "--seed", "3", "--steps", "100", "--width", "32", "--heads", "2",
+                 "-o", str(narrow)]) == 0
+    out = pair / "narrow-aligned"
+    assert main(["align", str(pair / "vit0"), str(narrow), "-o", str(out)]) == 0
+    aligned, small = load_model(str(out)), load_model(str(narrow))
+    assert aligned.cls_token.shape[-1] == 64                       # a standard model of A's configuration ...
+    x = load_dataset("digits").test.inputs[:32]
+    torch.testing.assert_close(_logits(aligned, x), _logits(small, x), rtol=1e-4, atol=1e-4)   # ... computing B
+    assert "width_lift" in json.loads((out / "symdsl.json").read_text())
+    report = pair / "narrow-barrier.json"
+    assert main(["barrier", str(pair / "vit0"), str(narrow), "--data", "digits", "--points", "3",
+                 "--json", str(report)]) == 0
+    assert "width_lift" in json.loads(report.read_text())
+    assert main(["merge", str(pair / "vit0"), str(narrow), "-o", str(pair / "narrow-merged")]) == 0
+    assert load_model(str(pair / "narrow-merged")).cls_token.shape[-1] == 64
+    # the wide model must be A: the result lives in A's space
+    assert main(["align", str(narrow), str(pair / "vit0"), "-o", str(pair / "x")]) == 2
+    assert "swap A and B" in capsys.readouterr().err

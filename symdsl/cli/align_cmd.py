@@ -87,9 +87,23 @@ def _options(args) -> dict:
 
 
 def _align(args, a, b, device) -> Alignment:
+    """B aligned to A; a narrower B is first lifted into A's configuration (width-heterogeneous)."""
+    from ..width import align_widths, needs_lift, wide_and_narrow
+
     with progress_bar(f"align ({args.matcher})") as bar:
-        return align_pair(a, b, args.spec, args.matcher, device=device, data=args.data, seed=args.seed,
-                          progress=lambda phase, done, total: bar(done, total), **_options(args))
+        report = lambda phase, done, total: bar(done, total)
+        if not needs_lift(a, b):
+            return align_pair(a, b, args.spec, args.matcher, device=device, data=args.data, seed=args.seed,
+                              progress=report, **_options(args))
+        if wide_and_narrow(a, b, args.spec)[2]:
+            raise UsageError(f"B ({args.b}) is wider than A ({args.a}): the narrow model is lifted into the wide "
+                             "one's configuration, and the result lives in A's space, so A must be the wide model; "
+                             "swap A and B")
+        width = align_widths(a, b, args.spec, args.matcher, data=args.data, seed=args.seed, device=device,
+                             progress=report, **_options(args))
+        print(f"B is narrower than A: lifted into A's configuration (same function), then matched in A's space",
+              file=sys.stderr)
+        return Alignment(width.prepared, width.result, width.aligned, {"width_lift": width.lifted.to_record()})
 
 
 def _refuse_architecture_change(resolved, command: str) -> None:
@@ -129,7 +143,7 @@ def run_align(args) -> int:
     model.load_state_dict(alignment.aligned_b)
     out = Path(args.output)
     save_model(model.cpu(), out, {"command": "align", "a": args.a, "b": args.b, "spec": alignment.prepared.spec.name,
-                                  "seconds": seconds, **alignment.result.to_record()})
+                                  "seconds": seconds, **alignment.result.to_record(), **alignment.info})
     _save_transform(alignment, out)
     objective = alignment.result.objective
     progress = f"objective {objective[0]:.4g} -> {objective[-1]:.4g}, " if objective else ""
@@ -150,6 +164,10 @@ def run_merge(args) -> int:
         return _merge_universe(args, models, device)
     if args.refine or args.plot:
         raise UsageError("--refine and --plot apply to universe merges of three or more models")
+    from ..width import needs_lift
+
+    if len(models) == 2 and needs_lift(*models):
+        return _merge_widths(args, models, device)
     start = time.perf_counter()
     with progress_bar(f"merge ({args.matcher})") as bar:
         merged, results = merge_models(models, args.spec, args.matcher, weights=args.weights, merger=args.merger,
@@ -181,7 +199,7 @@ def run_barrier(args) -> int:
                                        split=args.split, max_batches=args.max_batches, progress=bar)
     rows = []
     record = {"a": args.a, "b": args.b, "spec": prepared.spec.name, "data": dataset.name, "matcher": args.matcher,
-              "alignment": alignment.result.to_record(), "curves": {}}
+              "alignment": alignment.result.to_record(), **alignment.info, "curves": {}}
     for label, curve in curves.items():
         paper, mean = barrier(curve), barrier(curve, definition="mean")
         rows.append((label, paper.loss, paper.accuracy, mean.loss))
@@ -196,6 +214,25 @@ def run_barrier(args) -> int:
     if args.plot:
         plot_curves(curves, args.plot, title=f"{prepared.spec.name}: {Path(args.a).name} vs {Path(args.b).name}")
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _merge_widths(args, models, device) -> int:
+    """Two models of different widths: lift B into A's configuration, align, average in A's space."""
+    from ..merge import get_merger
+
+    start = time.perf_counter()
+    alignment = _align(args, models[0], models[1], device)
+    merged = alignment.prepared.models[0]
+    merged.load_state_dict(get_merger(args.merger).merge([alignment.prepared.states[0], alignment.aligned_b],
+                                                         args.weights))
+    seconds = time.perf_counter() - start
+    out = Path(args.output)
+    save_model(merged.cpu(), out, {"command": "merge", "models": args.models, "weights": args.weights,
+                                   "merger": args.merger, "seconds": seconds,
+                                   "alignments": [alignment.result.to_record()], **alignment.info})
+    print(f"merged a lifted narrow model into {args.models[0]} ({args.matcher} matching, {args.merger}) in "
+          f"{seconds:.1f} s; wrote {out}/ (A's configuration)")
     return 0
 
 

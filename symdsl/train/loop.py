@@ -54,7 +54,7 @@ def train(model: torch.nn.Module, dataset: Dataset | str, *, steps: int, batch_s
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
-    with _seeded(seed, device), _threads(threads):
+    with _seeded(seed, device), torch_threads(threads):
         for step, (inputs, targets) in enumerate(_batch_stream(dataset, batch_size, seed, device)):
             if step >= steps:
                 break
@@ -74,7 +74,7 @@ def train(model: torch.nn.Module, dataset: Dataset | str, *, steps: int, batch_s
     metrics: dict[str, Any] = {"steps": steps, "seconds": time.perf_counter() - start, "first_loss": losses[0],
                                "final_loss": sum(losses[-10:]) / len(losses[-10:]), "losses": losses}
     if evaluate_split is not None:
-        with _threads(threads):
+        with torch_threads(threads):
             result = evaluate(model, dataset, evaluate_split)
         metrics.update({f"{evaluate_split}_{key}": value for key, value in result.items()})
     return metrics
@@ -103,7 +103,13 @@ def _parameter_groups(model: torch.nn.Module) -> tuple[list, list]:
 
 
 @contextlib.contextmanager
-def _threads(count: int | None):
+def torch_threads(count: int | None):
+    """Run the block with ``count`` intra-op threads (None: leave torch's setting), restored after.
+
+    >>> with torch_threads(1):
+    ...     torch.get_num_threads()
+    1
+    """
     if count is None:
         yield
         return
