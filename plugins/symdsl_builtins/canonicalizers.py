@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from symdsl.canon.base import Canonicalizer, StrictArgs, model_tensor
+from symdsl.canon.base import Canonicalizer, StrictArgs, model_tensor, module_slot
 from symdsl.errors import BindError
 
 from .circuits import AttentionToCircuits   # the paper's circuit route (architecture-changing)
@@ -197,9 +197,7 @@ class LayerNormToRMSNorm(Canonicalizer):
 
     def apply(self, model, args, resolved) -> None:
         for path in args.norms:
-            owner, _, attribute = path.rpartition(".")
-            parent = model.get_submodule(owner) if owner else model
-            norm = getattr(parent, attribute, None)
+            parent, attribute, norm = module_slot(model, path)
             if not isinstance(norm, torch.nn.LayerNorm):
                 if isinstance(norm, BiasedRMSNorm):
                     continue   # already converted

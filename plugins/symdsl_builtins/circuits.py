@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from symdsl.canon.base import Canonicalizer, StrictArgs
+from symdsl.canon.base import Canonicalizer, StrictArgs, module_slot
 from symdsl.errors import BindError
 
 
@@ -215,9 +215,7 @@ class AttentionToCircuits(Canonicalizer):
 
     def apply(self, model, args, resolved) -> None:
         for path in args.modules:
-            owner, _, attribute = path.rpartition(".")
-            parent = model.get_submodule(owner) if owner else model
-            module = getattr(parent, attribute, None)
+            parent, attribute, module = module_slot(model, path)
             if isinstance(module, CircuitAttention):
                 continue   # already converted
             if not isinstance(module, torch.nn.Module):

@@ -67,6 +67,23 @@ def model_tensor(model: torch.nn.Module, name: str) -> torch.Tensor:
     return tensor
 
 
+def module_slot(model: torch.nn.Module, path: str) -> tuple[torch.nn.Module, str, Any]:
+    """``(parent, attribute, current)`` for a dotted module path, so a rewrite can replace it
+    with ``setattr(parent, attribute, new)``; ``current`` is None if there is nothing there.
+
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    >>> parent, attr, current = module_slot(m, "0")
+    >>> attr, type(current).__name__
+    ('0', 'Linear')
+    """
+    owner, _, attribute = path.rpartition(".")
+    try:
+        parent = model.get_submodule(owner) if owner else model
+    except AttributeError:
+        raise BindError(f"the model has no module '{owner}' (from '{path}')") from None
+    return parent, attribute, getattr(parent, attribute, None)
+
+
 def canonicalize(model: torch.nn.Module, resolved) -> torch.nn.Module:
     """Run every canonicalize step of ``resolved`` on ``model`` in place, in order; return the model.
 

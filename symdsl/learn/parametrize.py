@@ -44,7 +44,9 @@ class Parametrization(torch.nn.Module):
 
     ``lr_scale`` multiplies the optimiser's learning rate for this element's parameters: a
     straight-through score matrix must move by O(1) before its assignment changes, while a
-    rotation's generator acts on the weights directly (measured on digit ViTs: 10x suits both).
+    rotation's generator acts on the weights directly. Score matrices default to 10x (what
+    learning permutations alone needs); the learned matcher lowers it to 1x when continuous
+    maps are learned too (see its ``permutation_lr`` option).
     """
 
     lr_scale: float = 1.0
