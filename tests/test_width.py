@@ -314,3 +314,16 @@ def test_curves_run_from_the_lifted_narrow_model_to_the_wide_one():
     record = json.loads(json.dumps(result.to_record()))          # JSON-serialisable for symdsl.json
     assert record["lift"]["sites"]["resid"]["scale"] == pytest.approx(math.sqrt(2))
     assert record["lift"]["sites"]["heads.0"]["copies"] == [0, 1, 0, 1]
+
+
+def test_weight_matching_survives_a_head_dim_that_grows():
+    # The lifted heads are rank-deficient in the wide head dim, so a closed-form candidate for the
+    # per-head maps is singular: weight matching must reject it, not fail.
+    from symdsl.data import load_dataset
+    from symdsl.train import small_vit
+    from symdsl.width import align_widths
+
+    ds = load_dataset("digits")
+    wide, narrow = small_vit(ds, embed_dim=32, num_heads=2, seed=1), small_vit(ds, embed_dim=16, num_heads=2, seed=0)
+    result = align_widths(wide, narrow, max_iter=2)
+    assert result.result.objective[-1] <= result.result.objective[0]
