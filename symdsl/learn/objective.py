@@ -13,7 +13,7 @@ loss is differentiable in the parameters of every g_i.
 >>> path = PathLoss(model, r, [model.state_dict(), model.state_dict()], "classification")
 >>> x, y = torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1])
 >>> mixed = float(path.loss([0.3, 0.7], [None, None], x, y).detach())
->>> abs(mixed - float(torch.nn.functional.cross_entropy(model(x), y))) < 1e-6
+>>> abs(mixed - float(torch.nn.functional.cross_entropy(model(x), y).detach())) < 1e-6
 True
 """
 from __future__ import annotations
