@@ -221,7 +221,7 @@ def test_learned_matching_ends_no_worse_than_its_start_and_reports_true_values(d
     moved = act_state_dict(prepared.resolved, prepared.states[1], result.elements)
     path = PathLoss(prepared.models[0], prepared.resolved, [prepared.states[0], moved], "classification")
     val = [batch for i, batch in enumerate(with_validation(digits, 0.1).batches("test", 64)) if i < 4]
-    recomputed = validation_objective(path, [None, None], parse_sampler("uniform:0.4,0.6", 2), val)
+    recomputed = validation_objective(path, [None, None], parse_sampler("uniform:0.1,0.9", 2), val)
     assert recomputed == pytest.approx(result.info["best_validation"], rel=1e-5)
     assert result.info["start"]["matcher"] == "weight"
 

@@ -121,13 +121,20 @@ def _validation_objective(model, resolved, states, elements, dataset, alpha, bat
     path = PathLoss(model, resolved, moved, dataset.task)
     fit = with_validation(dataset, 0.1)
     val = [(x, y) for i, (x, y) in enumerate(fit.batches("test", 64)) if i < batches]
-    total = count = 0
-    with torch.no_grad():
-        for w in parse_sampler(f"dirichlet:{alpha}", len(states)).validation_points():
+    n = len(states)
+
+    def mean_loss(w):
+        total = count = 0
+        with torch.no_grad():
             for x, y in val:
-                total += float(path.loss(w, [None] * len(states), x, y)) * y.numel()
+                total += float(path.loss(w, [None] * n, x, y)) * y.numel()
                 count += y.numel()
-    return total / count
+        return total / count
+
+    # the barrier over the simplex: loss above the plane through the endpoints' losses, at its worst
+    ends = [mean_loss([float(i == j) for j in range(n)]) for i in range(n)]
+    return max(mean_loss(w) - sum(wi * e for wi, e in zip(w, ends))
+               for w in parse_sampler(f"dirichlet:{alpha}", n).validation_points())
 
 
 def test_refinement_never_ends_worse_than_its_start():

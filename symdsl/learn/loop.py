@@ -1,9 +1,10 @@
 """Train the transforms of one or more endpoint models on the task loss along the path.
 
-The loop behind learned matching (two models, lambda ~ U(0.4, 0.6)) and universe refinement
+The loop behind learned matching (two models, lambda ~ U(0.1, 0.9)) and universe refinement
 (N models, weights ~ Dirichlet(0.1 * 1)). Every ``eval_every`` steps the *validation
-objective* (the mean loss over the sampler's fixed validation points and the validation
-batches) is measured; the best transforms seen, the starting point included, are returned.
+objective* (the barrier on the validation batches, over the sampler's fixed validation points:
+:func:`validation_objective`) is measured; the best transforms seen, the starting point
+included, are returned.
 So the result is never worse than its start on that objective, and training stops early once
 it has not improved for ``patience`` evaluations.
 """
@@ -41,15 +42,27 @@ def _pairs(params: Sequence[Params | None]):
 
 
 def validation_objective(path: PathLoss, params: Sequence[Params | None], sampler, batches) -> float:
-    """Mean loss over the sampler's validation points and the given (inputs, targets) batches."""
-    total, count = 0.0, 0
+    """The barrier on the validation batches: max over the sampler's validation points w of
+    L(w) - sum_i w_i L(e_i), with L the mean loss over ``batches`` and e_i the endpoints.
+
+    The same definition as the reported barrier (paper's, the line between the endpoints'
+    losses; over the simplex for N models), so early stopping and keep-best select what the
+    barrier measures. Endpoint losses are measured with the current transforms too (they do not
+    change them: each endpoint moves by a symmetry).
+    """
+    pairs = _pairs(params)
+
+    def mean_loss(weights) -> float:
+        total, count = 0.0, 0
+        for inputs, targets in batches:
+            total += float(path.loss(weights, pairs, inputs, targets)) * targets.numel()
+            count += targets.numel()
+        return total / max(count, 1)
+
     with torch.no_grad():
-        pairs = _pairs(params)
-        for weights in sampler.validation_points():
-            for inputs, targets in batches:
-                total += float(path.loss(weights, pairs, inputs, targets)) * targets.numel()
-                count += targets.numel()
-    return total / max(count, 1)
+        n = len(params)
+        ends = [mean_loss([1.0 if j == i else 0.0 for j in range(n)]) for i in range(n)]
+        return max(mean_loss(w) - sum(wi * li for wi, li in zip(w, ends)) for w in sampler.validation_points())
 
 
 def learn_transforms(path: PathLoss, params: Sequence[Params | None], sampler, data: Dataset, *, steps: int = 300,
