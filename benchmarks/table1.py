@@ -5,6 +5,7 @@ Usage (from the repository root, after ``pip install -e ".[all]"``)::
     python benchmarks/table1.py                       # ViT on digits and GPT-2 on Tiny Shakespeare, 3 pairs each
     python benchmarks/table1.py --tasks vit --pairs 5 --learn-steps 500
     python benchmarks/table1.py --text PATH           # GPT-2 on another corpus
+    python benchmarks/table1.py --tasks gpt2 --tokenizer ../shared/data/gpt2_tokenizer   # GPT-2 BPE
 
 Every pair is two models trained from different seeds with the recipes of ``symdsl.train``
 (cached under ``$SYMDSL_CACHE/bench``, so a second run only re-measures). For each pair the
@@ -69,7 +70,8 @@ def trained(task: str, seed: int, dataset, say) -> torch.nn.Module:
     from symdsl.train import CHAR_GPT2, DIGITS_VIT, small_gpt2, small_vit, train
 
     recipe = DIGITS_VIT if task == "vit" else CHAR_GPT2
-    folder = cache_root() / f"{task}-{dataset.name}-seed{seed}-steps{recipe['steps']}"
+    tokens = "-bpe" if type(dataset.tokenizer).__name__ == "BPETokenizer" else ""
+    folder = cache_root() / f"{task}-{dataset.name}{tokens}-seed{seed}-steps{recipe['steps']}"
     if (folder / "symdsl.json").exists():
         return load_model(str(folder))
     model = small_vit(dataset, seed=seed) if task == "vit" else small_gpt2(dataset, seed=seed)
@@ -173,6 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--learn-steps", type=int, default=1000)
     parser.add_argument("--text", default=str(DEFAULT_TEXT), help="GPT-2 corpus (default: Tiny Shakespeare)")
+    parser.add_argument("--tokenizer", default=None, help="GPT-2 BPE tokenizer folder (default: characters)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "table1.json"))
     parser.add_argument("--results", action="store_true", help="rewrite the Table 1 section of benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
@@ -182,7 +185,8 @@ def main(argv=None) -> int:
     say = lambda line: print(line, flush=True)
     results = {}
     for task in args.tasks.split(","):
-        dataset = load_dataset("digits") if task == "vit" else load_dataset(f"text:{args.text}")
+        tokens = {"tokenizer": args.tokenizer} if args.tokenizer else {}
+        dataset = load_dataset("digits") if task == "vit" else load_dataset(f"text:{args.text}", **tokens)
         say(f"{task} on {dataset.name}: {args.pairs} pairs")
         per_pair = []
         for pair in range(args.pairs):

@@ -52,10 +52,9 @@ class Row:
 
 def _trained(kind: str, seed: int, dataset, steps: int | None, say: Callable[[str], None]):
     from .train import CHAR_GPT2, DIGITS_VIT, small_gpt2, small_vit, train
+    from .train.recipes import with_steps
 
-    recipe = dict(DIGITS_VIT if kind == "vit" else CHAR_GPT2)
-    if steps:
-        recipe["steps"] = steps
+    recipe = with_steps(DIGITS_VIT if kind == "vit" else CHAR_GPT2, steps)
     folder = cache_dir() / f"{kind}-{dataset.name}-seed{seed}-steps{recipe['steps']}"
     if (folder / "symdsl.json").exists():
         say(f"  model seed {seed}: cached ({folder})")

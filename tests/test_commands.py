@@ -139,3 +139,25 @@ def test_align_and_barrier_lift_a_narrower_b_into_a_s_space(pair, capsys):
     # the wide model must be A: the result lives in A's space
     assert main(["align", str(narrow), str(pair / "vit0"), "-o", str(pair / "x")]) == 2
     assert "swap A and B" in capsys.readouterr().err
+
+
+GPT2_TOKENIZER = __import__("pathlib").Path(__file__).parents[2] / "shared" / "data" / "gpt2_tokenizer"
+SHAKESPEARE = GPT2_TOKENIZER.parent / "tinyshakespeare.txt"
+
+
+@pytest.mark.skipif(not GPT2_TOKENIZER.is_dir(), reason="the shared GPT-2 tokenizer is not beside the repository")
+def test_gpt2_bpe_training_and_evaluation_from_the_command_line(tmp_path, capsys):
+    text = tmp_path / "shakespeare-head.txt"   # the first 30k characters: BPE-encoding the whole corpus takes seconds
+    text.write_text(SHAKESPEARE.read_text()[:30_000])
+    data = ["--data", f"text:{text}"]
+    model = tmp_path / "bpe"
+    assert main(["train", "gpt2-text", *data, "--tokenizer", str(GPT2_TOKENIZER), "--steps", "3", "--width", "32",
+                 "--layers", "1", "--heads", "2", "-o", str(model)]) == 0
+    assert load_model(str(model)).config.vocab_size == 50257
+    report = tmp_path / "b.json"
+    assert main(["barrier", str(model), str(model), *data, "--tokenizer", str(GPT2_TOKENIZER), "--points", "3",
+                 "--max-batches", "1", "--json", str(report)]) == 0
+    assert abs(json.loads(report.read_text())["curves"]["vanilla"]["barrier"]["loss"]) < 1e-5   # a model with itself
+    # the character-level split would feed valid ids to the BPE model and be scored wrong: refused
+    assert main(["barrier", str(model), str(model), *data, "--points", "3", "--max-batches", "1"]) == 2
+    assert "--tokenizer" in capsys.readouterr().err

@@ -23,6 +23,8 @@ def _common(p, *, data_required=False) -> None:
                    help="extra matcher option, e.g. --option max_iter=50 (repeatable)")
     p.add_argument("--data", required=data_required, metavar="DATA",
                    help="evaluation/activation data: digits, stdlib-text, text:PATH (see docs)")
+    p.add_argument("--tokenizer", metavar="DIR", help="with --data text:PATH: a GPT-2 BPE tokenizer folder "
+                   "(vocab.json + merges.txt) instead of characters; use the one the models were trained with")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -64,6 +66,23 @@ def add_parsers(sub) -> None:
     b.set_defaults(run=run_barrier)
 
 
+def _data(args):
+    """The --data reference as a Dataset (built once, with --tokenizer), or None without --data."""
+    from ..data import load_dataset
+
+    if args.data is None:
+        if args.tokenizer:
+            raise UsageError("--tokenizer applies to --data text:PATH")
+        return None
+    cached = getattr(args, "_dataset", None)
+    if cached is None:
+        options = {"tokenizer": args.tokenizer} if args.tokenizer else {}
+        if options and not args.data.startswith("text:"):
+            raise UsageError(f"--tokenizer applies to --data text:PATH, not '{args.data}'")
+        cached = args._dataset = load_dataset(args.data, **options)
+    return cached
+
+
 def _device(name):
     import torch
 
@@ -93,13 +112,13 @@ def _align(args, a, b, device) -> Alignment:
     with progress_bar(f"align ({args.matcher})") as bar:
         report = lambda phase, done, total: bar(done, total)
         if not needs_lift(a, b):
-            return align_pair(a, b, args.spec, args.matcher, device=device, data=args.data, seed=args.seed,
+            return align_pair(a, b, args.spec, args.matcher, device=device, data=_data(args), seed=args.seed,
                               progress=report, **_options(args))
         if wide_and_narrow(a, b, args.spec)[2]:
             raise UsageError(f"B ({args.b}) is wider than A ({args.a}): the narrow model is lifted into the wide "
                              "one's configuration, and the result lives in A's space, so A must be the wide model; "
                              "swap A and B")
-        width = align_widths(a, b, args.spec, args.matcher, data=args.data, seed=args.seed, device=device,
+        width = align_widths(a, b, args.spec, args.matcher, data=_data(args), seed=args.seed, device=device,
                              progress=report, **_options(args))
         print(f"B is narrower than A: lifted into A's configuration (same function), then matched in A's space",
               file=sys.stderr)
@@ -171,7 +190,7 @@ def run_merge(args) -> int:
     start = time.perf_counter()
     with progress_bar(f"merge ({args.matcher})") as bar:
         merged, results = merge_models(models, args.spec, args.matcher, weights=args.weights, merger=args.merger,
-                                       device=device, data=args.data, seed=args.seed,
+                                       device=device, data=_data(args), seed=args.seed,
                                        progress=lambda phase, done, total: bar(done, total), **_options(args))
     seconds = time.perf_counter() - start
     out = Path(args.output)
@@ -183,11 +202,10 @@ def run_merge(args) -> int:
 
 
 def run_barrier(args) -> int:
-    from ..data import load_dataset
     from ..evaluate import barrier, loss_curve, plot_curves
 
     device = _device(args.device)
-    dataset = load_dataset(args.data)
+    dataset = _data(args)
     a, b = load_model(args.a), load_model(args.b)
     alignment = _align(args, a, b, device)
     prepared = alignment.prepared
@@ -253,7 +271,7 @@ def _merge_universe(args, models, device) -> int:
                          "add --refine")
     start = time.perf_counter()
     with progress_bar("merge (universe" + (" + refinement)" if refine else ")")) as bar:
-        out = merge_universe(models, args.spec, refine=refine, dataset=args.data, weights=args.weights,
+        out = merge_universe(models, args.spec, refine=refine, dataset=_data(args), weights=args.weights,
                              merger=args.merger, surface_path=args.plot, seed=args.seed, device=device,
                              progress=lambda phase, done, total: bar(done, total),
                              universe_options=universe_options, refine_options=refine_options if refine else None)

@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
     p.add_argument("recipe", choices=RECIPES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="for gpt2-text: stdlib-text (default) or text:PATH")
+    p.add_argument("--tokenizer", metavar="DIR", help="gpt2-text with --data text:PATH: GPT-2 BPE tokenizer folder "
+                   "(vocab.json + merges.txt) instead of characters")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--width", type=int, default=64, help="residual width (default 64)")
     p.add_argument("--layers", type=int, default=2)
@@ -28,18 +30,23 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..data import load_dataset
     from ..train import CHAR_GPT2, DIGITS_VIT, small_gpt2, small_vit, train
+    from ..train.recipes import with_steps
 
     if args.recipe == "vit-digits":
+        if args.tokenizer:
+            raise UsageError("--tokenizer applies to gpt2-text")
         if args.data not in (None, "digits"):
             raise UsageError("vit-digits trains on digits only")
         dataset = load_dataset("digits")
         model = small_vit(dataset, embed_dim=args.width, depth=args.layers, num_heads=args.heads, seed=args.seed)
         recipe = DIGITS_VIT
     else:
-        dataset = load_dataset(args.data or "stdlib-text")
+        if args.tokenizer and not (args.data or "").startswith("text:"):
+            raise UsageError("--tokenizer applies to --data text:PATH")
+        dataset = load_dataset(args.data or "stdlib-text", **({"tokenizer": args.tokenizer} if args.tokenizer else {}))
         model = small_gpt2(dataset, n_embd=args.width, n_layer=args.layers, n_head=args.heads, seed=args.seed)
         recipe = CHAR_GPT2
-    options = {**recipe, **({"steps": args.steps} if args.steps else {})}
+    options = with_steps(recipe, args.steps)
     start = time.perf_counter()
     with progress_bar(f"train {args.recipe} seed {args.seed}") as bar:
         metrics = train(model, dataset, seed=args.seed, device=args.device, progress=bar, **options)

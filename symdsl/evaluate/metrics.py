@@ -90,6 +90,8 @@ def evaluate(model: torch.nn.Module, dataset: Dataset | str, split: str = "test"
                 if inputs.is_floating_point():
                     inputs = inputs.to(dtype)
                 logits = model_logits(model, dataset.task, inputs)
+                if done == 1:
+                    _check_output_size(logits, dataset)
                 # (B, C) or (B, T, V) -> (B*T, V); targets (B,) or (B, T) -> (B*T,)
                 logits = logits.reshape(-1, logits.shape[-1])
                 targets = targets.reshape(-1)
@@ -104,3 +106,15 @@ def evaluate(model: torch.nn.Module, dataset: Dataset | str, split: str = "test"
     finally:
         model.train(was_training)
     return {"loss": loss_sum / count, "accuracy": correct / count}
+
+
+def _check_output_size(logits: torch.Tensor, dataset: Dataset) -> None:
+    """A model whose output size is not the dataset's vocabulary (or class count) would be scored
+    silently wrong: a character-level split fed to a BPE model still has valid token ids."""
+    expected = dataset.vocab_size if dataset.task == "language_model" else dataset.num_classes
+    if expected is not None and logits.shape[-1] != expected:
+        what = "vocabulary" if dataset.task == "language_model" else "number of classes"
+        hint = (" (a GPT-2 BPE model needs --tokenizer DIR with the tokenizer it was trained with)"
+                if dataset.task == "language_model" else "")
+        raise UsageError(f"the model outputs {logits.shape[-1]} scores per position but dataset '{dataset.name}' has a "
+                         f"{what} of {expected}: evaluate it on the data it was trained for{hint}")

@@ -27,3 +27,18 @@ DIGITS_VIT = {"steps": 600, "batch_size": 64, "lr": 3e-3, "schedule": "cosine", 
               "threads": 1}
 CHAR_GPT2 = {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup": 100, "schedule": "cosine",
              "weight_decay": 0.01, "threads": 1}
+
+
+def with_steps(recipe: dict, steps: int | None) -> dict:
+    """``recipe`` with ``steps`` replaced (None: unchanged); a warmup longer than a tenth of the
+    new run is shortened to that, so a short run stays a valid schedule.
+
+    >>> with_steps(CHAR_GPT2, 30)["warmup"], with_steps(CHAR_GPT2, None)["warmup"]
+    (3, 100)
+    """
+    if not steps:
+        return dict(recipe)
+    out = {**recipe, "steps": steps}
+    if out.get("warmup"):
+        out["warmup"] = min(out["warmup"], steps // 10)
+    return out

@@ -309,7 +309,7 @@ class WeightMatching(Matcher):
                 break
         return MatchResult(problem.elements, self.name, history,
                            {"sweeps": len(history) - 1, "permutations_only": permutations_only,
-                            "relative_distance": (history[-1] / max(sum(problem.norm_a.values()), 1e-300)) ** 0.5})
+                            "relative_distance": (max(history[-1], 0.0) / max(sum(problem.norm_a.values()), 1e-300)) ** 0.5})
 
 
 def _units(resolved) -> list[tuple[str, list[str]]]:
