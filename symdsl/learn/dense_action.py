@@ -25,34 +25,15 @@ from typing import Mapping
 import torch
 
 from ..act.engine import act_tensor
-from ..groups.base import MatrixGroupKind, apply_matrix, normalize_axes
+from ..act.pairs import PAIR, pair
 from ..spec.binding import ResolvedSpec
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
 
-class _DensePair(MatrixGroupKind):
-    """Acts with ``element[0]`` on primal axes and ``element[1]`` on dual ones (no checks, no inverse)."""
-
-    name = "dense-pair"
-
-    def apply(self, g, x, dim, *, dual=False, batch_dim=None):
-        dim, batch_dim = normalize_axes(x, dim, batch_dim)
-        return apply_matrix(g[1] if dual else g[0], x, dim, batch_dim)
-
-    # the rest of the contract is never used on this internal kind
-    def identity(self, *a, **k):  # pragma: no cover
-        raise NotImplementedError
-
-    random = dual = inverse = contains = project = identity
-
-
-_DENSE = _DensePair()
-
-
 def dense_sites(resolved: ResolvedSpec) -> dict:
-    """The spec's sites with every kind replaced by the dense pair kind (cache it per spec)."""
-    return {name: dataclasses.replace(site, kind=_DENSE) for name, site in resolved.sites.items()}
+    """The spec's sites with every kind replaced by the pair kind (cache it per spec)."""
+    return {name: dataclasses.replace(site, kind=PAIR) for name, site in resolved.sites.items()}
 
 
 def act_dense(resolved: ResolvedSpec, state: Mapping[str, torch.Tensor], pairs: Mapping[str, Pair],
@@ -63,8 +44,9 @@ def act_dense(resolved: ResolvedSpec, state: Mapping[str, torch.Tensor], pairs: 
     """
     sites = sites if sites is not None else dense_sites(resolved)
     names = state.keys() if names is None else names
+    stacked = {site: pair(primal, dual) for site, (primal, dual) in pairs.items()}   # (..., 2, n_out, n_in)
     out = {}
     for name in names:
         binding = resolved.tensors.get(name)
-        out[name] = act_tensor(state[name], binding, pairs, sites) if binding else state[name]
+        out[name] = act_tensor(state[name], binding, stacked, sites) if binding else state[name]
     return out

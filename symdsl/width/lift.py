@@ -14,7 +14,7 @@ stream mean-centred) every site of the narrow model is embedded into the wide on
   ``scale * q . k`` and scale depends on the head dim, per :mod:`symdsl.width.adapters`).
 
 The maps act through the ordinary action engine (:func:`symdsl.act.engine.act_tensor`) with
-:class:`symdsl.width.maps.LiftKind` elements, so every tensor is lifted through the spec's own
+:class:`symdsl.act.pairs.PairKind` elements, so every tensor is lifted through the spec's own
 bindings. Anything without a rule (a spec with no adapter, an unknown site kind, a LayerNorm
 that was not folded, an unbound axis whose size differs) is refused with a :class:`UsageError`.
 """
