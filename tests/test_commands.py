@@ -161,3 +161,20 @@ def test_gpt2_bpe_training_and_evaluation_from_the_command_line(tmp_path, capsys
     # the character-level split would feed valid ids to the BPE model and be scored wrong: refused
     assert main(["barrier", str(model), str(model), *data, "--points", "3", "--max-batches", "1"]) == 2
     assert "--tokenizer" in capsys.readouterr().err
+
+
+def test_max_chars_trains_and_evaluates_on_the_same_head_of_a_corpus(tmp_path, capsys):
+    text = tmp_path / "corpus.txt"
+    text.write_text("to be or not to be " * 200 + "XYZ" * 300)   # the tail holds characters the head lacks
+    data = ["--data", f"text:{text}", "--max-chars", "3700"]
+    model = tmp_path / "head"
+    assert main(["train", "gpt2-text", *data, "--steps", "3", "--width", "16", "--layers", "1", "--heads", "2",
+                 "-o", str(model)]) == 0
+    assert load_model(str(model)).config.vocab_size == 7          # only the head's characters
+    report = tmp_path / "b.json"
+    assert main(["barrier", str(model), str(model), *data, "--points", "3", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["curves"]["vanilla"]["barrier"]["loss"] == pytest.approx(0.0, abs=1e-6)
+    # the whole corpus has 10 characters: evaluating the 7-token model on it is refused
+    assert main(["barrier", str(model), str(model), "--data", f"text:{text}", "--points", "3"]) == 2
+    assert main(["barrier", str(model), str(model), "--data", "digits", "--max-chars", "10"]) == 2
+    assert "--max-chars applies to" in capsys.readouterr().err

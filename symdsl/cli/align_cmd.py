@@ -12,6 +12,7 @@ from ..errors import UsageError
 from ..models import load_model, save_model
 from ..pipeline import Alignment, align_pair, merge_models
 from .progress import progress_bar
+from .text_data import add_text_options, text_options
 
 
 def _common(p, *, data_required=False) -> None:
@@ -23,8 +24,7 @@ def _common(p, *, data_required=False) -> None:
                    help="extra matcher option, e.g. --option max_iter=50 (repeatable)")
     p.add_argument("--data", required=data_required, metavar="DATA",
                    help="evaluation/activation data: digits, stdlib-text, text:PATH (see docs)")
-    p.add_argument("--tokenizer", metavar="DIR", help="with --data text:PATH: a GPT-2 BPE tokenizer folder "
-                   "(vocab.json + merges.txt) instead of characters; use the one the models were trained with")
+    add_text_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -71,15 +71,12 @@ def _data(args):
     from ..data import load_dataset
 
     if args.data is None:
-        if args.tokenizer:
-            raise UsageError("--tokenizer applies to --data text:PATH")
+        if args.tokenizer or args.max_chars is not None:
+            raise UsageError("--tokenizer and --max-chars apply to --data text:PATH")
         return None
     cached = getattr(args, "_dataset", None)
     if cached is None:
-        options = {"tokenizer": args.tokenizer} if args.tokenizer else {}
-        if options and not args.data.startswith("text:"):
-            raise UsageError(f"--tokenizer applies to --data text:PATH, not '{args.data}'")
-        cached = args._dataset = load_dataset(args.data, **options)
+        cached = args._dataset = load_dataset(args.data, **text_options(args, args.data))
     return cached
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..models import save_model
 from .progress import progress_bar
+from .text_data import add_text_options, text_options
 
 RECIPES = ("vit-digits", "gpt2-text")
 
@@ -16,8 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("recipe", choices=RECIPES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="for gpt2-text: stdlib-text (default) or text:PATH")
-    p.add_argument("--tokenizer", metavar="DIR", help="gpt2-text with --data text:PATH: GPT-2 BPE tokenizer folder "
-                   "(vocab.json + merges.txt) instead of characters")
+    add_text_options(p)
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--width", type=int, default=64, help="residual width (default 64)")
     p.add_argument("--layers", type=int, default=2)
@@ -33,17 +33,16 @@ def run(args) -> int:
     from ..train.recipes import with_steps
 
     if args.recipe == "vit-digits":
-        if args.tokenizer:
-            raise UsageError("--tokenizer applies to gpt2-text")
+        if args.tokenizer or args.max_chars is not None:
+            raise UsageError("--tokenizer and --max-chars apply to gpt2-text")
         if args.data not in (None, "digits"):
             raise UsageError("vit-digits trains on digits only")
         dataset = load_dataset("digits")
         model = small_vit(dataset, embed_dim=args.width, depth=args.layers, num_heads=args.heads, seed=args.seed)
         recipe = DIGITS_VIT
     else:
-        if args.tokenizer and not (args.data or "").startswith("text:"):
-            raise UsageError("--tokenizer applies to --data text:PATH")
-        dataset = load_dataset(args.data or "stdlib-text", **({"tokenizer": args.tokenizer} if args.tokenizer else {}))
+        data = args.data or "stdlib-text"
+        dataset = load_dataset(data, **text_options(args, data))
         model = small_gpt2(dataset, n_embd=args.width, n_layer=args.layers, n_head=args.heads, seed=args.seed)
         recipe = CHAR_GPT2
     options = with_steps(recipe, args.steps)
