@@ -17,7 +17,7 @@ learned matching (its defaults but ``--learn-steps``). Prints a table and writes
 
 Why it exists: on the digit ViTs learned matching reaches a barrier of 0.00-0.06, on the
 character GPT-2s it stops at 0.14 whatever its own settings (docs/benchmarks.md). This script
-measures whether the model or the data is what limits it.
+measures whether the model, the data or the training length is what limits it.
 """
 from __future__ import annotations
 
@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     parser.add_argument("--text", type=Path, default=DEFAULT_TEXT, help="character corpus (default Tiny Shakespeare)")
     parser.add_argument("--learn-steps", type=int, default=600)
     parser.add_argument("--pairs", type=int, default=1, help="pairs per config (seeds 0,1; 2,3; ...)")
+    parser.add_argument("--first-pair", type=int, default=0, help="start at this pair (seeds 2N, 2N+1)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "gpt2_scaling.json")
     args = parser.parse_args(argv)
     if not args.text.is_file():
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     rows = [measure(parse_config(c), args.text, args.learn_steps, cache, say, pair)
-            for c in (args.config or CONFIGS) for pair in range(args.pairs)]
+            for c in (args.config or CONFIGS) for pair in range(args.first_pair, args.first_pair + args.pairs)]
     print(table(rows))
     args.json.write_text(json.dumps({"learn_steps": args.learn_steps, "rows": rows}, indent=2) + "\n")
     say(f"wrote {args.json}")
