@@ -67,12 +67,11 @@ def add_parsers(sub) -> None:
 
 
 def _data(args):
-    """The --data reference as a Dataset (built once, with --tokenizer), or None without --data."""
+    """The --data reference as a Dataset (built once, with --tokenizer / --max-chars), or None without --data."""
     from ..data import load_dataset
 
     if args.data is None:
-        if args.tokenizer or args.max_chars is not None:
-            raise UsageError("--tokenizer and --max-chars apply to --data text:PATH")
+        text_options(args, None)   # refuses --tokenizer / --max-chars given without --data
         return None
     cached = getattr(args, "_dataset", None)
     if cached is None:

@@ -23,14 +23,15 @@ def text_options(args, data: str | None) -> dict:
     >>> text_options(SimpleNamespace(tokenizer=None, max_chars=1000), "text:a.txt")
     {'max_chars': 1000}
     """
+    given = f"not '{data}'" if data else "and no --data was given"
     options = {}
     if getattr(args, "tokenizer", None):
         if not (data or "").startswith("text:"):
-            raise UsageError(f"--tokenizer applies to --data text:PATH, not '{data}'")
+            raise UsageError(f"--tokenizer applies to --data text:PATH, {given}")
         options["tokenizer"] = args.tokenizer
     if getattr(args, "max_chars", None) is not None:
         if not ((data or "").startswith("text:") or data == "stdlib-text"):
-            raise UsageError(f"--max-chars applies to --data text:PATH or stdlib-text, not '{data}'")
+            raise UsageError(f"--max-chars applies to --data text:PATH or stdlib-text, {given}")
         if args.max_chars < 2:
             raise UsageError(f"--max-chars must be at least 2, not {args.max_chars}")
         options["max_chars"] = args.max_chars
