@@ -177,6 +177,23 @@ class GroupKind(abc.ABC):
     matrix_based: bool = True
     options: dict[str, tuple] = {}
 
+    # -- capabilities: what analyses ask of a kind instead of testing its name ----------
+    #: Every element only moves coordinates (``y[a] = x[g[a]]``), so it commutes with any
+    #: function applied coordinate by coordinate (GELU, an elementwise product, dropout).
+    elementwise_equivariant: bool = False
+    #: Every element is an isometry, ``||g x|| = ||x||`` (needed to commute with RMS and
+    #: LayerNorm once their gain is constant).
+    isometric: bool = False
+
+    def fixes_ones(self, options: Mapping[str, object] | None = None) -> bool:
+        """Does every element (with these options) map the all-ones vector to itself?
+
+        LayerNorm's mean, a constant shift and a mean/sum reduction commute with exactly such
+        elements. Index kinds do (they copy coordinates); matrix kinds override when an option
+        restricts them (``orthogonal`` with ``preserve: ones``).
+        """
+        return self.elementwise_equivariant
+
     def __repr__(self) -> str:
         return f"<group kind {self.name!r}>"
 

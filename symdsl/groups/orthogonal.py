@@ -88,9 +88,14 @@ class Orthogonal(MatrixGroupKind):
     """
 
     name = "orthogonal"
+    isometric = True
     square = True
     self_dual = True
     options = {"preserve": ("ones",)}
+
+    def fixes_ones(self, options=None) -> bool:
+        """Only the ``preserve: ones`` subgroup fixes the all-ones vector."""
+        return preserves_ones(options)
 
     def identity(self, n_out, n_in=None, batch=(), *, options=None,
                  dtype=torch.float64, device=None) -> Tensor:

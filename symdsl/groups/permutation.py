@@ -26,6 +26,8 @@ class Permutation(IndexGroupKind):
     """
 
     name = "permutation"
+    elementwise_equivariant = True
+    isometric = True
     square = True
     self_dual = True
     options: dict[str, tuple] = {}

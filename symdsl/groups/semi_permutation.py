@@ -39,6 +39,7 @@ class SemiPermutation(IndexGroupKind):
     """
 
     name = "semi_permutation"
+    elementwise_equivariant = True
     square = False
     self_dual = False
     options: dict[str, tuple] = {}

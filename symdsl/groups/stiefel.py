@@ -23,6 +23,7 @@ class Stiefel(MatrixGroupKind):
     """
 
     name = "stiefel"
+    isometric = True
     square = False
     self_dual = True   # dual(g) = pinv(g)^T = g for orthonormal columns
     options: dict[str, tuple] = {}
