@@ -55,8 +55,8 @@ def parse_config(text: str) -> dict:
 
 def trained(config: dict, seed: int, dataset, cache: Path, say) -> torch.nn.Module:
     from symdsl.models import load_model, save_model
-    from symdsl.train import small_gpt2, train
-    from symdsl.train.recipes import CHAR_GPT2, with_steps
+    from symdsl.experiments.train import small_gpt2, train
+    from symdsl.experiments.train.recipes import CHAR_GPT2, with_steps
 
     folder = cache / f"{config['layers']}x{config['width']}-chars{config['chars']}-steps{config['steps']}-seed{seed}"
     if (folder / "symdsl.json").is_file():
@@ -74,7 +74,7 @@ def measure(config: dict, text: Path, learn_steps: int, cache: Path, say, pair: 
     from symdsl.data.text import text_file_dataset
     from symdsl.evaluate import barrier, loss_curve
     from symdsl.evaluate.metrics import evaluate
-    from symdsl.pipeline import match, prepare
+    from symdsl.api.pipeline import match, prepare
 
     dataset = text_file_dataset(text, max_chars=config["chars"])
     models = [trained(config, seed, dataset, cache, say) for seed in (2 * pair, 2 * pair + 1)]
@@ -108,7 +108,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    from symdsl.demo import cache_dir
+    from symdsl.experiments.demo import cache_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", action="append", help="LAYERSxWIDTH[:chars=N][:steps=N] (repeatable)")

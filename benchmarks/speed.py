@@ -2,7 +2,7 @@
 
 For each size, two ``transformers.GPT2LMHeadModel`` of that shape are built from a config with
 different random inits (seeds 0 and 1: nothing to find, the worst case for every solver) and
-canonicalized through the pipeline (``symdsl.pipeline.prepare``, the ``hf-gpt2`` spec); then
+canonicalized through the pipeline (``symdsl.api.pipeline.prepare``, the ``hf-gpt2`` spec); then
 weight matching runs with its default options and a phase timer. Reported per size and pair:
 
 - wall time of weight matching, split into phases: correlation matmuls, assignments
@@ -215,7 +215,7 @@ def build_pair(config, kind: str, device: torch.device):
 
     from symdsl.act import act_state_dict, random_transform
     from symdsl.models.build import quiet_transformers
-    from symdsl.pipeline import prepare
+    from symdsl.api.pipeline import prepare
 
     models = []
     with quiet_transformers():

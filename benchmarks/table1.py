@@ -7,7 +7,7 @@ Usage (from the repository root, after ``pip install -e ".[all]"``)::
     python benchmarks/table1.py --text PATH           # GPT-2 on another corpus
     python benchmarks/table1.py --tasks gpt2 --tokenizer ../shared/data/gpt2_tokenizer   # GPT-2 BPE
 
-Every pair is two models trained from different seeds with the recipes of ``symdsl.train``
+Every pair is two models trained from different seeds with the recipes of ``symdsl.experiments.train``
 (cached under ``$SYMDSL_CACHE/bench``, so a second run only re-measures). For each pair the
 barrier of the straight line between A and aligned B is measured on the test split (paper
 definition, 11 points) for: vanilla averaging, activation matching, weight matching with
@@ -67,7 +67,7 @@ def cache_root() -> Path:
 def trained(task: str, seed: int, dataset, say) -> torch.nn.Module:
     """A model of ``task`` trained with its recipe from ``seed`` (cached)."""
     from symdsl.models import load_model, save_model
-    from symdsl.train import CHAR_GPT2, DIGITS_VIT, small_gpt2, small_vit, train
+    from symdsl.experiments.train import CHAR_GPT2, DIGITS_VIT, small_gpt2, small_vit, train
 
     recipe = DIGITS_VIT if task == "vit" else CHAR_GPT2
     tokens = "-bpe" if type(dataset.tokenizer).__name__ == "BPETokenizer" else ""
@@ -87,7 +87,7 @@ def measure_pair(task: str, models, dataset, learn_steps: int, say) -> dict[str,
     """Barriers of every method on one pair: label -> {loss, accuracy, seconds}."""
     from symdsl.act import act_state_dict
     from symdsl.evaluate import barrier, loss_curve
-    from symdsl.pipeline import match, prepare
+    from symdsl.api.pipeline import match, prepare
 
     prepared = {route: prepare(models, SPECS[task][route]) for route in SPECS[task]}
     starts: dict[tuple, tuple] = {}   # (route, permutations_only) -> (weight-matching result, seconds)

@@ -26,14 +26,14 @@ import torch
 
 from symdsl.act import act_state_dict
 from symdsl.data import load_dataset
-from symdsl.demo import cache_dir
+from symdsl.experiments.demo import cache_dir
 from symdsl.evaluate import evaluate
 from symdsl.evaluate.simplex import simplex_surface, surfaces_record
 from symdsl.evaluate.simplex_plot import plot_simplex
-from symdsl.match.universe_merge import merge_universe
+from symdsl.api.universe_merge import merge_universe
 from symdsl.models import load_model, save_model
-from symdsl.pipeline import match, prepare
-from symdsl.train import DIGITS_VIT, small_vit, train
+from symdsl.api.pipeline import match, prepare
+from symdsl.experiments.train import DIGITS_VIT, small_vit, train
 
 HERE = Path(__file__).resolve().parent
 
@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     models = [trained_vit(s, dataset, say) for s in args.seeds]
     progress = throttled(say)
 
-    say("universe matching + refinement (symdsl.match.universe_merge.merge_universe)")
+    say("universe matching + refinement (symdsl.api.universe_merge.merge_universe)")
     png = out / "universe-simplex.png"
     merged = merge_universe(models, refine=True, dataset=dataset, surface_path=png, resolution=args.resolution,
                             progress=progress, refine_options={"alpha": args.alpha, "steps": args.steps})

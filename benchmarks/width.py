@@ -26,8 +26,8 @@ import torch
 from symdsl.data import load_dataset
 from symdsl.evaluate import barrier, evaluate, loss_curve
 from symdsl.models import load_model, save_model
-from symdsl.pipeline import match
-from symdsl.train import DIGITS_VIT, small_vit, train
+from symdsl.api.pipeline import match
+from symdsl.experiments.train import DIGITS_VIT, small_vit, train
 from symdsl.width import LIFT_LAM, align_widths
 
 

@@ -58,3 +58,13 @@ class BindError(SymdslError):
 
 class UsageError(SymdslError):
     """The user asked for something that cannot be done (bad argument, bad file)."""
+
+
+class UnknownNameError(UsageError, KeyError):
+    """A name that no registry holds (group kind, matcher, dataset ...); the message suggests the closest.
+
+    Also a ``KeyError``, so ``name in registry``-style code can catch it as a missing key.
+    """
+
+    def __str__(self) -> str:           # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

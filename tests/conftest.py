@@ -5,7 +5,11 @@ import pytest
 import torch
 
 from symdsl.models.build import perturb_parameters, quiet_transformers
-from symdsl.spec.registry import find_spec
+from symdsl import find_spec
+from symdsl.plugins import load
+
+# the tests' boundary: plugins loaded once, passed to the core functions that take registries
+REGISTRIES = load()
 
 SHIPPED = ["hf-bert", "hf-gpt2", "timm-vit"]
 
@@ -35,7 +39,7 @@ def canonical_example(name: str, seed: int = 0):
 
     spec = find_spec(name)
     model = build_example(spec, seed=seed).double()
-    resolved = resolve(spec, model)
+    resolved = resolve(spec, model, registries=REGISTRIES)
     canonicalize(model, resolved)
     return spec, model, resolved
 

@@ -11,7 +11,8 @@ from symdsl.groups import get_group_kind
 from symdsl.models import build_example
 from symdsl.spec import load_spec_text, resolve
 from symdsl.spec.cache import resolve_cached
-from symdsl.spec.registry import find_spec
+from symdsl import find_spec
+from conftest import REGISTRIES
 
 
 def _block_matrix(perm, blocks):
@@ -28,7 +29,7 @@ def _block_matrix(perm, blocks):
 def gpt2():
     spec = find_spec("hf-gpt2")
     model = build_example(spec).double()
-    resolved = resolve(spec, model)
+    resolved = resolve(spec, model, registries=REGISTRIES)
     canonicalize(model, resolved)
     return spec, model, resolved
 
@@ -95,7 +96,7 @@ def test_act_model_matches_act_state_dict(gpt2):
     elements = random_transform(resolved, seed=5)
     expected = act_state_dict(resolved, model.state_dict(), elements)
     clone = build_example(spec).double()
-    canonicalize(clone, resolve(spec, clone))
+    canonicalize(clone, resolve(spec, clone, registries=REGISTRIES))
     clone.load_state_dict(model.state_dict())
     act_model(resolved, clone, elements)
     for name, tensor in clone.state_dict().items():
@@ -117,7 +118,7 @@ tensors: {0.weight: "hidden _", 0.bias: hidden, 2.weight: "_ hidden'"}
 invariant: [2.bias]
 """)
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Identity(), torch.nn.Linear(4, 2)).double()
-    resolved = resolve(spec, net)
+    resolved = resolve(spec, net, registries=REGISTRIES)
     lift = get_group_kind("stiefel").random(6, 4, generator=torch.Generator().manual_seed(0))
     wide = act_state_dict(resolved, net.state_dict(), {"hidden": lift})
     assert wide["0.weight"].shape == (6, 3) and wide["2.weight"].shape == (2, 6)
@@ -132,4 +133,4 @@ invariant: [2.bias]
 def test_resolution_is_reused_for_models_of_one_configuration():
     spec = find_spec("timm-vit")
     a, b = build_example(spec, seed=0), build_example(spec, seed=1)
-    assert resolve_cached(spec, a) is resolve_cached(spec, b)
+    assert resolve_cached(spec, a, REGISTRIES) is resolve_cached(spec, b, REGISTRIES)

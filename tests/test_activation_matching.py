@@ -10,9 +10,9 @@ import torch
 
 from conftest import SHIPPED, canonical_example, relative_distance
 from symdsl.act import act_state_dict, random_transform
-from symdsl.match import get_matcher
 from symdsl.models.build import make_inputs
 from symdsl.spec import load_spec_text, model_config, resolve
+from conftest import REGISTRIES
 
 F64 = torch.float64
 
@@ -46,7 +46,7 @@ def test_activation_matching_recovers_a_hidden_transform(name):
     b = act_state_dict(resolved, a, hidden)
     assert relative_distance(resolved, b, a) > 0.3
     calls = []
-    result = get_matcher("activation").match(resolved, a, b, model=model, batches=_batches(spec, model, resolved),
+    result = REGISTRIES.matchers.lookup("activation").match(resolved, a, b, model=model, batches=_batches(spec, model, resolved),
                                              progress=lambda *args: calls.append(args))
     _assert_recovered(resolved, a, b, hidden, result)
     assert result.matcher == "activation" and result.info["evaluator"] == ["export"]
@@ -65,7 +65,7 @@ def test_unrelated_models_give_valid_elements():
         spec, model_a, resolved = canonical_example(name, seed=0)
         _, model_b, _ = canonical_example(name, seed=1)
         a, b = model_a.state_dict(), model_b.state_dict()
-        result = get_matcher("activation").match(resolved, a, b, model=model_a,
+        result = REGISTRIES.matchers.lookup("activation").match(resolved, a, b, model=model_a,
                                                  batches=_batches(spec, model_a, resolved, n=3))
         for site, g in result.elements.items():
             info = resolved.sites[site]
@@ -83,13 +83,13 @@ def test_whitened_invertible_fit_recovers_and_does_not_blow_up_weights():
     hidden = random_transform(resolved, seed=3)
     b = act_state_dict(resolved, a, hidden)
     batches = _batches(spec, model, resolved)
-    result = get_matcher("activation").match(resolved, a, b, model=model, batches=batches, invertible="whitened")
+    result = REGISTRIES.matchers.lookup("activation").match(resolved, a, b, model=model, batches=batches, invertible="whitened")
     _assert_recovered(resolved, a, b, hidden, result)
     # unrelated models: least squares shrinks ov (no activation sees the output projection's side), whitening does not
     _, other, _ = canonical_example("hf-gpt2", seed=1)
     c = other.state_dict()
-    plain = get_matcher("activation").match(resolved, a, c, model=model, batches=batches, invertible="regression")
-    white = get_matcher("activation").match(resolved, a, c, model=model, batches=batches, invertible="whitened")
+    plain = REGISTRIES.matchers.lookup("activation").match(resolved, a, c, model=model, batches=batches, invertible="regression")
+    white = REGISTRIES.matchers.lookup("activation").match(resolved, a, c, model=model, batches=batches, invertible="whitened")
     assert (relative_distance(resolved, act_state_dict(resolved, c, white.elements), a)
             < relative_distance(resolved, act_state_dict(resolved, c, plain.elements), a))
 
@@ -100,7 +100,7 @@ def test_module_hook_evaluator_recovers_without_the_attention_op():
     hidden = random_transform(resolved, seed=5)
     b = act_state_dict(resolved, a, hidden)
     batches = iter(_batches(spec, model, resolved))          # a one-shot iterator works too
-    result = get_matcher("activation").match(resolved, a, b, model=model, batches=batches, evaluator="hooks")
+    result = REGISTRIES.matchers.lookup("activation").match(resolved, a, b, model=model, batches=batches, evaluator="hooks")
     _assert_recovered(resolved, a, b, hidden, result)
     assert result.info["evaluator"] == ["hooks"]
     assert "scaled_dot_product_attention" not in result.info["nodes"]["heads.0"]
@@ -135,13 +135,13 @@ invariant: [fc2.bias]
 def test_a_site_without_activations_keeps_the_identity_and_says_so():
     torch.manual_seed(0)
     net = _Folded().double()
-    resolved = resolve(load_spec_text(FOLDED), net)
+    resolved = resolve(load_spec_text(FOLDED), net, registries=REGISTRIES)
     a = net.state_dict()
     hidden = random_transform(resolved, seed=2)
     b = act_state_dict(resolved, a, hidden)
     generator = torch.Generator().manual_seed(0)
     batches = ({"x": torch.randn(16, 3, dtype=F64, generator=generator)} for _ in range(10))
-    result = get_matcher("activation").match(resolved, a, b, model=net, batches=batches, max_samples=40)
+    result = REGISTRIES.matchers.lookup("activation").match(resolved, a, b, model=net, batches=batches, max_samples=40)
     assert torch.equal(result.elements["hidden"], resolved.sites["hidden"].kind.inverse(hidden["hidden"]))
     assert torch.equal(result.elements["inner"], torch.eye(4, dtype=F64))
     assert "inner" in result.info["identity"] and result.info["nodes"]["hidden"] == ["linear", "relu"]
@@ -151,7 +151,7 @@ def test_a_site_without_activations_keeps_the_identity_and_says_so():
 def test_discovered_as_a_plugin_and_rejects_bad_calls():
     from symdsl.errors import UsageError
 
-    matcher = get_matcher("activation")
+    matcher = REGISTRIES.matchers.lookup("activation")
     assert matcher.name == "activation" and matcher.needs_data
     spec, model, resolved = canonical_example("hf-gpt2")
     state = model.state_dict()

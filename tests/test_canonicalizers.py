@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from conftest import build_hf
-from symdsl.canon import canonicalize, get_canonicalizer
+from symdsl.canon import canonicalize
 from symdsl.errors import BindError
 from symdsl.models import build_example
 from symdsl.spec import load_spec_text, resolve
-from symdsl.spec.registry import find_spec
+from symdsl import find_spec
+from conftest import REGISTRIES
 
 TINY_SPEC = """
 symdsl: 1
@@ -42,7 +43,7 @@ def test_fold_layernorm_matches_closed_form():
     net = _ln_linear()
     gamma, beta, weight = net[0].weight.clone(), net[0].bias.clone(), net[1].weight.clone()
     spec = load_spec_text(TINY_SPEC.replace("  - center_writers: {site: resid, writers: [1.bias]}\n", ""))
-    resolved = resolve(spec, net)
+    resolved = resolve(spec, net, registries=REGISTRIES)
     x = torch.randn(5, 6, dtype=torch.float64)
     before = net(x)
     canonicalize(net, resolved)
@@ -59,13 +60,13 @@ def test_fold_layernorm_refuses_a_zero_gain():
         net[0].weight[2] = 0.0
     spec = load_spec_text(TINY_SPEC.replace("  - center_writers: {site: resid, writers: [1.bias]}\n", ""))
     with pytest.raises(BindError, match=r"'0.weight' has zero gain at \[2\]"):
-        canonicalize(net, resolve(spec, net))
+        canonicalize(net, resolve(spec, net, registries=REGISTRIES))
 
 
 def test_center_writers_removes_the_mean_of_gpt2_writers_and_keeps_logits():
     spec = find_spec("hf-gpt2")
     model = build_example(spec).double()
-    resolved = resolve(spec, model)
+    resolved = resolve(spec, model, registries=REGISTRIES)
     ids = torch.randint(0, 64, (2, 8))
     before = model(input_ids=ids).logits
     canonicalize(model, resolved)
@@ -82,8 +83,8 @@ def test_untie_gives_lm_head_its_own_copy():
     spec = find_spec("hf-gpt2")
     model = build_example(spec).double()
     assert model.lm_head.weight is model.transformer.wte.weight
-    get_canonicalizer("untie").apply(model, get_canonicalizer("untie").prepare(
-        ["lm_head.weight", "transformer.wte.weight"], ""), resolve(spec, model))
+    REGISTRIES.canonicalizers.lookup("untie").apply(model, REGISTRIES.canonicalizers.lookup("untie").prepare(
+        ["lm_head.weight", "transformer.wte.weight"], ""), resolve(spec, model, registries=REGISTRIES))
     assert model.lm_head.weight is not model.transformer.wte.weight
     torch.testing.assert_close(model.lm_head.weight, model.transformer.wte.weight, rtol=0, atol=0)
     assert model.config.tie_word_embeddings is False
@@ -94,7 +95,7 @@ def test_canonical_gpt2_is_a_standard_checkpoint(tmp_path):
 
     spec = find_spec("hf-gpt2")
     model = build_example(spec).double()
-    canonicalize(model, resolve(spec, model))
+    canonicalize(model, resolve(spec, model, registries=REGISTRIES))
     ids = torch.randint(0, 64, (2, 8))
     expected = model(input_ids=ids).logits
     model.save_pretrained(tmp_path)
@@ -108,7 +109,7 @@ def test_canonical_bert_round_trips(tmp_path):
     import transformers
 
     model = build_hf("hf-bert", "BertForMaskedLM").double()
-    canonicalize(model, resolve(find_spec("hf-bert"), model))
+    canonicalize(model, resolve(find_spec("hf-bert"), model, registries=REGISTRIES))
     ids = torch.randint(0, 64, (2, 8))
     expected = model(input_ids=ids).logits
     model.save_pretrained(tmp_path)
@@ -121,7 +122,7 @@ def test_canonical_vit_round_trips_through_torch_save(tmp_path):
 
     spec = find_spec("timm-vit")
     model = build_example(spec).double()
-    canonicalize(model, resolve(spec, model))
+    canonicalize(model, resolve(spec, model, registries=REGISTRIES))
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     expected = model(x)
     torch.save(model.state_dict(), tmp_path / "vit.pt")
@@ -134,7 +135,7 @@ def test_canonical_vit_round_trips_through_torch_save(tmp_path):
 def test_canonicalization_is_idempotent(name):
     spec = find_spec(name)
     model = build_example(spec).double()
-    resolved = resolve(spec, model)
+    resolved = resolve(spec, model, registries=REGISTRIES)
     canonicalize(model, resolved)
     once = copy.deepcopy(model.state_dict())
     canonicalize(model, resolved)
@@ -155,7 +156,7 @@ canonicalize:
 tensors: {0.weight: "resid _", 0.bias: resid, 2.weight: "_ resid'"}
 invariant: [1.weight, 2.bias]
 """, "rms.yaml")
-    report = numeric_check(spec)
+    report = numeric_check(spec, registries=REGISTRIES)
     assert report.ok and report.canonicalize_error < 1e-12
 
 

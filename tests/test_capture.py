@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from symdsl.errors import SymdslError, UsageError
-from symdsl.graph import CapturedGraph, OpNode, Ref, capture, check_graph, normalize_op, register_capture_backend
+from symdsl.graph import BUILTIN_BACKENDS, CapturedGraph, OpNode, Ref, capture, check_graph, normalize_op
+from symdsl.registry import Registries
 from symdsl.models.build import quiet_transformers
 
 # the module, not the function of the same name that symdsl.graph exports
@@ -287,10 +288,10 @@ def test_all_backends_failing_names_each_reason(monkeypatch, gpt2):
     def broken(model, inputs):
         raise RuntimeError("no luck\nsecond line")
 
-    monkeypatch.setitem(capture_module.CAPTURE_BACKENDS, "broken", broken)
+    backends = {"broken": broken, "fx": BUILTIN_BACKENDS["fx"]}    # "auto": export (absent), fx, then the rest
     monkeypatch.setattr(capture_module, "AUTO_ORDER", ("broken", "fx"))
     with pytest.raises(SymdslError) as info:
-        capture(*gpt2)
+        capture(*gpt2, backends=backends)
     message = str(info.value)
     assert "  broken: RuntimeError: no luck\n" in message and "second line" not in message
     assert "  fx: " in message and "hint:" in message and "Traceback" not in message
@@ -307,24 +308,23 @@ def test_unknown_backend_suggests_a_name():
         capture(nn.Linear(2, 2), torch.randn(1, 2), backend="exprt")
 
 
-def test_register_backend(monkeypatch):
-    monkeypatch.setattr(capture_module, "CAPTURE_BACKENDS", dict(capture_module.CAPTURE_BACKENDS))
-    with pytest.raises(UsageError, match="already registered"):
-        register_capture_backend("fx", capture_module.capture_fx)
-
+def test_a_plugin_backend_is_passed_in_with_the_registries():
     def manual(model, inputs):
         return CapturedGraph("manual", [OpNode("x", "input", (), {}, "x", (1, 2), torch.float32),
                                         OpNode("output", "output", (Ref("x"),), {}, "output")],
                              params={}, inputs=["x"], outputs=["x"])
 
-    register_capture_backend("manual", manual)
-    assert capture(nn.Identity(), torch.ones(1, 2), backend="manual").backend == "manual"
+    registries = Registries.empty().add("capture backend", "manual", manual, origin="test")
+    assert capture(nn.Identity(), torch.ones(1, 2), backend="manual",
+                   backends=registries.capture_backends).backend == "manual"
+    with pytest.raises(UsageError, match="unknown capture backend 'manual'"):
+        capture(nn.Identity(), torch.ones(1, 2), backend="manual")      # the built-ins alone do not have it
 
-    register_capture_backend("dangling", lambda m, i: CapturedGraph(
-        "dangling", [OpNode("output", "output", (Ref("nowhere"),), {}, "output")], {}, [], []))
+    dangling = {"dangling": lambda m, i: CapturedGraph(
+        "dangling", [OpNode("output", "output", (Ref("nowhere"),), {}, "output")], {}, [], [])}
     with pytest.raises(SymdslError, match="dangling: ValueError: backend returned a malformed graph: "
                                           "node 'output' reads 'nowhere'"):
-        capture(nn.Identity(), torch.ones(1, 2), backend="dangling")
+        capture(nn.Identity(), torch.ones(1, 2), backend="dangling", backends=dangling)
 
 
 # -- normalisation -------------------------------------------------------------------------

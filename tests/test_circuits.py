@@ -11,18 +11,18 @@ import transformers
 
 from conftest import canonical_example, relative_distance
 from symdsl.act import act_state_dict, random_transform
-from symdsl.canon import canonicalize, get_canonicalizer
+from symdsl.canon import canonicalize
 from symdsl.check import numeric_check
 from symdsl.check.static import static_check
 from symdsl.cli.main import main
 from symdsl.errors import BindError, SpecError, UsageError
-from symdsl.match import get_matcher
 from symdsl.models import build_example
 from symdsl.models.build import make_inputs, perturb_parameters, quiet_transformers
-from symdsl.pipeline import prepare
+from symdsl.api.pipeline import prepare
 from symdsl.spec import load_spec_text, model_config, resolve
-from symdsl.spec.registry import find_spec
+from symdsl import find_spec
 from symdsl_builtins.circuits import CircuitAttention, to_circuits
+from conftest import REGISTRIES
 
 F64 = torch.float64
 CIRCUIT_SPECS = ["hf-gpt2-circuits", "timm-vit-circuits"]
@@ -52,7 +52,7 @@ def _rewrite(model: torch.nn.Module, blocks: str) -> torch.nn.Module:
     """A copy of ``model`` whose attention modules are circuits (the canonicalizer alone, no spec)."""
     out = copy.deepcopy(model)
     paths = [f"{blocks}.{i}.attn" for i in range(len(out.get_submodule(blocks)))]
-    canon = get_canonicalizer("attention_to_circuits")
+    canon = REGISTRIES.canonicalizers.lookup("attention_to_circuits")
     canon.apply(out, canon.prepare({"modules": paths}, ""), None)
     return out
 
@@ -142,7 +142,7 @@ def test_the_rewrite_refuses_what_has_no_circuit_form():
         _rewrite(_vit(qk_norm=True), "blocks")
     with pytest.raises(BindError, match="'blocks.0.mlp' is a timm.layers.mlp.Mlp"):
         to_circuits("blocks.0.mlp", _vit().blocks[0].mlp)
-    assert get_canonicalizer("attention_to_circuits").changes_architecture
+    assert REGISTRIES.canonicalizers.lookup("attention_to_circuits").changes_architecture
 
 
 # --------------------------------------------------------------------------- the circuit specs
@@ -150,7 +150,7 @@ def test_the_rewrite_refuses_what_has_no_circuit_form():
 @pytest.mark.parametrize("name", CIRCUIT_SPECS)
 def test_every_site_of_the_circuit_specs_holds(name):
     spec = find_spec(name)
-    report = numeric_check(spec)
+    report = numeric_check(spec, registries=REGISTRIES)
     assert report.canonicalize_error < 1e-12
     assert [s.site for s in report.sites] == ["resid", "heads.0", "heads.1", "mlp.0", "mlp.1", "*"]
     assert report.ok and max(s.relative_error for s in report.sites) < 1e-12, report.failed
@@ -160,7 +160,7 @@ def test_every_site_of_the_circuit_specs_holds(name):
 def test_the_spec_binds_the_canonical_form_and_covers_it(name):
     spec = find_spec(name)
     model = build_example(spec)
-    resolved = resolve(spec, model)
+    resolved = resolve(spec, model, registries=REGISTRIES)
     attn = "transformer.h.0.attn" if name.startswith("hf") else "blocks.0.attn"
     qkv = f"{attn}.c_attn.weight" if name.startswith("hf") else f"{attn}.qkv.weight"
     # the steps read the original form; the sites act on the canonical one
@@ -170,7 +170,7 @@ def test_the_spec_binds_the_canonical_form_and_covers_it(name):
     canonicalize(model, resolved)
     assert set(model.state_dict()) == set(resolved.tensors) | resolved.invariant
     # a model already in canonical form binds to the same tensors and is not canonicalized again
-    again = resolve(spec, model)
+    again = resolve(spec, model, registries=REGISTRIES)
     assert again.original is None and again.tensors.keys() == resolved.tensors.keys()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     canonicalize(model, again)
@@ -182,7 +182,7 @@ def test_prepare_aligns_circuit_models_by_weight_matching():
     models = [build_example(spec, seed=s) for s in (0, 1)]
     prepared = prepare(models, spec)
     assert prepared.resolved.original is None and "blocks.1.attn.w_ov" in prepared.states[1]
-    result = get_matcher("weight").match(prepared.resolved, prepared.states[0], prepared.states[1])
+    result = REGISTRIES.matchers.lookup("weight").match(prepared.resolved, prepared.states[0], prepared.states[1])
     aligned = act_state_dict(prepared.resolved, prepared.states[1], result.elements)
     assert relative_distance(prepared.resolved, aligned, prepared.states[0]) < \
         relative_distance(prepared.resolved, prepared.states[1], prepared.states[0])
@@ -195,7 +195,7 @@ def test_weight_matching_recovers_a_hidden_transform_in_circuit_space(name):
     hidden = random_transform(resolved, seed=11)
     b = act_state_dict(resolved, a, hidden)
     assert relative_distance(resolved, b, a) > 0.3
-    result = get_matcher("weight").match(resolved, a, b)
+    result = REGISTRIES.matchers.lookup("weight").match(resolved, a, b)
     aligned = act_state_dict(resolved, b, result.elements)
     assert relative_distance(resolved, aligned, a) < 1e-9
     for site, g in result.elements.items():
@@ -223,35 +223,35 @@ def test_an_unbound_key_side_fails_both_checks():
     # the key side of the QK circuit left unbound: the rotation no longer cancels in the scores
     spec = _edited("timm-vit-circuits", "w_qk: \"heads.${i} [resid' | 1] [resid' | 1]\"",
                    "w_qk: \"heads.${i} [resid' | 1] [_ | 1]\"")
-    assert {"resid", "*"} <= {s.site for s in numeric_check(spec).failed}
-    findings = static_check(spec, backend="export").findings
+    assert {"resid", "*"} <= {s.site for s in numeric_check(spec, registries=REGISTRIES).failed}
+    findings = static_check(spec, backend="export", registries=REGISTRIES).findings
     assert findings and findings[0].op == "matmul" and "contracts _32 with resid" in findings[0].message
 
 
 def test_heads_permuted_on_one_circuit_only_fail_both_checks():
     # heads permuted on the QK circuits only: the OV circuits of the heads no longer line up
     spec = _edited("hf-gpt2-circuits", "w_ov: \"heads.${i} resid", "w_ov: \"_ resid")
-    assert "heads.0" in {s.site for s in numeric_check(spec).failed}
-    assert static_check(spec, backend="export").findings
+    assert "heads.0" in {s.site for s in numeric_check(spec, registries=REGISTRIES).failed}
+    assert static_check(spec, backend="export", registries=REGISTRIES).findings
 
 
 def test_canonical_form_errors_name_the_canonical_section():
     spec = _edited("timm-vit-circuits", "    blocks.${i}.attn.b_o: resid\n", "")
     with pytest.raises(SpecError) as caught:
-        resolve(spec, build_example(spec))
+        resolve(spec, build_example(spec), registries=REGISTRIES)
     problem = caught.value.problems[0]
     assert "'blocks.0.attn.b_o' (32,) of the canonical form" in problem.message
     assert problem.path == ("canonical", "tensors") and "canonical: tensors" in problem.hint
     spec = _edited("timm-vit-circuits", "blocks.${i}.attn.w_ov:", "blocks.${i}.attn.w_vo:")
     with pytest.raises(SpecError, match="tensor 'blocks.0.attn.w_vo' is not in the model; did you mean"):
-        resolve(spec, build_example(spec))
+        resolve(spec, build_example(spec), registries=REGISTRIES)
     spec = find_spec("timm-vit-circuits")
     with pytest.raises(UsageError, match="needs the model itself"):
-        resolve(spec, state=build_example(spec).state_dict(), config={})
+        resolve(spec, state=build_example(spec).state_dict(), config={}, registries=REGISTRIES)
 
 
 def test_a_spec_without_canonical_section_resolves_as_before():
-    resolved = resolve(find_spec("timm-vit"), build_example(find_spec("timm-vit")))
+    resolved = resolve(find_spec("timm-vit"), build_example(find_spec("timm-vit")), registries=REGISTRIES)
     assert type(resolved).__name__ == "ResolvedSpec" and "blocks.0.attn.qkv.weight" in resolved.tensors
 
 

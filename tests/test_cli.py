@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from symdsl.cli.main import main
-from symdsl.spec.registry import find_spec
+from symdsl import find_spec
 
 
 def test_check_a_shipped_spec_prints_every_site_and_exits_0(capsys):

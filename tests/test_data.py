@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from symdsl.data import (DATASETS, Dataset, Split, load_dataset, register_dataset, stdlib_corpus,
-                         text_dataset)
+from symdsl.data import Dataset, Split, load_dataset, stdlib_corpus, text_dataset
 from symdsl.errors import UsageError
+from symdsl.registry import Registries
 
 # Shared data lives beside the repository (../shared/data), never inside it.
 SHARED = Path(__file__).parents[2] / "shared" / "data"
@@ -140,18 +140,17 @@ def test_reference_arguments_are_checked():
         load_dataset("text:/no/such/file.txt")
 
 
-def test_register_dataset_and_duplicates():
+def test_a_plugin_dataset_is_found_through_the_registries_and_duplicates_are_refused():
     def toy(*, n: int = 4) -> Dataset:
         split = Split(torch.zeros(n, 1, 2, 2), torch.zeros(n, dtype=torch.long))
         return Dataset("toy", "classification", split, split, in_chans=1, img_size=2, num_classes=1)
 
-    register_dataset("toy-test", toy)
-    try:
-        assert len(load_dataset("toy-test", n=6).train) == 6
-        with pytest.raises(UsageError, match="already registered"):
-            register_dataset("toy-test", toy)
-    finally:
-        del DATASETS["toy-test"]
+    registries = Registries.empty().add("dataset", "toy-test", toy, origin="test")
+    assert len(load_dataset("toy-test", datasets=registries.datasets, n=6).train) == 6
+    with pytest.raises(UsageError, match="unknown dataset 'toy-test'"):
+        load_dataset("toy-test")                      # the built-in table alone does not have it
+    with pytest.raises(ValueError, match="dataset 'toy-test' is contributed twice: by test and by other"):
+        registries.add("dataset", "toy-test", toy, origin="other")
 
 
 @pytest.mark.parametrize("module", ["__init__", "base", "digits", "text", "tokenizers", "corpus", "registry"])

@@ -15,7 +15,7 @@ from symdsl.data import Dataset, Split, load_dataset, text_dataset
 from symdsl.errors import UsageError
 from symdsl.evaluate import (Curve, barrier, curves_record, evaluate, interpolate, loss_curve, plot_curves,
                              read_curves, unigram_loss, weighted_average)
-from symdsl.train import small_vit
+from symdsl.experiments.train import small_vit
 
 
 def _reference_cross_entropy(rows: list[list[float]], targets: list[int]) -> tuple[float, float]:

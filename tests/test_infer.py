@@ -20,7 +20,8 @@ from symdsl.infer import infer_spec
 from symdsl.infer.canon import fold_accepts_unbound_gain
 from symdsl.models import build_example
 from symdsl.spec import load_spec_text, resolve
-from symdsl.spec.registry import find_spec
+from symdsl import find_spec
+from conftest import REGISTRIES
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ["hf-gpt2", "timm-vit", "hf-bert"]
@@ -28,7 +29,7 @@ SHIPPED = ["hf-gpt2", "timm-vit", "hf-bert"]
 
 def site_structure(spec, model) -> Counter:
     """Multiset of (group kind, size, per-parent (kind, size), preserve) over the resolved sites."""
-    sites = resolve(spec, model).sites
+    sites = resolve(spec, model, registries=REGISTRIES).sites
     out = Counter()
     for s in sites.values():
         per = None
@@ -40,9 +41,9 @@ def site_structure(spec, model) -> Counter:
 
 def assert_checks_pass(text: str):
     spec = load_spec_text(text, "<draft>")
-    static = static_check(spec)
+    static = static_check(spec, registries=REGISTRIES)
     assert static.ok, "\n".join(str(f) for f in static.findings)
-    numeric = numeric_check(spec)
+    numeric = numeric_check(spec, registries=REGISTRIES)
     assert numeric.ok, [(s.site, s.relative_error) for s in numeric.sites if not s.ok]
     return spec
 
@@ -50,7 +51,7 @@ def assert_checks_pass(text: str):
 @pytest.fixture(scope="module", params=SHIPPED)
 def shipped_draft(request):
     model = build_example(find_spec(request.param))
-    return request.param, model, infer_spec(model)
+    return request.param, model, infer_spec(model, registries=REGISTRIES)
 
 
 def test_drafts_of_the_shipped_examples_pass_both_checks_with_the_shipped_site_structure(shipped_draft):
@@ -137,7 +138,7 @@ def llama_draft():
     config = {"vocab": 48, "d": 32, "heads": 4, "layers": 2, "ffn": 48}
     model = tiny_llama(**config)
     model.symdsl_config = config
-    return infer_spec(model, factory=f"{__name__}:tiny_llama")
+    return infer_spec(model, factory=f"{__name__}:tiny_llama", registries=REGISTRIES)
 
 
 def test_custom_rmsnorm_swiglu_transformer_draft_passes_both_checks(llama_draft):
@@ -150,13 +151,13 @@ def test_custom_rmsnorm_swiglu_transformer_draft_passes_both_checks(llama_draft)
     for norm in ('"layers.${i}.norm1"', '"layers.${i}.norm2"', '"norm"'):
         assert f"fold_layernorm: {{norm: {norm}" in llama_draft.text
     assert "center_writers" not in llama_draft.text        # RMSNorm does not remove the mean
-    counts = Counter(s.kind.name for s in resolve(spec, tiny_llama(**spec.model.example.config)).sites.values())
+    counts = Counter(s.kind.name for s in resolve(spec, tiny_llama(**spec.model.example.config), registries=REGISTRIES).sites.values())
     assert counts == {"orthogonal": 1, "permutation": 4, "invertible": 4}
 
 
 def test_rms_residual_is_a_full_rotation_when_fold_layernorm_accepts_an_unbound_gain(llama_draft):
     resid = next(s for s in llama_draft.sites if s.key == "resid")
-    if not fold_accepts_unbound_gain():
+    if not fold_accepts_unbound_gain(REGISTRIES):
         # fold_layernorm insists that the folded gain stay bound to the site; the gain (all ones
         # after folding) then rotates with it, so only rotations fixing the ones vector are exact
         assert resid.preserve == "ones" and "fold_layernorm needs the folded gain bound" in llama_draft.text
@@ -182,7 +183,7 @@ def opaque_factory() -> Opaque:
 
 
 def test_an_op_without_rule_leaves_its_component_unbound_and_says_so():
-    draft = infer_spec(opaque_factory(), factory=f"{__name__}:opaque_factory")
+    draft = infer_spec(opaque_factory(), factory=f"{__name__}:opaque_factory", registries=REGISTRIES)
     assert [(s.key, s.group, s.size_value) for s in draft.sites] == [("fc1", "permutation", 8)]
     assert "- fc2.bias" in draft.text and "cumsum" in draft.text          # the blocked units, with the reason
     assert_checks_pass(draft.text)

@@ -9,7 +9,8 @@ from conftest import SHIPPED, build_hf
 from symdsl.check import numeric_check
 from symdsl.models import build_example
 from symdsl.spec import load_spec_text, resolve
-from symdsl.spec.registry import find_spec
+from symdsl import find_spec
+from conftest import REGISTRIES
 
 TOL = 1e-9
 
@@ -17,8 +18,8 @@ TOL = 1e-9
 @pytest.mark.parametrize("name", SHIPPED)
 def test_each_site_alone_and_all_together_leave_outputs_unchanged(name):
     spec = find_spec(name)
-    report = numeric_check(spec)
-    resolved = resolve(spec, build_example(spec))
+    report = numeric_check(spec, registries=REGISTRIES)
+    resolved = resolve(spec, build_example(spec), registries=REGISTRIES)
     assert [s.site for s in report.sites] == list(resolved.sites) + ["*"]
     assert report.canonicalize_error < TOL
     worst = max(report.sites, key=lambda s: s.relative_error)
@@ -30,7 +31,7 @@ def test_each_site_alone_and_all_together_leave_outputs_unchanged(name):
 def test_every_parameter_is_accounted_for(name):
     spec = find_spec(name)
     model = build_example(spec)
-    resolved = resolve(spec, model)
+    resolved = resolve(spec, model, registries=REGISTRIES)
     names = set(model.state_dict())
     assert names == set(resolved.tensors) | resolved.invariant
     assert not set(resolved.tensors) & resolved.invariant
@@ -38,7 +39,7 @@ def test_every_parameter_is_accounted_for(name):
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_spec_exercises_its_group_kinds(name):
-    kinds = {s.kind.name for s in resolve(find_spec(name), build_example(find_spec(name))).sites.values()}
+    kinds = {s.kind.name for s in resolve(find_spec(name), build_example(find_spec(name)), registries=REGISTRIES).sites.values()}
     expected = {"permutation", "invertible"} | ({"orthogonal"} if name != "hf-bert" else set())
     assert kinds == expected
 
@@ -52,15 +53,15 @@ def test_spec_exercises_its_group_kinds(name):
 ])
 def test_other_matched_classes_hold_too(spec_name, class_name):
     model = build_hf(spec_name, class_name, pad_token_id=0)
-    report = numeric_check(find_spec(spec_name), model)
+    report = numeric_check(find_spec(spec_name), model, registries=REGISTRIES)
     assert report.ok, [s for s in report.sites if not s.ok]
 
 
 def test_bare_gpt2_backbone_permutes_its_returned_features():
     spec = find_spec("hf-gpt2-backbone")
-    report = numeric_check(spec)
+    report = numeric_check(spec, registries=REGISTRIES)
     assert report.ok
-    resolved = resolve(spec, build_example(spec))
+    resolved = resolve(spec, build_example(spec), registries=REGISTRIES)
     assert resolved.sites["resid"].kind.name == "permutation" and "last_hidden_state" in resolved.outputs
 
 
@@ -84,7 +85,7 @@ def _edited(name: str, old: str, new: str):
     ("timm-vit", "mlp.${i}:   {group: permutation", "mlp.${i}:   {group: orthogonal", "mlp.0"),
 ])
 def test_wrong_specs_fail_the_numeric_check(name, old, new, broken):
-    report = numeric_check(_edited(name, old, new))
+    report = numeric_check(_edited(name, old, new), registries=REGISTRIES)
     assert not report.ok
     failed = {s.site for s in report.failed}
     assert broken in failed and "*" in failed
@@ -95,5 +96,5 @@ def test_skipping_the_layernorm_fold_breaks_the_rotation():
     start = text.index("canonicalize:\n  - fold_layernorm")
     end = text.index("sites:", start)
     spec = load_spec_text(text[:start] + text[end:], "no-canon.yaml")
-    report = numeric_check(spec)
+    report = numeric_check(spec, registries=REGISTRIES)
     assert not report.ok and "resid" in {s.site for s in report.failed}

@@ -193,7 +193,7 @@ def digits():
 
 
 def _two_tiny_vits(digits, steps=40):
-    from symdsl.train import small_vit, train
+    from symdsl.experiments.train import small_vit, train
 
     models = []
     for seed in (0, 1):
@@ -205,7 +205,7 @@ def _two_tiny_vits(digits, steps=40):
 
 def test_learned_matching_ends_no_worse_than_its_start_and_reports_true_values(digits):
     from symdsl.data.holdout import with_validation
-    from symdsl.pipeline import match, prepare
+    from symdsl.api.pipeline import match, prepare
 
     prepared = prepare(_two_tiny_vits(digits))
     # a frozen site keeps its weight-matching element and still acts while the others train
@@ -228,7 +228,7 @@ def test_learned_matching_ends_no_worse_than_its_start_and_reports_true_values(d
 
 def test_learned_matching_keeps_a_hidden_element(digits):
     from symdsl.evaluate import barrier, loss_curve
-    from symdsl.pipeline import match, prepare
+    from symdsl.api.pipeline import match, prepare
 
     model = _two_tiny_vits(digits)[0]
     prepared = prepare([model, model])
@@ -243,7 +243,7 @@ def test_learned_matching_keeps_a_hidden_element(digits):
 
 
 def test_learned_matching_permutations_only_learns_no_rotation(digits):
-    from symdsl.pipeline import match, prepare
+    from symdsl.api.pipeline import match, prepare
 
     prepared = prepare(_two_tiny_vits(digits, steps=10))
     result = match(prepared, 1, "learned", data=digits, steps=10, eval_every=5, permutations_only=True)
@@ -256,10 +256,10 @@ def test_learned_matching_permutations_only_learns_no_rotation(digits):
 
 
 def test_learned_matching_errors_are_usage_errors(digits):
-    from symdsl.pipeline import match, prepare
+    from symdsl.api.pipeline import match, prepare
 
     prepared = prepare(_two_tiny_vits(digits, steps=2))
-    with pytest.raises(UsageError, match="pass --data"):
+    with pytest.raises(UsageError, match="give it data"):
         match(prepared, 1, "learned")
     with pytest.raises(UsageError, match="no option"):
         match(prepared, 1, "learned", data=digits, stpes=3)

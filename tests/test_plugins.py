@@ -10,34 +10,60 @@ from pathlib import Path
 
 import pytest
 
-from symdsl.match import MATCHERS
-from symdsl.plugins import inventory
+from symdsl.errors import UsageError
+from symdsl.plugins import hookimpl, load
+from symdsl.registry import Registries
 
 PLUGIN_SOURCE = Path(__file__).parent / "example_plugin"
 
 
 def test_builtins_are_registered_through_the_hooks():
-    inv = inventory()
-    assert "symdsl-builtins" in inv.plugins
+    registries = load()
+    assert "symdsl-builtins" in registries.plugins
     by_category = {}
-    for c in inv.contributions:
+    for c in registries.contributions():
         by_category.setdefault(c.category, set()).add(c.name)
         assert c.plugin == "symdsl-builtins" or c.plugin != ""
-    assert {"permutation", "orthogonal", "invertible", "stiefel", "semi_permutation"} <= by_category["group"]
+    assert {"permutation", "orthogonal", "invertible", "stiefel", "semi_permutation"} <= by_category["group kind"]
     assert {"untie", "fold_layernorm", "center_writers"} <= by_category["canonicalizer"]
     assert "weight" in by_category["matcher"] and {"average", "interpolate"} <= by_category["merger"]
     assert {"linear", "layer_norm", "scaled_dot_product_attention"} <= by_category["op rule"]
     assert {"export", "fx"} <= by_category["capture backend"]
-    assert MATCHERS.origins["weight"] == "symdsl-builtins"
+    assert registries.matchers.origin("weight") == "symdsl-builtins"
+    assert {"digits", "text", "stdlib-text"} <= by_category["dataset"]
 
 
-def test_a_duplicate_name_is_an_error():
-    from symdsl.plugins.lazy import LazyRegistry
+def test_a_duplicate_name_is_an_error_naming_both_plugins():
+    class Twin:
+        @hookimpl
+        def symdsl_matchers(self):
+            return [load().matchers["weight"]]
 
-    registry = LazyRegistry("matcher")
-    registry.add("weight", object(), "one-plugin")
-    with pytest.raises(ValueError, match="matcher 'weight' is registered twice: by one-plugin and by other-plugin"):
-        registry.add("weight", object(), "other-plugin")
+    with pytest.raises(UsageError, match="matcher 'weight' is contributed twice: by symdsl-builtins and by twin"):
+        load(plugins={"twin": Twin()})
+
+
+def test_loading_twice_gives_independent_values_and_blocking_is_by_name():
+    first, second = load(), load(blocked=["symdsl-builtins"])
+    assert "weight" in first.matchers and "weight" not in second.matchers
+    assert second.blocked == ("symdsl-builtins",) and "symdsl-builtins" not in second.plugins
+    with pytest.raises(UsageError, match="cannot block plugin 'symdsl-bultins'.*did you mean 'symdsl-builtins'"):
+        load(blocked=["symdsl-bultins"])
+
+
+def test_a_hand_registration_keeps_its_origin_and_survives_blocking_a_plugin():
+    class Mine:
+        name = "mine"
+
+    class Notebook:
+        @hookimpl
+        def symdsl_matchers(self):
+            return [Mine()]
+
+    registries = load(blocked=["symdsl-builtins"]).add("matcher", "mine", Mine(), origin="my-notebook")
+    assert registries.matchers.origin("mine") == "my-notebook" and "weight" not in registries.matchers
+    assert load(plugins={"notebook": Notebook()}, blocked=["symdsl-builtins"]).matchers.origin("mine") == "notebook"
+    assert len(Registries.empty().matchers) == 0 and not Registries.empty().plugins
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +130,6 @@ def test_a_plugin_model_loader_is_asked_first():
     import torch
 
     from symdsl.models import ModelLoader, load_model
-    from symdsl.plugins import hookimpl, plugin_manager
 
     class Registry(ModelLoader):
         name = "toy-store"
@@ -120,10 +145,9 @@ def test_a_plugin_model_loader_is_asked_first():
         def symdsl_model_loaders(self):
             return [Registry()]
 
-    pm = plugin_manager()
-    pm.register(Plugin(), name="toy-loader")
-    try:
-        model = load_model("toy:5")
-        assert isinstance(model, torch.nn.Linear) and model.in_features == 5 and not model.training
-    finally:
-        pm.unregister(name="toy-loader")
+    registries = load(plugins={"toy-loader": Plugin()})
+    assert registries.model_loaders.origin("toy-store") == "toy-loader"
+    model = load_model("toy:5", loaders=registries.model_loaders.values())
+    assert isinstance(model, torch.nn.Linear) and model.in_features == 5 and not model.training
+    with pytest.raises(UsageError, match="cannot import module 'toy'"):
+        load_model("toy:5")                      # without the plugin's loader

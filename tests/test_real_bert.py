@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import REGISTRIES
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +31,14 @@ def test_pretrained_minilm_passes_the_bert_spec(minilm_path, capsys):
 
 def test_weight_matching_recovers_a_transform_hidden_in_real_weights(minilm_path):
     from symdsl.act import act_state_dict, random_transform
-    from symdsl.match import get_matcher
     from symdsl.models import load_model
-    from symdsl.pipeline import prepare
+    from symdsl.api.pipeline import prepare
 
     model = load_model(minilm_path).double()
     prepared = prepare([model, model])
     resolved, a = prepared.resolved, prepared.states[0]
     b = act_state_dict(resolved, a, random_transform(resolved, seed=1))
-    result = get_matcher("weight").match(resolved, a, b, max_iter=3)
+    result = REGISTRIES.matchers.lookup("weight").match(resolved, a, b, max_iter=3)
     aligned = act_state_dict(resolved, b, result.elements)
     num = sum(float((aligned[n] - a[n]).pow(2).sum()) for n in resolved.tensors)
     den = sum(float(a[n].pow(2).sum()) for n in resolved.tensors)

@@ -14,7 +14,7 @@ from symdsl.evaluate.simplex import (CENTROID, Surface, read_surfaces, simplex_g
                                      surfaces_record)
 from symdsl.evaluate.simplex_plot import plot_simplex, to_plane
 from symdsl.models import build_example
-from symdsl.spec.registry import find_spec
+from symdsl import find_spec
 
 
 @pytest.mark.parametrize("n", range(1, 8))

@@ -13,6 +13,7 @@ from toy_models import ATTENTION_SPEC, MLP_SPEC, ToyAttention, mlp
 
 from symdsl.errors import Problem, SpecError, SymdslError, UsageError
 from symdsl.spec import load_spec, load_spec_text, resolve
+from conftest import REGISTRIES
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE = "spec.yaml"
@@ -26,7 +27,7 @@ def problems(text: str, model: nn.Module | None = None) -> list[Problem]:
     with pytest.raises(SpecError) as info:
         spec = load_spec_text(text, FILE)
         if model is not None:
-            resolve(spec, model)
+            resolve(spec, model, registries=REGISTRIES)
     assert info.value.problems, "a SpecError must carry its problems"
     return info.value.problems
 
@@ -102,13 +103,13 @@ GPT2_SPEC = (ROOT / "specs" / "hf-gpt2.yaml").read_text()
 
 
 def test_the_fixtures_are_valid():
-    resolve(load_spec_text(MLP_SPEC), mlp())
-    resolve(load_spec_text(ATTENTION_SPEC), ToyAttention())
-    resolve(load_spec_text(TIED_SPEC.replace("KIND", "orthogonal")), Tied())
+    resolve(load_spec_text(MLP_SPEC), mlp(), registries=REGISTRIES)
+    resolve(load_spec_text(ATTENTION_SPEC), ToyAttention(), registries=REGISTRIES)
+    resolve(load_spec_text(TIED_SPEC.replace("KIND", "orthogonal")), Tied(), registries=REGISTRIES)
 
 
 def test_the_gpt2_fixture_is_valid(gpt2):
-    resolve(load_spec_text(GPT2_SPEC, FILE), gpt2)
+    resolve(load_spec_text(GPT2_SPEC, FILE), gpt2, registries=REGISTRIES)
 
 
 # --------------------------------------------------------------------------- structure (load time)
@@ -629,7 +630,7 @@ BROKEN = [
 @pytest.mark.parametrize("text", BROKEN, ids=range(len(BROKEN)))
 def test_broken_specs_raise_spec_errors_only(text):
     with pytest.raises(SymdslError) as info:
-        resolve(load_spec_text(text, FILE), mlp())
+        resolve(load_spec_text(text, FILE), mlp(), registries=REGISTRIES)
     assert isinstance(info.value, SpecError)
     for p in info.value.problems:
         assert p.file == FILE and p.message
@@ -639,25 +640,25 @@ def test_broken_specs_raise_spec_errors_only(text):
 def test_resolve_usage_errors():
     spec = load_spec_text(MLP_SPEC)
     with pytest.raises(UsageError, match="needs a model or a state dict"):
-        resolve(spec)
+        resolve(spec, registries=REGISTRIES)
     with pytest.raises(UsageError, match="torch.nn.Module"):
-        resolve(spec, "not a model")  # type: ignore[arg-type]
+        resolve(spec, "not a model", registries=REGISTRIES)  # type: ignore[arg-type]
 
 
 def test_resolve_on_a_state_dict_and_config():
     spec = load_spec_text(MLP_SPEC.replace("dims: {d: 4}", "dims: {d: width}"))
-    r = resolve(spec, state=mlp().state_dict(), config={"width": 4})
+    r = resolve(spec, state=mlp().state_dict(), config={"width": 4}, registries=REGISTRIES)
     assert r.sites["hidden"].size == 4
 
 
 def test_resolve_on_a_state_dict_cannot_read_modules():
     text = MLP_SPEC.replace("dims: {d: 4}", 'dims: {d: attr("0.out_features")}')
     with pytest.raises(SpecError, match="needs the model itself"):
-        resolve(load_spec_text(text), state=mlp().state_dict())
+        resolve(load_spec_text(text), state=mlp().state_dict(), registries=REGISTRIES)
 
 
 def test_find_spec_usage_errors(tmp_path):
-    from symdsl.spec.registry import find_spec
+    from symdsl import find_spec
 
     with pytest.raises(UsageError, match="no spec named 'hf-gtp2'; did you mean 'hf-gpt2'?"):
         find_spec("hf-gtp2")

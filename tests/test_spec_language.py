@@ -19,6 +19,7 @@ from symdsl.spec import json_schema, load_spec, load_spec_text, resolve
 from symdsl.spec.expr import ExprError, evaluate
 from symdsl.spec.pattern import Factor, PatternError, parse_pattern
 from symdsl.spec.template import combos, expand_list, substitute, substitute_all, variables
+from conftest import REGISTRIES
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {"hf-gpt2": "hf-gpt2.yaml", "timm-vit": "timm-vit.yaml", "hf-bert": "hf-bert.yaml"}
@@ -225,7 +226,7 @@ def test_expression_functions_read_the_model_through_resolve(gpt2, gpt2_spec_tex
                                   "  nl: len(\"h\") + 0\n"
                                   "  lab: label2id.LABEL_1 + 10\n"         # a nested config value
                                   "  hd: d // h\n")
-    r = resolve(load_spec_text(text), gpt2)
+    r = resolve(load_spec_text(text), gpt2, registries=REGISTRIES)
     assert r.dims["e"] == 32 and r.dims["v"] == 64
     assert r.dims["nh"] == 4 and r.dims["nl"] == 2
     assert r.dims["lab"] == 11
@@ -236,13 +237,13 @@ def test_expression_functions_read_the_model_through_resolve(gpt2, gpt2_spec_tex
 def test_nested_config_of_a_plain_module():
     net = mlp()
     net.symdsl_config = {"enc": {"width": 4}}
-    r = resolve(load_spec_text(MLP_SPEC.replace("dims: {d: 4}", "dims: {d: enc.width}")), net)
+    r = resolve(load_spec_text(MLP_SPEC.replace("dims: {d: 4}", "dims: {d: enc.width}")), net, registries=REGISTRIES)
     assert r.dims["d"] == 4 and r.sites["hidden"].size == 4
 
 
 def test_dims_are_evaluated_in_order_and_may_use_earlier_dims():
     text = MLP_SPEC.replace("dims: {d: 4}", "dims: {a: 2, d: a * 2, e: d + a}")
-    r = resolve(load_spec_text(text), mlp())
+    r = resolve(load_spec_text(text), mlp(), registries=REGISTRIES)
     assert r.dims == {"a": 2, "d": 4, "e": 6}
 
 
@@ -305,7 +306,7 @@ tensors:
 
 
 def test_multi_variable_templates_expand_keys_and_values():
-    r = resolve(load_spec_text(GRID_SPEC), Grid())
+    r = resolve(load_spec_text(GRID_SPEC), Grid(), registries=REGISTRIES)
     assert sorted(r.sites) == sorted(f"u.{i}.{j}" for i in range(2) for j in range(3))
     assert r.tensors["blocks.1.units.2.weight"].sites() == {"u.1.2"}
     assert r.tensors["blocks.0.units.1.bias"].sites() == {"u.0.1"}
@@ -331,7 +332,7 @@ tensors:
   blocks.${i}.weight: "h.${i} _"
   blocks.${i}.bias: h.${i}
 """
-    r = resolve(load_spec_text(text), Uneven())
+    r = resolve(load_spec_text(text), Uneven(), registries=REGISTRIES)
     assert r.sites["h.0"].size == 5 and r.sites["h.1"].size == 7
 
 
@@ -358,12 +359,12 @@ tensors:
 tied:
   - ["blocks.${i}.a.weight", "blocks.${i}.b.weight"]
 """
-    r = resolve(load_spec_text(text), TiedBlocks())
+    r = resolve(load_spec_text(text), TiedBlocks(), registries=REGISTRIES)
     assert r.tied == [["blocks.0.a.weight", "blocks.0.b.weight"], ["blocks.1.a.weight", "blocks.1.b.weight"]]
 
 
 def test_canonicalize_steps_expand_and_get_the_prefix(gpt2):
-    r = resolve(load_spec_text((ROOT / "specs" / "hf-gpt2.yaml").read_text()), gpt2)
+    r = resolve(load_spec_text((ROOT / "specs" / "hf-gpt2.yaml").read_text()), gpt2, registries=REGISTRIES)
     names = [s.name for s in r.canonicalize]
     # the head's steps first (untie before anything folds into lm_head), then the backbone's
     assert names == ["untie", "fold_layernorm", "fold_layernorm", "fold_layernorm", "fold_layernorm",
@@ -386,7 +387,7 @@ def test_canonicalize_steps_expand_and_get_the_prefix(gpt2):
 
 
 def test_composite_and_split_axes_bind_with_sizes():
-    r = resolve(load_spec_text(ATTENTION_SPEC), ToyAttention())
+    r = resolve(load_spec_text(ATTENTION_SPEC), ToyAttention(), registries=REGISTRIES)
     qkv = r.tensors["qkv.weight"]
     (out_axis, in_axis) = qkv.axes
     assert out_axis.size == 24 and in_axis.size == 8
@@ -403,12 +404,12 @@ def test_composite_and_split_axes_bind_with_sizes():
 
 def test_unbound_factor_size_is_inferred_from_the_tensor():
     text = MLP_SPEC.replace('0.weight: "hidden _"', '0.weight: "hidden (_ 1)"')
-    r = resolve(load_spec_text(text), mlp())
+    r = resolve(load_spec_text(text), mlp(), registries=REGISTRIES)
     assert [f.size for f in r.tensors["0.weight"].axes[1].parts[0]] == [3, 1]
 
 
 def test_outputs_bind_without_a_shape():
-    r = resolve(load_spec_text(MLP_SPEC + 'outputs: {hidden_states: "_ _ hidden"}\n'), mlp())
+    r = resolve(load_spec_text(MLP_SPEC + 'outputs: {hidden_states: "_ _ hidden"}\n'), mlp(), registries=REGISTRIES)
     out = r.outputs["hidden_states"]
     assert len(out.axes) == 3 and out.sites() == {"hidden"}
 
@@ -464,7 +465,7 @@ heads:
     (Classifier(), "body.", ["pooler", "cls"]),
 ])
 def test_prefix_alternatives_and_heads(model, prefix, heads):
-    r = resolve(load_spec_text(HEADS_SPEC), model)
+    r = resolve(load_spec_text(HEADS_SPEC), model, registries=REGISTRIES)
     assert r.prefix == prefix
     assert r.heads == heads
     assert set(r.tensors) | r.invariant == set(model.state_dict())
@@ -473,11 +474,11 @@ def test_prefix_alternatives_and_heads(model, prefix, heads):
 
 
 def test_head_entries_keep_their_position_in_the_file():
-    r = resolve(load_spec_text(HEADS_SPEC), Classifier())
+    r = resolve(load_spec_text(HEADS_SPEC), Classifier(), registries=REGISTRIES)
     assert r.tensors["body.pool.weight"].origin == ("heads", "pooler", "tensors", "${prefix}pool.weight")
     bad = HEADS_SPEC.replace('${prefix}pool.weight: "pool feat\'"', '${prefix}pool.weight: "pool fet\'"')
     with pytest.raises(SpecError) as info:
-        resolve(load_spec_text(bad, "heads.yaml"), Classifier())
+        resolve(load_spec_text(bad, "heads.yaml"), Classifier(), registries=REGISTRIES)
     (problem,) = info.value.problems
     line = bad.splitlines().index("      ${prefix}pool.weight: \"pool fet'\"") + 1
     assert (problem.line, problem.column) == (line, 7)
@@ -485,7 +486,7 @@ def test_head_entries_keep_their_position_in_the_file():
 
 
 def test_gpt2_backbone_lives_under_transformer(gpt2, gpt2_spec_text):
-    r = resolve(load_spec_text(gpt2_spec_text), gpt2)
+    r = resolve(load_spec_text(gpt2_spec_text), gpt2, registries=REGISTRIES)
     assert r.prefix == "transformer."
     assert r.heads == ["lm"]
     assert "transformer.h.1.attn.c_attn.weight" in r.tensors and "lm_head.weight" in r.tensors
@@ -497,9 +498,9 @@ def test_gpt2_prefix_alternatives_pick_the_one_that_fits(gpt2, gpt2_spec_text):
     from transformers import GPT2Model
 
     either = gpt2_spec_text.replace("prefix: [transformer.]", 'prefix: ["", transformer.]')
-    assert resolve(load_spec_text(either), gpt2).prefix == "transformer."
+    assert resolve(load_spec_text(either), gpt2, registries=REGISTRIES).prefix == "transformer."
     bare = GPT2Model(gpt2_config())
-    r = resolve(load_spec_text(either), bare)
+    r = resolve(load_spec_text(either), bare, registries=REGISTRIES)
     assert r.prefix == "" and r.heads == []
     assert "h.0.attn.c_attn.weight" in r.tensors
 
@@ -547,7 +548,7 @@ def test_json_schema_rejects_what_load_rejects(edit):
 def test_registry_finds_exactly_the_shipped_specs(monkeypatch):
     from symdsl.spec import registry
 
-    entries = [e for e in registry.list_specs() if e.origin == "symdsl-builtins"]  # the built-in plugin's folder
+    entries = [e for e in registry.list_specs(REGISTRIES) if e.origin == "symdsl-builtins"]  # the built-in plugin's folder
     assert sorted(e.name for e in entries) == sorted({**SHIPPED, **PAPER_ROUTE})
     for e in entries:
         assert e.file.name == {**SHIPPED, **PAPER_ROUTE}[e.name]
@@ -561,7 +562,7 @@ def test_shipped_spec_loads_and_resolves_on_its_example(name):
     spec = load_spec(ROOT / "specs" / SHIPPED[name])
     assert spec.name == name
     model = build_example(spec)
-    r = resolve(spec, model)
+    r = resolve(spec, model, registries=REGISTRIES)
     state = model.state_dict()
     # every tensor is covered exactly once, every site is used, every tie is declared
     assert set(r.tensors) | r.invariant == set(state)
@@ -584,4 +585,4 @@ def test_models_without_data_resolve_and_keep_their_real_ties():
     assert detect_ties(grid.state_dict(keep_vars=True)) == []
     assert detect_ties(tied.state_dict(keep_vars=True)) == [["blocks.0.a.weight", "blocks.0.b.weight"],
                                                             ["blocks.1.a.weight", "blocks.1.b.weight"]]
-    assert len(resolve(load_spec_text(GRID_SPEC), grid).sites) == 6
+    assert len(resolve(load_spec_text(GRID_SPEC), grid, registries=REGISTRIES).sites) == 6

@@ -12,20 +12,21 @@ from symdsl.check.static import static_check
 from symdsl.cli.main import main
 from symdsl.errors import SpecError
 from symdsl.spec import load_spec_text
-from symdsl.spec.registry import find_spec
+from symdsl import find_spec
+from conftest import REGISTRIES
 
 
 @pytest.mark.parametrize("name", SHIPPED + ["hf-gpt2-backbone", "hf-gpt2-rmsnorm", "timm-vit-rmsnorm",
                                              "hf-gpt2-circuits", "timm-vit-circuits"])
 def test_shipped_specs_pass_on_the_exported_graph(name):
-    report = static_check(find_spec(name), backend="export")
+    report = static_check(find_spec(name), backend="export", registries=REGISTRIES)
     assert report.backend == "export" and report.nodes > 50
     assert report.ok, [str(f) for f in report.findings]
     assert report.unused_tensors == []
 
 
 def test_vit_passes_with_the_fx_backend_too():
-    report = static_check(find_spec("timm-vit"), backend="fx")
+    report = static_check(find_spec("timm-vit"), backend="fx", registries=REGISTRIES)
     assert report.backend == "fx" and report.ok, [str(f) for f in report.findings]
 
 
@@ -79,7 +80,7 @@ def test_a_reader_declared_invariant_is_rejected_at_its_node():
 
     spec = _edit("hf-bert", ("    tensors:\n      classifier.weight: \"_ pool'\"\n    invariant: [classifier.bias]",
                              "    invariant: [classifier.weight, classifier.bias]"))
-    report = static_check(spec, build_hf("hf-bert", "BertForSequenceClassification"))
+    report = static_check(spec, build_hf("hf-bert", "BertForSequenceClassification"), registries=REGISTRIES)
     first = report.findings[0]
     assert first.module == "classifier" and "contracts pool with _" in first.message, str(first)
 
@@ -87,7 +88,7 @@ def test_a_reader_declared_invariant_is_rejected_at_its_node():
 @pytest.mark.parametrize("case", sorted(SEEDED))
 def test_seeded_wrong_spec_is_rejected_at_the_right_node(case):
     name, edits, node_prefix, message = SEEDED[case]
-    report = static_check(_edit(name, *edits))
+    report = static_check(_edit(name, *edits), registries=REGISTRIES)
     assert not report.ok
     first = report.findings[0]
     assert first.node.startswith(node_prefix), str(first)
@@ -103,7 +104,7 @@ def test_seeded_wrong_spec_is_rejected_at_the_right_node(case):
 ])
 def test_seeded_binding_errors_name_the_tensor_or_site(case, edits, message):
     with pytest.raises(SpecError) as info:
-        static_check(_edit("hf-gpt2", *edits))
+        static_check(_edit("hf-gpt2", *edits), registries=REGISTRIES)
     assert message in str(info.value)
 
 
@@ -132,7 +133,7 @@ invariant: [out.bias]
 
 
 def test_an_op_without_a_rule_on_a_site_axis_fails_closed():
-    report = static_check(load_spec_text(CUMSUM_SPEC, "cumsum.yaml"), CumsumNet())
+    report = static_check(load_spec_text(CUMSUM_SPEC, "cumsum.yaml"), CumsumNet(), registries=REGISTRIES)
     assert not report.ok
     first = report.findings[0]
     assert first.node.startswith("cumsum") and "has no symmetry rule" in first.message

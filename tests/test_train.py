@@ -12,7 +12,7 @@ import torch
 from symdsl.data import load_dataset, text_dataset
 from symdsl.errors import UsageError
 from symdsl.evaluate import barrier, evaluate, loss_curve
-from symdsl.train import DIGITS_VIT, lr_multiplier, small_gpt2, small_vit, train
+from symdsl.experiments.train import DIGITS_VIT, lr_multiplier, small_gpt2, small_vit, train
 
 SHAKESPEARE = Path(__file__).parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -110,6 +110,6 @@ def test_differently_seeded_vits_have_a_vanilla_averaging_barrier(digits):
 
 @pytest.mark.parametrize("module", ["__init__", "schedule", "loop", "models", "recipes"])
 def test_docstring_examples_run(module):
-    name = "symdsl.train" if module == "__init__" else f"symdsl.train.{module}"
+    name = "symdsl.experiments.train" if module == "__init__" else f"symdsl.experiments.train.{module}"
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

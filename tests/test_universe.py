@@ -17,9 +17,10 @@ from symdsl.learn.objective import PathLoss
 from symdsl.learn.samplers import parse_sampler
 from symdsl.learn.universe_refine import refine_universe
 from symdsl.match.universe import compose_transforms, universe_match, universe_objective
-from symdsl.match.universe_merge import merge_universe
+from symdsl.api.universe_merge import merge_universe
 from symdsl.models import build_example
-from symdsl.spec.registry import find_spec
+from symdsl import find_spec
+from conftest import REGISTRIES
 
 F64 = torch.float64
 FAST = {"invertible_steps": 3, "weight_max_iter": 2}   # short weight matchings for noisy problems
@@ -36,7 +37,7 @@ def test_universe_matching_recovers_a_common_frame(name, n):
     hidden = [random_transform(resolved, seed=20 + i) for i in range(n)]
     states = [act_state_dict(resolved, theta, h) for h in hidden]
     assert min(relative_distance(resolved, a, b) for a, b in itertools.combinations(states, 2)) > 0.3
-    result = universe_match(resolved, states)
+    result = universe_match(resolved, states, matcher=REGISTRIES.matchers["weight"])
     aligned = result.aligned(resolved, states)
     for a, b in itertools.combinations(aligned, 2):               # all pairwise distances ~ 0
         assert relative_distance(resolved, a, b) < 1e-6
@@ -84,7 +85,7 @@ def _noisy_copies(name, n, scale=0.05):
 
 def test_objective_is_monotone_and_is_the_pairwise_form():
     resolved, states = _noisy_copies("timm-vit", 3)
-    result = universe_match(resolved, states, max_iter=3, tol=0.0, **FAST)
+    result = universe_match(resolved, states, max_iter=3, tol=0.0, **FAST, matcher=REGISTRIES.matchers["weight"])
     assert result.info["sweeps"] == 3 and result.info["stopped"] == "max_iter"
     assert all(b <= a * (1 + 1e-12) for a, b in zip(result.objective, result.objective[1:]))
     # sum_i ||U - a_i||^2 == (1/N) sum_{i<j} ||a_i - a_j||^2, computed from the aligned models directly
@@ -99,14 +100,14 @@ def test_objective_is_monotone_and_is_the_pairwise_form():
 
 def test_universe_matching_is_deterministic_and_checks_its_input():
     resolved, states = _noisy_copies("timm-vit", 3)
-    first, second = (universe_match(resolved, states, max_iter=1, **FAST) for _ in range(2))
+    first, second = (universe_match(resolved, states, max_iter=1, **FAST, matcher=REGISTRIES.matchers["weight"]) for _ in range(2))
     assert first.objective == second.objective
     with pytest.raises(UsageError, match="at least two"):
-        universe_match(resolved, states[:1])
+        universe_match(resolved, states[:1], matcher=REGISTRIES.matchers["weight"])
     broken = dict(states[2])
     del broken["cls_token"]
     with pytest.raises(UsageError, match="model 2 has no tensor 'cls_token'"):
-        universe_match(resolved, [states[0], states[1], broken])
+        universe_match(resolved, [states[0], states[1], broken], matcher=REGISTRIES.matchers["weight"])
 
 
 def _tiny_vits(n=3):
@@ -138,12 +139,12 @@ def _validation_objective(model, resolved, states, elements, dataset, alpha, bat
 
 
 def test_refinement_never_ends_worse_than_its_start():
-    from symdsl.pipeline import prepare
+    from symdsl.api.pipeline import prepare
 
     models, dataset = _tiny_vits()
     prepared = prepare(models, "timm-vit")
     r, states, template = prepared.resolved, prepared.states, prepared.models[0]
-    start = universe_match(r, states, max_iter=1, **FAST)
+    start = universe_match(r, states, max_iter=1, **FAST, matcher=REGISTRIES.matchers["weight"])
     refined = refine_universe(template, r, states, start.elements, dataset, steps=30, eval_every=10, lr=0.01,
                               validation_batches=2, freeze=["resid"])
     info = refined.info

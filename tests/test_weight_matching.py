@@ -11,13 +11,12 @@ from conftest import SHIPPED, canonical_example, relative_distance
 from symdsl.act import act_state_dict, random_transform
 from symdsl.canon import canonicalize
 from symdsl.groups import get_group_kind
-from symdsl.match import get_matcher
 from symdsl.match.solvers import maximize_trace
-from symdsl.merge import get_merger
 from symdsl.models import build_example
 from symdsl.models.build import make_inputs
 from symdsl.spec import model_config, resolve
-from symdsl.spec.registry import find_spec
+from symdsl import find_spec
+from conftest import REGISTRIES
 
 F64 = torch.float64
 
@@ -37,7 +36,7 @@ def test_weight_matching_recovers_a_hidden_transform(name):
     hidden = random_transform(resolved, seed=11)
     b = act_state_dict(resolved, a, hidden)
     assert relative_distance(resolved, b, a) > 0.3            # B looks unrelated to A
-    result = get_matcher("weight").match(resolved, a, b)
+    result = REGISTRIES.matchers.lookup("weight").match(resolved, a, b)
     aligned = act_state_dict(resolved, b, result.elements)
     assert relative_distance(resolved, aligned, a) < 1e-6
     assert all(x >= y - 1e-9 * abs(x) for x, y in zip(result.objective, result.objective[1:]))   # monotone
@@ -59,7 +58,7 @@ def test_recovery_with_noise_lands_at_the_noise_level():
     generator = torch.Generator().manual_seed(3)
     noisy = {k: v + 1e-3 * v.std() * torch.randn(v.shape, generator=generator, dtype=F64) for k, v in a.items()}
     b = act_state_dict(resolved, noisy, random_transform(resolved, seed=5))
-    aligned = act_state_dict(resolved, b, get_matcher("weight").match(resolved, a, b).elements)
+    aligned = act_state_dict(resolved, b, REGISTRIES.matchers.lookup("weight").match(resolved, a, b).elements)
     assert relative_distance(resolved, aligned, a) < 5e-3
 
 
@@ -68,7 +67,7 @@ def test_each_group_kind_alone_is_recovered(site):
     _, model, resolved = canonical_example("hf-gpt2")
     a = model.state_dict()
     b = act_state_dict(resolved, a, random_transform(resolved, [site], seed=2))
-    aligned = act_state_dict(resolved, b, get_matcher("weight").match(resolved, a, b).elements)
+    aligned = act_state_dict(resolved, b, REGISTRIES.matchers.lookup("weight").match(resolved, a, b).elements)
     assert relative_distance(resolved, aligned, a) < 1e-8
 
 
@@ -76,13 +75,13 @@ def test_permutations_only_mode_uses_permutation_matrices_for_rotations():
     _, model, resolved = canonical_example("timm-vit")
     a = model.state_dict()
     b = act_state_dict(resolved, a, random_transform(resolved, seed=4))
-    result = get_matcher("weight").match(resolved, a, b, permutations_only=True)
+    result = REGISTRIES.matchers.lookup("weight").match(resolved, a, b, permutations_only=True)
     resid = result.elements["resid"]
     assert torch.equal(resid.abs().sum(0), torch.ones(resid.shape[0], dtype=F64))
     assert set(resid.unique().tolist()) <= {0.0, 1.0}
     assert all(torch.equal(result.elements[s], torch.eye(8, dtype=F64).expand(4, 8, 8))
                for s in resolved.sites if s.startswith(("qk", "ov")))
-    full = get_matcher("weight").match(resolved, a, b)
+    full = REGISTRIES.matchers.lookup("weight").match(resolved, a, b)
     assert full.objective[-1] < result.objective[-1]           # the full symmetry set fits better
 
 
@@ -134,11 +133,11 @@ def test_merging_a_model_with_its_aligned_twin_returns_the_model():
     _, model, resolved = canonical_example("hf-bert")
     a = model.state_dict()
     b = act_state_dict(resolved, a, random_transform(resolved, seed=9))
-    aligned = act_state_dict(resolved, b, get_matcher("weight").match(resolved, a, b).elements)
-    merged = get_merger("average").merge([a, aligned])
+    aligned = act_state_dict(resolved, b, REGISTRIES.matchers.lookup("weight").match(resolved, a, b).elements)
+    merged = REGISTRIES.mergers.lookup("average").merge([a, aligned])
     for name in a:
         torch.testing.assert_close(merged[name], a[name], rtol=1e-9, atol=1e-9)
-    halfway = get_merger("interpolate").merge([a, aligned], lam=0.3)
+    halfway = REGISTRIES.mergers.lookup("interpolate").merge([a, aligned], lam=0.3)
     for name in a:
         torch.testing.assert_close(halfway[name], a[name], rtol=1e-9, atol=1e-9)
 
@@ -148,10 +147,10 @@ def test_average_weights_are_normalised_and_checked():
 
     x = {"w": torch.tensor([1.0, 2.0])}
     y = {"w": torch.tensor([3.0, 6.0])}
-    merged = get_merger("average").merge([x, y], [1, 3])
+    merged = REGISTRIES.mergers.lookup("average").merge([x, y], [1, 3])
     torch.testing.assert_close(merged["w"], torch.tensor([2.5, 5.0]))
     with pytest.raises(UsageError, match="state dicts differ: key .w. is missing from model 1"):
-        get_merger("average").merge([x, {"v": torch.ones(2)}])
+        REGISTRIES.mergers.lookup("average").merge([x, {"v": torch.ones(2)}])
 
 
 @pytest.mark.parametrize("name", ["hf-gpt2", "hf-bert"])
@@ -159,9 +158,9 @@ def test_reported_objective_equals_the_distance_it_claims(name):
     """The matcher scores some updates from correlations instead of re-applying them: check the bookkeeping."""
     _, model, resolved = canonical_example(name)
     other = build_example(find_spec(name), seed=1).double()
-    canonicalize(other, resolve(find_spec(name), other))
+    canonicalize(other, resolve(find_spec(name), other, registries=REGISTRIES))
     a, b = model.state_dict(), other.state_dict()
-    result = get_matcher("weight").match(resolved, a, b, max_iter=3)
+    result = REGISTRIES.matchers.lookup("weight").match(resolved, a, b, max_iter=3)
     aligned = act_state_dict(resolved, b, result.elements)
     actual = sum(float(((a[n] - aligned[n]) ** 2).sum()) for n in resolved.tensors)
     assert result.objective[-1] == pytest.approx(actual, rel=1e-9)

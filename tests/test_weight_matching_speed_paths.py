@@ -16,12 +16,12 @@ from symdsl.act import act_state_dict, random_transform
 from symdsl.canon import canonicalize
 from symdsl.errors import UsageError
 from symdsl.groups import get_group_kind
-from symdsl.match import get_matcher
 from symdsl.match.refine import refine_lbfgs
 from symdsl.match.solvers import Gram, gram_gradient, gram_objective
 from symdsl.models import build_example
 from symdsl.spec import resolve
-from symdsl.spec.registry import find_spec
+from symdsl import find_spec
+from conftest import REGISTRIES
 
 F64 = torch.float64
 
@@ -39,7 +39,7 @@ def _pair(name: str, dtype=F64):
     states = []
     for seed in (0, 1):
         model = build_example(spec, seed=seed).to(dtype)
-        resolved = resolve(spec, model)
+        resolved = resolve(spec, model, registries=REGISTRIES)
         canonicalize(model, resolved)
         states.append(model.state_dict())
     return resolved, states[0], states[1]
@@ -50,8 +50,8 @@ def test_float32_correlations_recover_the_same_elements_as_float64(name):
     _, model, resolved = canonical_example(name)
     a = model.state_dict()
     b = act_state_dict(resolved, a, random_transform(resolved, seed=13))
-    mixed = get_matcher("weight").match(resolved, a, b, precision="mixed")
-    exact = get_matcher("weight").match(resolved, a, b, precision="float64")
+    mixed = REGISTRIES.matchers.lookup("weight").match(resolved, a, b, precision="mixed")
+    exact = REGISTRIES.matchers.lookup("weight").match(resolved, a, b, precision="float64")
     for site, g in exact.elements.items():
         if g.is_floating_point():
             torch.testing.assert_close(mixed.elements[site], g, rtol=0, atol=1e-9, msg=site)
@@ -65,7 +65,7 @@ def test_float32_correlations_recover_the_same_elements_as_float64(name):
 def test_objective_is_the_true_distance_on_unrelated_models(name, precision):
     """Constant terms, cached partial products and correlation-based scores add up to the real J."""
     resolved, a, b = _pair(name)
-    result = get_matcher("weight").match(resolved, a, b, max_iter=3, tol=0.0, precision=precision)
+    result = REGISTRIES.matchers.lookup("weight").match(resolved, a, b, max_iter=3, tol=0.0, precision=precision)
     assert result.objective[-1] == pytest.approx(_distance(resolved, a, b, result.elements), rel=1e-9)
     assert result.objective[0] == pytest.approx(_distance(resolved, a, b, {}), rel=1e-12)
     assert all(x >= y - 1e-9 * abs(x) for x, y in zip(result.objective, result.objective[1:]))   # monotone
@@ -80,17 +80,17 @@ def test_constant_terms_from_float32_tensors_in_chunks_match_float64(monkeypatch
     assert {"transformer.wte.weight", "lm_head.weight"} <= set(problem.const)
     assert "transformer.wpe.weight" not in problem.const      # 16 x 32: smaller than its 32 x 32 term
     assert "transformer.wte.weight" not in problem.a          # no float64 copy of the embeddings
-    chunked = get_matcher("weight").match(resolved, a32, b32, max_iter=2, precision="float64")
+    chunked = REGISTRIES.matchers.lookup("weight").match(resolved, a32, b32, max_iter=2, precision="float64")
     monkeypatch.setattr(weight_module, "_CHUNK", 1 << 22)
-    whole = get_matcher("weight").match(resolved, a64, b64, max_iter=2, precision="float64")
+    whole = REGISTRIES.matchers.lookup("weight").match(resolved, a64, b64, max_iter=2, precision="float64")
     assert chunked.objective == pytest.approx(whole.objective, rel=1e-11)
     assert chunked.objective[-1] == pytest.approx(_distance(resolved, a64, b64, chunked.elements), rel=1e-9)
 
 
 def test_matching_is_deterministic():
     resolved, a, b = _pair("hf-gpt2")
-    first = get_matcher("weight").match(resolved, a, b, max_iter=2)
-    second = get_matcher("weight").match(resolved, a, b, max_iter=2)
+    first = REGISTRIES.matchers.lookup("weight").match(resolved, a, b, max_iter=2)
+    second = REGISTRIES.matchers.lookup("weight").match(resolved, a, b, max_iter=2)
     assert first.objective == second.objective
     assert all(torch.equal(first.elements[s], second.elements[s]) for s in first.elements)
 
@@ -149,8 +149,8 @@ class _Recorder:
 def test_profile_sees_every_phase_and_changes_nothing():
     resolved, a, b = _pair("hf-gpt2")
     recorder = _Recorder()
-    plain = get_matcher("weight").match(resolved, a, b, max_iter=2)
-    timed = get_matcher("weight").match(resolved, a, b, max_iter=2, profile=recorder)
+    plain = REGISTRIES.matchers.lookup("weight").match(resolved, a, b, max_iter=2)
+    timed = REGISTRIES.matchers.lookup("weight").match(resolved, a, b, max_iter=2, profile=recorder)
     assert timed.objective == plain.objective
     assert {"correlate", "assign", "svd", "invertible", "apply", "score"} <= set(recorder.phases)
     solved = [data["kind"].name for event, data in recorder.events if event == "maximize_trace"]
@@ -163,4 +163,4 @@ def test_profile_sees_every_phase_and_changes_nothing():
 def test_unknown_precision_is_a_usage_error_naming_the_choices():
     resolved, a, b = _pair("hf-gpt2")
     with pytest.raises(UsageError, match=r"precision='float16'.*\['float64', 'mixed'\]"):
-        get_matcher("weight").match(resolved, a, b, precision="float16")
+        REGISTRIES.matchers.lookup("weight").match(resolved, a, b, precision="float16")

@@ -19,9 +19,26 @@ from symdsl.errors import UsageError
 from symdsl.models import load_model, save_model
 from symdsl.models.build import perturb_parameters
 from symdsl.spec import resolve
-from symdsl.spec.registry import find_spec
-from symdsl.width import LIFT_LAM, align_widths, lift, needs_lift, site_sizes, wide_and_narrow
+from symdsl import find_spec
+from symdsl import width
+from symdsl.api.pipeline import spec_for
+from symdsl.api.widths import LIFT_LAM, align_widths
+from symdsl.width import needs_lift
 from symdsl.width.adapters import get_adapter
+from conftest import REGISTRIES
+
+
+# the core width functions take a Spec and the registries; these find the spec as the API does
+def lift(narrow, wide, spec=None, **options):
+    return width.lift(narrow, wide, spec_for(spec, wide, REGISTRIES), registries=REGISTRIES, **options)
+
+
+def site_sizes(model, spec=None):
+    return width.site_sizes(model, spec_for(spec, model, REGISTRIES), REGISTRIES)
+
+
+def wide_and_narrow(a, b, spec=None):
+    return width.wide_and_narrow(a, b, spec_for(spec, a, REGISTRIES), REGISTRIES)
 
 F64 = torch.float64
 VIT_BASE = dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=4,
@@ -135,7 +152,7 @@ def test_lifted_models_are_standard_checkpoints(tmp_path):
 def _canonical(model):
     spec = find_spec("hf-gpt2")
     model = copy.deepcopy(model)
-    canonicalize(model, resolve(spec, model))
+    canonicalize(model, resolve(spec, model, registries=REGISTRIES))
     return model.state_dict()
 
 
@@ -277,7 +294,7 @@ def test_matching_in_the_wide_space_recovers_a_hidden_transform(family):
     else:
         narrow, template = gpt2(0, n_embd=16, n_head=2), gpt2(1, n_embd=32, n_head=4)
     lifted = lift(narrow, template)
-    resolved = resolve(lifted.spec, lifted.model)
+    resolved = resolve(lifted.spec, lifted.model, registries=REGISTRIES)
     wide = copy.deepcopy(lifted.model)     # the wide model: the lifted one moved by a hidden symmetry
     wide.load_state_dict(act_state_dict(resolved, lifted.state, random_transform(resolved, seed=5)))
 
@@ -320,7 +337,7 @@ def test_weight_matching_survives_a_head_dim_that_grows():
     # The lifted heads are rank-deficient in the wide head dim, so a closed-form candidate for the
     # per-head maps is singular: weight matching must reject it, not fail.
     from symdsl.data import load_dataset
-    from symdsl.train import small_vit
+    from symdsl.experiments.train import small_vit
     from symdsl.width import align_widths
 
     ds = load_dataset("digits")

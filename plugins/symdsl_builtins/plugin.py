@@ -1,56 +1,59 @@
-"""symdsl's built-in plugin: registers the built-ins through the same hooks a third party uses."""
+"""symdsl's built-in plugin: registers the built-ins through the same hooks a third party uses.
+
+The plugin manager loads it by name (``symdsl-builtins``), exactly as it loads an entry-point
+plugin, so it can be blocked like any other.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-from symdsl.plugins import hookimpl
+import symdsl_specs
+from symdsl.data import BUILTIN_DATASETS
+from symdsl.graph.capture import BUILTIN_BACKENDS
+from symdsl.groups import BUILTIN_GROUP_KINDS
+from symdsl.plugins.hookspecs import hookimpl
+
+from .canonicalizers import BUILTIN_CANONICALIZERS
+from .matchers import BUILTIN_MATCHERS
+from .mergers import BUILTIN_MERGERS
+from .op_rules import builtin_op_rules
 
 
 @hookimpl
 def symdsl_group_kinds():
-    from symdsl.groups.registry import BUILTIN_KINDS
-
-    return [kind() for kind in BUILTIN_KINDS]
+    return list(BUILTIN_GROUP_KINDS.values())
 
 
 @hookimpl
 def symdsl_canonicalizers():
-    from .canonicalizers import BUILTIN_CANONICALIZERS
-
     return [canon() for canon in BUILTIN_CANONICALIZERS]
 
 
 @hookimpl
 def symdsl_matchers():
-    from .matchers import BUILTIN_MATCHERS
-
     return [matcher() for matcher in BUILTIN_MATCHERS]
 
 
 @hookimpl
 def symdsl_mergers():
-    from .mergers import BUILTIN_MERGERS
-
     return [merger() for merger in BUILTIN_MERGERS]
 
 
 @hookimpl
 def symdsl_op_rules():
-    from symdsl.graph.rules import attention, elementwise, linear, norm, rules_in, shape
-
-    return rules_in(attention, elementwise, linear, norm, shape)
+    return builtin_op_rules()
 
 
 @hookimpl
 def symdsl_capture_backends():
-    from symdsl.graph.capture_export import capture_export
-    from symdsl.graph.capture_fx import capture_fx
-
-    return {"export": capture_export, "fx": capture_fx}
+    return dict(BUILTIN_BACKENDS)
 
 
 @hookimpl
 def symdsl_spec_folders():
-    import symdsl_specs
-
     return [Path(symdsl_specs.__file__).parent]
+
+
+@hookimpl
+def symdsl_datasets():
+    return dict(BUILTIN_DATASETS)

@@ -61,11 +61,12 @@ def _act_axis(x: torch.Tensor, binding: TensorBinding, axis_index: int, axis: Bo
 def act_tensor(x: torch.Tensor, binding: TensorBinding, elements: Elements, sites: Mapping[str, SiteDef]) -> torch.Tensor:
     """Apply the elements to one tensor. Sites missing from ``elements`` act as the identity.
 
+    >>> from symdsl.plugins import load
     >>> import torch
     >>> from symdsl.spec import load_spec_text, resolve
     >>> spec = load_spec_text('symdsl: 1\\nname: t\\nsites: {h: {group: permutation, size: 3}}\\n'
     ...                       'tensors: {weight: "h _", bias: h}\\n')
-    >>> r = resolve(spec, torch.nn.Linear(2, 3))
+    >>> r = resolve(spec, torch.nn.Linear(2, 3), registries=load())
     >>> w = torch.arange(6.).reshape(3, 2)
     >>> act_tensor(w, r.tensors["weight"], {"h": torch.tensor([2, 0, 1])}, r.sites)
     tensor([[4., 5.],

@@ -92,12 +92,10 @@ def canonicalize(model: torch.nn.Module, resolved) -> torch.nn.Module:
     original form's bindings (``resolved.original``); a model resolved while already in
     canonical form (``resolved.original`` is None) is left as it is.
     """
-    from .registry import get_canonicalizer
-
     view = getattr(resolved, "original", resolved)   # the bindings the steps read
     if view is None:
         return model                                   # already canonical
     with torch.no_grad():
         for step in resolved.canonicalize:
-            get_canonicalizer(step.name).apply(model, step.args, view)
+            step.canonicalizer.apply(model, step.args, view)
     return model

@@ -18,6 +18,7 @@ from ..errors import SymdslError
 from ..models.build import build_example, make_inputs, perturb_parameters, select_outputs
 from ..spec.load import Spec
 from ..spec.cache import resolve_cached
+from ..registry import Registries
 from ..spec.resolve import detect_ties, model_config
 
 DEFAULT_TOLERANCE = 1e-9
@@ -72,18 +73,19 @@ def _relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[f
     return worst_abs, worst_rel
 
 
-def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, seed: int = 0,
+def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, registries: Registries, seed: int = 0,
                   tolerance: float = DEFAULT_TOLERANCE, progress=None) -> NumericReport:
     """Check every site of ``spec`` on ``model`` (default: the spec's example) in float64.
 
+    >>> from symdsl.plugins import load
     >>> from symdsl.spec.registry import find_spec
-    >>> numeric_check(find_spec("hf-gpt2")).ok
+    >>> numeric_check(find_spec("hf-gpt2", load()), registries=load()).ok
     True
     """
     # a user's model is checked on a perturbed copy too: unit gains and zero biases must not hide a wrong binding
     model = build_example(spec, seed=seed) if model is None else perturb_parameters(copy.deepcopy(model), seed=seed)
     model = model.to(torch.float64).eval()
-    resolved = resolve_cached(spec, model)
+    resolved = resolve_cached(spec, model, registries)
     names = {**model_config(model), **resolved.dims}
     inputs = make_inputs(spec, names, seed=seed)
     primary = spec.model.example.output if spec.model.example else None

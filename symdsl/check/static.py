@@ -17,6 +17,7 @@ from ..graph.propagate import Finding, propagate
 from ..models.build import build_example, make_inputs
 from ..spec.load import Spec
 from ..spec.cache import resolve_cached
+from ..registry import Registries
 from ..spec.resolve import model_config
 
 
@@ -41,27 +42,30 @@ class StaticReport:
         return data
 
 
-def static_check(spec: Spec, model: torch.nn.Module | None = None, *, backend: str = "auto",
-                 seed: int = 0) -> StaticReport:
+def static_check(spec: Spec, model: torch.nn.Module | None = None, *, registries: Registries,
+                 backend: str = "auto", seed: int = 0) -> StaticReport:
     """Trace the (canonicalized) model and check every op against the spec's symmetry types.
 
+    ``registries`` supplies the group kinds, canonicalizers, op rules and capture backends.
+
+    >>> from symdsl.plugins import load
     >>> from symdsl.spec.registry import find_spec
-    >>> static_check(find_spec("timm-vit")).ok
+    >>> static_check(find_spec("timm-vit", load()), registries=load()).ok
     True
     """
     model = build_example(spec, seed=seed) if model is None else copy.deepcopy(model)
     model = model.to(torch.float64).eval()
-    resolved = resolve_cached(spec, model)
+    resolved = resolve_cached(spec, model, registries)
     canonicalize(model, resolved)
     names = {**model_config(model), **resolved.dims}
     inputs = make_inputs(spec, names, seed=seed)
-    graph = capture(model, inputs, backend=backend)
+    graph = capture(model, inputs, backend=backend, backends=registries.capture_backends)
     state = model.state_dict(keep_vars=True)
 
     def parameter(node_name: str):
         aliases = graph.params.get(node_name, [])
         return state[aliases[0]].detach() if aliases and aliases[0] in state else None
 
-    result = propagate(graph, resolved, parameter)
+    result = propagate(graph, resolved, registries.op_rules, parameter)
     return StaticReport(spec.name, type(model).__name__, graph.backend, result.checked_nodes,
                         result.findings, result.unused_tensors)

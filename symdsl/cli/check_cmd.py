@@ -60,21 +60,23 @@ def _report_text(report: NumericReport, file: str) -> str:
 def run(args) -> int:
     if args.model and len(args.specs) > 1:
         raise UsageError("--model checks one spec at a time")
-    model = load_model(args.model, checkpoint=args.checkpoint) if args.model else None
+    registries = args.registries
+    model = (load_model(args.model, checkpoint=args.checkpoint, loaders=registries.model_loaders.values())
+             if args.model else None)
     if args.specs:
         specs = []
         for name in args.specs:
             try:
-                specs.append(find_spec(name))
+                specs.append(find_spec(name, registries))
             except SpecError as exc:
                 if not args.json:
                     raise
                 print(json.dumps({"spec": name, "ok": False, "problems": [str(p) for p in exc.problems]}, indent=2))
                 return 1
     elif model is not None:
-        specs = [match_spec(model)]
+        specs = [match_spec(model, registries)]
     else:
-        specs = [e.spec for e in list_specs()]
+        specs = [e.spec for e in list_specs(registries)]
     results, failed = [], False
     for spec in specs:
         result = {"spec": spec.name, "file": spec.file}
@@ -82,13 +84,14 @@ def run(args) -> int:
             if not args.json:
                 print(f"spec {spec.name} ({spec.file})" + (f" on {args.model}" if args.model else ""))
             if not args.numeric_only:
-                static = static_check(spec, model, backend=args.backend, seed=args.seed)
+                static = static_check(spec, model, registries=registries, backend=args.backend, seed=args.seed)
                 result["static"] = static.to_dict()
                 if not args.json:
                     print(_static_text(static))
             if not args.static_only:
                 with progress_bar(f"check {spec.name}", disable=args.json) as bar:
-                    numeric = numeric_check(spec, model, seed=args.seed, tolerance=args.tolerance, progress=bar)
+                    numeric = numeric_check(spec, model, registries=registries, seed=args.seed, tolerance=args.tolerance,
+                                            progress=bar)
                 result["numeric"] = numeric.to_dict()
                 if not args.json:
                     print(_report_text(numeric, spec.file))

@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..demo import run_demo
+    from ..experiments.demo import run_demo
     from ..errors import UsageError
 
     if args.text and args.kind != "gpt2":

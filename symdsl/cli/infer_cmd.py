@@ -9,7 +9,12 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from ..errors import UsageError
+from ..infer import check_draft, infer_spec
+from ..models.build import import_object
+from ..models.load import load_model
 
 
 def add_parser(sub) -> None:
@@ -47,27 +52,22 @@ def _json_arg(value: str | None, option: str):
     return data
 
 
-def _load(ref: str, config: dict | None):
+def _load(ref: str, config: dict | None, loaders=()):
     """The model for REF and how the draft's example rebuilds it: (model, factory, timm_name)."""
-    import torch
-
-    from ..models.build import import_object
-    from ..models.load import load_model
-
     if Path(ref).is_dir():
         if config is not None:
             raise UsageError("--config applies to timm:NAME and module:factory models; a save_pretrained folder "
                              "has its own config.json")
-        return load_model(ref), None, None
+        return load_model(ref, loaders=loaders), None, None
     if ref.startswith("timm:"):
         if config is None:
-            return load_model(ref), None, ref[5:]
+            return load_model(ref, loaders=loaders), None, ref[5:]
         import timm
 
         return timm.create_model(ref[5:], pretrained=False, **config).eval(), None, ref[5:]
     if ":" in ref:
         if config is None:
-            return load_model(ref), ref, None
+            return load_model(ref, loaders=loaders), ref, None
         model = import_object(ref)(**config)
         if not isinstance(model, torch.nn.Module):
             raise UsageError(f"{ref} returned {type(model).__name__}, not a torch.nn.Module")
@@ -103,14 +103,13 @@ def _report(draft, check, out) -> None:
 
 
 def run(args) -> int:
-    from ..infer import check_draft, infer_spec
-
     config = _json_arg(args.config, "--config")
     inputs = _json_arg(args.inputs, "--inputs")
-    model, factory, timm_name = _load(args.model, config)
+    registries = args.registries
+    model, factory, timm_name = _load(args.model, config, registries.model_loaders.values())
     draft = infer_spec(model, factory=factory, timm_name=timm_name, config=config, inputs=inputs, name=args.name,
-                       backend=args.backend, seed=args.seed)
-    check = None if args.no_check else check_draft(draft.text, seed=args.seed, file=args.output or "<draft>",
+                       backend=args.backend, seed=args.seed, registries=registries)
+    check = None if args.no_check else check_draft(draft.text, registries=registries, seed=args.seed, file=args.output or "<draft>",
                                                       tolerance=args.tolerance)
     if args.output:
         Path(args.output).write_text(draft.text)

@@ -10,6 +10,7 @@ import os
 import sys
 
 from ..errors import SpecError, SymdslError, UsageError
+from ..plugins import load
 from . import align_cmd, check_cmd, demo_cmd, plugins_cmd, specs_cmd, train_cmd
 from . import infer_cmd
 
@@ -36,11 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    if args.block:
-        from ..plugins import block
-
-        block(*args.block)
     try:
+        args.registries = load(blocked=args.block)   # built once here and passed down
         return int(args.run(args) or 0)
     except SpecError as exc:
         print(f"symdsl {args.command}: {exc}", file=sys.stderr)

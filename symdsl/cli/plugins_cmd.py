@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import sys
 
-from ..plugins import inventory
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser("plugins", help="list group kinds, canonicalizers, matchers, mergers, rules ... and their plugins")
@@ -15,14 +13,16 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    inv = inventory()
+    registries = args.registries
     rows = [{"category": c.category, "name": c.name, "plugin": c.plugin, "description": c.description}
-            for c in inv.contributions]
+            for c in registries.contributions()]
     if args.json:
-        json.dump({"plugins": inv.plugins, "blocked": inv.blocked, "contributions": rows}, sys.stdout, indent=2)
+        json.dump({"plugins": list(registries.plugins), "blocked": list(registries.blocked), "contributions": rows},
+                  sys.stdout, indent=2)
         print()
         return 0
-    print(f"plugins: {', '.join(inv.plugins)}" + (f"   (blocked: {', '.join(inv.blocked)})" if inv.blocked else ""))
+    print(f"plugins: {', '.join(registries.plugins)}"
+          + (f"   (blocked: {', '.join(registries.blocked)})" if registries.blocked else ""))
     by_category: dict[str, list[dict]] = {}
     for row in rows:
         by_category.setdefault(row["category"], []).append(row)

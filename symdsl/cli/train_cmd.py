@@ -29,8 +29,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..data import load_dataset
-    from ..train import CHAR_GPT2, DIGITS_VIT, small_gpt2, small_vit, train
-    from ..train.recipes import with_steps
+    from ..experiments.train import CHAR_GPT2, DIGITS_VIT, small_gpt2, small_vit, train
+    from ..experiments.train.recipes import with_steps
 
     if args.recipe == "vit-digits":
         if args.tokenizer or args.max_chars is not None:

@@ -9,9 +9,9 @@
 from .base import Dataset, Split
 from .corpus import stdlib_corpus, stdlib_text_dataset
 from .digits import load_digits_dataset
-from .registry import DATASETS, load_dataset, register_dataset
+from .registry import BUILTIN_DATASETS, load_dataset
 from .text import text_dataset, text_file_dataset
 from .tokenizers import BPETokenizer, CharTokenizer
 
-__all__ = ["BPETokenizer", "CharTokenizer", "DATASETS", "Dataset", "Split", "load_dataset", "load_digits_dataset",
-           "register_dataset", "stdlib_corpus", "stdlib_text_dataset", "text_dataset", "text_file_dataset"]
+__all__ = ["BPETokenizer", "CharTokenizer", "BUILTIN_DATASETS", "Dataset", "Split", "load_dataset",
+           "load_digits_dataset", "stdlib_corpus", "stdlib_text_dataset", "text_dataset", "text_file_dataset"]

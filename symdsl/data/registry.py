@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 from ..errors import UsageError, suggest
 from .base import Dataset
@@ -11,34 +12,23 @@ from .digits import load_digits_dataset
 from .text import text_file_dataset
 
 # name -> factory(*[ARG], **options) -> Dataset. ARG is the text after "name:" in a reference.
-DATASETS: dict[str, Callable[..., Dataset]] = {}
+# The built-in plugin contributes these; plugins add more (hook symdsl_datasets), and callers pass
+# the combined table (``registries.datasets``) as ``datasets=``.
+BUILTIN_DATASETS: Mapping[str, Callable[..., Dataset]] = MappingProxyType({
+    "digits": load_digits_dataset,
+    "text": text_file_dataset,
+    "stdlib-text": stdlib_text_dataset,
+})
 
 
-def register_dataset(name: str, factory: Callable[..., Dataset]) -> None:
-    """Register ``factory`` under ``name``; registering a name twice is an error.
-
-    The factory takes the reference's argument (after ``name:``), if it accepts one, and
-    keyword options, and returns a :class:`Dataset`.
-
-    >>> register_dataset("doc-example", lambda: load_digits_dataset(seed=1))
-    >>> load_dataset("doc-example").info["seed"]
-    1
-    >>> del DATASETS["doc-example"]
-    """
-    if not name or ":" in name:
-        raise UsageError(f"dataset name '{name}' must be non-empty and contain no ':'")
-    if name in DATASETS:
-        raise UsageError(f"a dataset named '{name}' is already registered ({DATASETS[name]!r})")
-    if not callable(factory):
-        raise UsageError(f"dataset '{name}': factory {factory!r} is not callable")
-    DATASETS[name] = factory
-
-
-def load_dataset(ref: str | Dataset, **options) -> Dataset:
+def load_dataset(ref: str | Dataset, *, datasets: Mapping[str, Callable[..., Dataset]] = BUILTIN_DATASETS,
+                 **options) -> Dataset:
     """Build the dataset a reference names: ``digits``, ``stdlib-text``, ``text:PATH`` ...
 
     ``options`` are passed to the factory (``seed=``, ``block_size=``, ``tokenizer=DIR``, ...);
     an unknown name or option is an error with a suggestion. A :class:`Dataset` is returned as is.
+    ``datasets``: the name table (default: the built-in ones; ``registries.datasets`` adds the
+    plugins' datasets).
 
     >>> ds = load_dataset("digits", seed=0)
     >>> ds.name, ds.task, len(ds.test)
@@ -48,13 +38,10 @@ def load_dataset(ref: str | Dataset, **options) -> Dataset:
         if options:
             raise UsageError("options cannot be applied to an already built Dataset")
         return ref
-    from ..plugins.manager import ensure_loaded
-
-    ensure_loaded()   # datasets contributed by plugins (symdsl_datasets hook)
     name, sep, arg = ref.partition(":")
-    if name not in DATASETS:
-        raise UsageError(f"unknown dataset '{name}'{suggest(name, DATASETS)}; known: {', '.join(sorted(DATASETS))}")
-    factory = DATASETS[name]
+    if name not in datasets:
+        raise UsageError(f"unknown dataset '{name}'{suggest(name, datasets)}; known: {', '.join(sorted(datasets))}")
+    factory = datasets[name]
     args = (arg,) if sep else ()
     _check_call(name, factory, args, options)
     return factory(*args, **options)
@@ -82,8 +69,3 @@ def _check_call(name: str, factory: Callable, args: tuple, options: dict) -> Non
         if not args and positional and positional[0].default is inspect.Parameter.empty:
             raise UsageError(f"dataset '{name}' needs an argument: '{name}:{positional[0].name.upper()}'") from None
         raise UsageError(f"dataset '{name}': {exc}") from None
-
-
-register_dataset("digits", load_digits_dataset)
-register_dataset("text", text_file_dataset)
-register_dataset("stdlib-text", stdlib_text_dataset)

@@ -6,11 +6,11 @@
 >>> [(n.op, n.shape) for n in g.nodes if n.op == "linear"]
 [('linear', (3, 2))]
 """
-from .capture import AUTO_ORDER, CAPTURE_BACKENDS, capture, register_capture_backend
+from .capture import AUTO_ORDER, BUILTIN_BACKENDS, capture
 from .capture_types import CapturedGraph, OpNode, Ref, check_graph
 from .normalize import SIGNATURES, normalize_op
 
 __all__ = [
-    "AUTO_ORDER", "CAPTURE_BACKENDS", "CapturedGraph", "OpNode", "Ref", "SIGNATURES", "capture",
-    "check_graph", "normalize_op", "register_capture_backend",
+    "AUTO_ORDER", "BUILTIN_BACKENDS", "CapturedGraph", "OpNode", "Ref", "SIGNATURES", "capture",
+    "check_graph", "normalize_op",
 ]

@@ -2,12 +2,14 @@
 
 ``capture(model, inputs)`` tries ``torch.export`` and falls back to ``torch.fx``; both hand
 back the same normalised :class:`~symdsl.graph.capture_types.CapturedGraph`. A backend is any
-``fn(model, inputs) -> CapturedGraph``; add one with :func:`register_capture_backend`.
+``fn(model, inputs) -> CapturedGraph``; plugins contribute more through the
+``symdsl_capture_backends`` hook, and callers pass them in as ``backends=``.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -15,40 +17,22 @@ from ..errors import SymdslError, UsageError, suggest
 from .capture_common import without_kv_cache
 from .capture_export import capture_export
 from .capture_fx import capture_fx
-from ..plugins.lazy import LazyRegistry
 from .capture_types import CapturedGraph, OpNode, Ref, check_graph
 
 # The output contract lives in capture_types; it is re-exported here so that checker code can
 # take everything it needs from this one module.
-__all__ = ["AUTO_ORDER", "CAPTURE_BACKENDS", "CapturedGraph", "OpNode", "Ref", "capture", "check_graph",
-           "register_capture_backend"]
+__all__ = ["AUTO_ORDER", "BUILTIN_BACKENDS", "CapturedGraph", "OpNode", "Ref", "capture", "check_graph"]
 
 log = logging.getLogger(__name__)
 
 CaptureBackend = Callable[[torch.nn.Module, Any], CapturedGraph]
-# filled by plugins (the built-in export and fx backends come from symdsl_builtins)
-CAPTURE_BACKENDS: dict[str, CaptureBackend] = LazyRegistry("capture backend")
+# the backends symdsl itself implements; the built-in plugin contributes them under these names
+BUILTIN_BACKENDS: Mapping[str, CaptureBackend] = MappingProxyType({"export": capture_export, "fx": capture_fx})
 AUTO_ORDER = ("export", "fx")  # export first: ATen ops are closer to what actually runs
 
 HINT = ("hint: pass inputs that match forward()'s arguments; remove data-dependent Python control "
         "flow from forward(); or register a backend that can trace this model with "
-        "symdsl.graph.register_capture_backend(name, fn)")
-
-
-def register_capture_backend(name: str, fn: CaptureBackend) -> CaptureBackend:
-    """Make ``fn(model, inputs) -> CapturedGraph`` available as ``capture(..., backend=name)``.
-
-    >>> register_capture_backend("export", capture_export)
-    Traceback (most recent call last):
-    ...
-    symdsl.errors.UsageError: capture backend 'export' is already registered
-    """
-    if name in CAPTURE_BACKENDS:
-        raise UsageError(f"capture backend '{name}' is already registered")
-    if not callable(fn):
-        raise UsageError(f"capture backend '{name}' must be callable, got {type(fn).__name__}")
-    CAPTURE_BACKENDS[name] = fn
-    return fn
+        "a plugin (hook symdsl_capture_backends)")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -58,8 +42,8 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 240 else text[:237] + "..."
 
 
-def _run(name: str, model: torch.nn.Module, inputs: Any) -> CapturedGraph:
-    graph = CAPTURE_BACKENDS[name](model, inputs)
+def _run(backend: CaptureBackend, model: torch.nn.Module, inputs: Any) -> CapturedGraph:
+    graph = backend(model, inputs)
     if not isinstance(graph, CapturedGraph):
         raise TypeError(f"backend returned {type(graph).__name__}, not a CapturedGraph")
     problems = check_graph(graph)
@@ -69,11 +53,13 @@ def _run(name: str, model: torch.nn.Module, inputs: Any) -> CapturedGraph:
     return graph
 
 
-def capture(model: torch.nn.Module, inputs: Any = None, backend: str = "auto") -> CapturedGraph:
+def capture(model: torch.nn.Module, inputs: Any = None, backend: str = "auto",
+            backends: Mapping[str, CaptureBackend] = BUILTIN_BACKENDS) -> CapturedGraph:
     """Capture ``model``'s forward pass on example ``inputs`` as a normalised op list.
 
     ``inputs``: a dict of keyword arguments (``{"input_ids": ids}``), a tuple of positional
-    ones, or a single tensor. ``backend``: ``"auto"`` (export, then fx), or a registered name.
+    ones, or a single tensor. ``backend``: ``"auto"`` (export, then fx), or a name in
+    ``backends`` (``registries.capture_backends`` adds the plugins' ones to the built-ins).
     The model runs in whatever train/eval mode it is in; a transformers model's
     ``config.use_cache`` is off during capture and restored afterwards.
 
@@ -81,12 +67,14 @@ def capture(model: torch.nn.Module, inputs: Any = None, backend: str = "auto") -
     >>> g.backend, [n.op for n in g.nodes]
     ('export', ['param', 'param', 'input', 'linear', 'output'])
     """
-    if backend == "auto":
-        names = list(AUTO_ORDER)
-    elif backend in CAPTURE_BACKENDS:
+    if backend == "auto":   # export, then fx, then any other backend given
+        names = [n for n in AUTO_ORDER if n in backends] + [n for n in backends if n not in AUTO_ORDER]
+        if not names:
+            raise UsageError("no capture backend is available (were the built-in plugins blocked?)")
+    elif backend in backends:
         names = [backend]
     else:
-        known = ["auto", *CAPTURE_BACKENDS]
+        known = ["auto", *backends]
         raise UsageError(f"unknown capture backend '{backend}'{suggest(backend, known)} "
                          f"(known: {', '.join(known)})")
 
@@ -94,7 +82,7 @@ def capture(model: torch.nn.Module, inputs: Any = None, backend: str = "auto") -
     with without_kv_cache(model):
         for name in names:
             try:
-                graph = _run(name, model, inputs)
+                graph = _run(backends[name], model, inputs)
             except Exception as exc:  # any failure of one backend is a reason to try the next
                 failures.append((name, _one_line(exc)))
                 log.info("capture backend %s failed on %s: %s", name, type(model).__name__, failures[-1][1])

@@ -7,10 +7,10 @@ carries a site (fail closed).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ..spec.binding import ResolvedSpec, TensorBinding
-from .rules import RuleContext, Violation, get_rule
+from .rules import Rule, RuleContext, Violation
 from .types import Atom, SplitAxis, is_tensor_type, is_typed, normalize, show, sites_in, untyped
 
 
@@ -84,7 +84,8 @@ def _site_entry(resolved: ResolvedSpec, site: str | None) -> str | None:
     return f"{source.file}:{line}:{col}: {'.'.join(map(str, origin))}"
 
 
-def propagate(graph, resolved: ResolvedSpec, parameter: Callable[[str], Any] = lambda name: None) -> Propagation:
+def propagate(graph, resolved: ResolvedSpec, op_rules: Mapping[str, Rule],
+              parameter: Callable[[str], Any] = lambda name: None) -> Propagation:
     """Run every node's rule in order; ``parameter(node_name)`` returns a parameter's actual tensor."""
     values: dict[str, Any] = {}
     findings: list[Finding] = []
@@ -115,7 +116,7 @@ def propagate(graph, resolved: ResolvedSpec, parameter: Callable[[str], Any] = l
         if any(values.get(r) is POISONED for r in _refs((node.args, node.kwargs))):
             values[node.name] = POISONED
             continue
-        rule = get_rule(node.op)
+        rule = op_rules.get(node.op)
         try:
             if rule is None:
                 inputs = [values.get(r) for r in _refs((node.args, node.kwargs))]

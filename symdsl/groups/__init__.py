@@ -7,6 +7,6 @@
 tensor([3., 1., 2.])
 """
 from symdsl.groups.base import GroupKind
-from symdsl.groups.registry import GROUP_KINDS, get_group_kind, register_group_kind
+from symdsl.groups.registry import BUILTIN_GROUP_KINDS, BUILTIN_KINDS, get_group_kind
 
-__all__ = ["GroupKind", "GROUP_KINDS", "get_group_kind", "register_group_kind"]
+__all__ = ["GroupKind", "BUILTIN_GROUP_KINDS", "BUILTIN_KINDS", "get_group_kind"]

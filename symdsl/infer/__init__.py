@@ -7,9 +7,10 @@ and the ops of the graph unite variables that must transform together (:mod:`.wa
 and the draft is written as a commented YAML spec (:mod:`.draft`, :mod:`.emit`) that
 :func:`check_draft` runs through the static and numeric checks.
 
+>>> from symdsl.plugins import load
 >>> from symdsl.spec.registry import find_spec
 >>> from symdsl.models import build_example
->>> draft = infer_spec(build_example(find_spec("timm-vit")))
+>>> draft = infer_spec(build_example(find_spec("timm-vit", load())), registries=load())
 >>> draft.site_counts()
 {'orthogonal+ones': 1, 'permutation': 4, 'invertible per head': 4}
 """
@@ -21,7 +22,12 @@ from typing import Any, Mapping
 
 import torch
 
+from ..check.numeric import numeric_check
+from ..check.static import static_check
+from ..errors import SymdslError
 from ..graph.capture import capture
+from ..registry import Registries
+from ..spec.load import load_spec_text
 from .draft import Draft, build_draft
 from .emit import render
 from .example import example_section, library, materialize
@@ -32,16 +38,18 @@ __all__ = ["Draft", "DraftCheck", "infer_spec", "check_draft"]
 
 def infer_spec(model: torch.nn.Module, *, factory: str | None = None, timm_name: str | None = None,
                config: Mapping[str, Any] | None = None, inputs: Mapping[str, Any] | None = None,
-               name: str | None = None, backend: str = "auto", seed: int = 0) -> Draft:
+               name: str | None = None, backend: str = "auto", seed: int = 0, registries: Registries) -> Draft:
     """Trace ``model`` and return a draft spec (``draft.text`` is the YAML).
 
     ``factory``/``timm_name``/``config`` say how ``symdsl check`` can rebuild the model (see
     :func:`symdsl.infer.example.example_section`; transformers models need none of them);
     ``inputs`` are forward() keyword arguments as spec input entries
-    (``{"x": {"randn": True, "shape": [2, 3, 8, 8]}}``), guessed when not given.
+    (``{"x": {"randn": True, "shape": [2, 3, 8, 8]}}``), guessed when not given. ``registries``
+    supplies the capture backends and the canonicalizers the draft may name.
 
+    >>> from symdsl.plugins import load
     >>> mlp = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    >>> draft = infer_spec(mlp, factory="mymodels:mlp")        # how `symdsl check` would rebuild it
+    >>> draft = infer_spec(mlp, factory="mymodels:mlp", registries=load())  # factory: how check rebuilds it
     >>> [(s.key, s.group, s.size_value) for s in draft.sites]
     [('mlp', 'permutation', 8)]
     >>> [(name, pattern) for name, pattern, _why in draft.tensors]
@@ -52,8 +60,9 @@ def infer_spec(model: torch.nn.Module, *, factory: str | None = None, timm_name:
     if library(model) == "transformers":
         names = {**model.config.to_dict(), **names}
     model = copy.deepcopy(model).to(torch.float64).eval()
-    graph = capture(model, materialize(example["inputs"], names, seed=seed), backend=backend)
-    draft = build_draft(model, graph, walk(graph, set(model.state_dict())), example, name)
+    graph = capture(model, materialize(example["inputs"], names, seed=seed), backend=backend,
+                    backends=registries.capture_backends)
+    draft = build_draft(model, graph, walk(graph, set(model.state_dict()), registries.op_rules), example, name, registries=registries)
     header = [f"Draft spec inferred by `symdsl infer` from the traced graph of {type(model).__name__} "
               f"({graph.backend}, {len(graph.nodes)} nodes). Every choice below is a guess from the graph, "
               "explained in a comment; `symdsl check` on this file tests all of them.",
@@ -81,26 +90,23 @@ class DraftCheck:
         return self.error is None and bool(self.static and self.static.ok) and bool(self.numeric and self.numeric.ok)
 
 
-def check_draft(text: str, model: torch.nn.Module | None = None, *, seed: int = 0, file: str = "<draft>",
-                tolerance: float | None = None) -> DraftCheck:
+def check_draft(text: str, model: torch.nn.Module | None = None, *, registries: Registries, seed: int = 0,
+                file: str = "<draft>", tolerance: float | None = None) -> DraftCheck:
     """Load a draft's YAML and run the static and numeric checks on its example (or ``model``).
 
     >>> from symdsl.models import build_example
+    >>> from symdsl.plugins import load
     >>> from symdsl.spec.registry import find_spec
-    >>> check_draft(infer_spec(build_example(find_spec("timm-vit"))).text).ok
+    >>> draft = infer_spec(build_example(find_spec("timm-vit", load())), registries=load())
+    >>> check_draft(draft.text, registries=load()).ok
     True
     """
-    from ..check.numeric import numeric_check
-    from ..check.static import static_check
-    from ..errors import SymdslError
-    from ..spec.load import load_spec_text
-
     result = DraftCheck()
     try:
         spec = load_spec_text(text, file)
-        result.static = static_check(spec, model, seed=seed)
+        result.static = static_check(spec, model, seed=seed, registries=registries)
         extra = {"tolerance": tolerance} if tolerance is not None else {}
-        result.numeric = numeric_check(spec, model, seed=seed, **extra)
+        result.numeric = numeric_check(spec, model, seed=seed, registries=registries, **extra)
     except SymdslError as exc:
         result.error = str(exc)
     return result

@@ -17,7 +17,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
+import torch
+
+from ..canon import canonicalize
+from ..errors import SymdslError
 from ..graph.capture_types import Ref
+from ..groups import get_group_kind
+from ..registry import Registries
+from ..spec.load import load_spec_text
+from ..spec.resolve import resolve
 from .rules import PASS
 from .walk import Walk
 
@@ -90,11 +98,12 @@ def _reader(walk: Walk, user, current: str, track: int):
 def plan_fold(walk: Walk, record: tuple) -> FoldPlan:
     """Can the gain of the norm ``record`` (from :attr:`Walk.norms`) be folded, and into what?
 
+    >>> from symdsl.plugins import load
     >>> import torch
     >>> from symdsl.graph import capture
     >>> from symdsl.infer.walk import walk
     >>> net = torch.nn.Sequential(torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
-    >>> w = walk(capture(net, torch.randn(3, 4)), set(net.state_dict()))
+    >>> w = walk(capture(net, torch.randn(3, 4)), set(net.state_dict()), load().op_rules)
     >>> plan = plan_fold(w, w.norms[0])
     >>> plan.ok, plan.norm, plan.readers
     (True, '0', ['1.weight'])
@@ -177,11 +186,12 @@ def plan_center(walk: Walk, root: int, excluded_ops: set[str]) -> CenterPlan:
 
     ``excluded_ops`` use an alias that an ``untie`` step separates from the writer.
 
+    >>> from symdsl.plugins import load
     >>> import torch
     >>> from symdsl.graph import capture
     >>> from symdsl.infer.walk import walk
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
-    >>> w = walk(capture(net, torch.randn(5, 3)), set(net.state_dict()))
+    >>> w = walk(capture(net, torch.randn(5, 3)), set(net.state_dict()), load().op_rules)
     >>> plan_center(w, w.vars.root(w.param_axes["p_0_weight"][0]), set()).writers
     ['0.weight', '0.bias']
     """
@@ -253,24 +263,27 @@ def _param_role(walk: Walk, user, param: str, on_class) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=1)
-def fold_accepts_unbound_gain() -> bool:
+def fold_accepts_unbound_gain(registries: Registries) -> bool:
     """Does ``fold_layernorm`` fold a norm whose gain the spec declares invariant?
 
     An RMSNorm commutes with every rotation once its gain is 1, but a gain *bound* to the site
     (all ones after folding) is itself rotated, which only rotations fixing the ones vector
     survive. So an RMS residual gets full ``orthogonal`` only when the gain can stay unbound;
-    this probes the installed canonicalizer on a two-layer toy model.
+    this probes the given ``fold_layernorm`` canonicalizer on a two-layer toy model (once per
+    canonicalizer object).
 
-    >>> fold_accepts_unbound_gain() in (True, False)
+    >>> from symdsl.plugins import load
+    >>> fold_accepts_unbound_gain(load()) in (True, False)
     True
     """
-    import torch
+    fold = registries.canonicalizers.get("fold_layernorm")
+    return fold is not None and _probe_fold(fold)
 
-    from ..canon import canonicalize
-    from ..errors import SymdslError
-    from ..spec.load import load_spec_text
-    from ..spec.resolve import resolve
+
+@functools.lru_cache(maxsize=4)
+def _probe_fold(fold) -> bool:
+    registries = Registries.empty().add("group kind", "orthogonal", get_group_kind("orthogonal")) \
+        .add("canonicalizer", "fold_layernorm", fold)
 
     model = torch.nn.Sequential(torch.nn.RMSNorm(3), torch.nn.Linear(3, 2)).double()
     with torch.no_grad():
@@ -281,7 +294,7 @@ def fold_accepts_unbound_gain() -> bool:
     x = torch.randn(4, 3, dtype=torch.float64)
     before = model(x)
     try:
-        canonicalize(model, resolve(load_spec_text(text), model))
+        canonicalize(model, resolve(load_spec_text(text), model, registries=registries))
     except (SymdslError, ValueError):
         return False
     return bool(torch.allclose(model(x), before) and (model[0].weight == 1).all())

@@ -76,7 +76,8 @@ def _module_base(name: str, fallback: str) -> str:
 
 
 class _Builder:
-    def __init__(self, model, graph, walk: Walk, example: dict, name: str | None):
+    def __init__(self, model, graph, walk: Walk, example: dict, name: str | None, registries=None):
+        self.registries = registries   # the canonicalizers the draft names (fold_layernorm is probed)
         self.model, self.graph, self.w, self.vars = model, graph, walk, walk.vars
         self.state_names = list(model.state_dict(keep_vars=True))
         self.node_of = {alias: node for node, names in graph.params.items() for alias in names}
@@ -125,7 +126,7 @@ class _Builder:
         for plan in self.folds:
             folds_by_root.setdefault(vars.root(plan.var), []).append(plan)
         self.decisions: dict[int, Decision] = {}
-        bound = any(f.kind == "rms" and f.norm for f in self.folds) and not fold_accepts_unbound_gain()
+        bound = any(f.kind == "rms" and f.norm for f in self.folds) and not fold_accepts_unbound_gain(self.registries)
         for root in self.tensors_of:
             flags = self.eff.get(root, {})
             if "touched" in flags and "fixed" not in flags and vars.size(root) > 1:
@@ -493,19 +494,20 @@ def _untied_template(alias: str, untied: set[str], layers: Layers) -> bool:
     return where is not None and layers.name("${i}", where[1]) in untied
 
 
-def build_draft(model, graph, walk: Walk, example: dict, name: str | None = None) -> Draft:
+def build_draft(model, graph, walk: Walk, example: dict, name: str | None = None, *, registries) -> Draft:
     """The draft spec for ``model`` from its captured ``graph`` and the finished ``walk``.
 
+    >>> from symdsl.plugins import load
     >>> import torch
     >>> from symdsl.graph import capture
     >>> from symdsl.infer.walk import walk
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
     >>> graph = capture(net, torch.randn(2, 3))
-    >>> draft = build_draft(net, graph, walk(graph, set(net.state_dict())), {"inputs": {}})
+    >>> draft = build_draft(net, graph, walk(graph, set(net.state_dict()), load().op_rules), {"inputs": {}}, registries=load())
     >>> [(s.key, s.group) for s in draft.sites], draft.invariant
     ([('mlp', 'permutation')], [('2.bias', 'axis 0: returned by the model')])
     """
-    return _Builder(model, graph, walk, example, name).build()
+    return _Builder(model, graph, walk, example, name, registries).build()
 
 
 __all__ = ["Draft", "SiteEntry", "build_draft"]

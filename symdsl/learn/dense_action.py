@@ -6,11 +6,12 @@ through dense matrices: axes bound to ``site`` are contracted with the primal ma
 to ``site'`` with the dual one. The same engine code walks the bindings, so the result equals
 :func:`symdsl.act.act_state_dict` exactly when the matrices are the elements' own.
 
+>>> from symdsl.plugins import load
 >>> import torch
 >>> from symdsl.spec import load_spec_text, resolve
 >>> spec = load_spec_text('symdsl: 1\\nname: t\\nsites: {h: {group: permutation, size: 3}}\\n'
 ...                       'tensors: {weight: "h _", bias: h}\\n')
->>> r = resolve(spec, torch.nn.Linear(2, 3))
+>>> r = resolve(spec, torch.nn.Linear(2, 3), registries=load())
 >>> p = torch.eye(3)[[2, 0, 1]]
 >>> act_dense(r, {"weight": torch.arange(6.).reshape(3, 2)}, {"h": (p, p)})["weight"]
 tensor([[4., 5.],

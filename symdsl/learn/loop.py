@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..data import Dataset
-from ..train.schedule import lr_multiplier
+from .schedule import lr_multiplier
 from .objective import PathLoss
 from .parametrize import Parametrization
 

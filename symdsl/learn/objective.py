@@ -4,12 +4,13 @@ theta(w) = sum_i w_i * act(g_i, theta_i), evaluated functionally (``torch.func.f
 on one template model: the endpoints stay frozen, nothing is copied into the model, and the
 loss is differentiable in the parameters of every g_i.
 
+>>> from symdsl.plugins import load
 >>> import torch
 >>> from symdsl.spec import load_spec_text, resolve
 >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
 >>> spec = load_spec_text('symdsl: 1\\nname: m\\nsites: {u: {group: permutation, size: 4}}\\n'
 ...                       'tensors: {0.weight: "u _", 0.bias: u, 2.weight: "_ u\\'"}\\ninvariant: [2.bias]\\n')
->>> r = resolve(spec, model)
+>>> r = resolve(spec, model, registries=load())
 >>> path = PathLoss(model, r, [model.state_dict(), model.state_dict()], "classification")
 >>> x, y = torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1])
 >>> mixed = float(path.loss([0.3, 0.7], [None, None], x, y).detach())

@@ -280,11 +280,12 @@ def parametrize_sites(resolved, start: Mapping[str, torch.Tensor], *, permutatio
     learned as a permutation (:class:`StraightThroughPermutation` returning a dense matrix).
     A kind without ``parametrize`` is a UsageError naming the site and the fix.
 
+    >>> from symdsl.plugins import load
     >>> from symdsl.spec import load_spec_text, resolve
     >>> from symdsl.act import identity_transform
     >>> spec = load_spec_text('symdsl: 1\\nname: t\\nsites: {h: {group: orthogonal, size: 3}}\\n'
     ...                       'tensors: {weight: "h _", bias: h}\\n')
-    >>> r = resolve(spec, torch.nn.Linear(2, 3))
+    >>> r = resolve(spec, torch.nn.Linear(2, 3), registries=load())
     >>> sorted(type(p).__name__ for p in parametrize_sites(r, identity_transform(r)).values())
     ['CayleyOrthogonal']
     """

@@ -45,6 +45,7 @@ def refine_universe(model: torch.nn.Module, resolved: ResolvedSpec, states: Sequ
     ``validation`` (the held-out fraction of the train split), ``validation_batches``.
     ``objective`` of the result is the validation objective at each evaluation.
 
+    >>> from symdsl.plugins import load
     >>> import torch
     >>> from symdsl.match.universe import universe_match
     >>> from symdsl.spec import load_spec_text, resolve
@@ -54,9 +55,9 @@ def refine_universe(model: torch.nn.Module, resolved: ResolvedSpec, states: Sequ
     ...     torch.manual_seed(seed)
     ...     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.ReLU(), torch.nn.Linear(8, 10))
     >>> models = [mlp(s) for s in range(3)]
-    >>> r = resolve(spec, models[0])
+    >>> r = resolve(spec, models[0], registries=load())
     >>> states = [m.state_dict() for m in models]
-    >>> start = universe_match(r, states).elements
+    >>> start = universe_match(r, states, matcher=load().matchers["weight"]).elements
     >>> refined = refine_universe(models[0], r, states, start, "digits", steps=4, eval_every=2)
     >>> len(refined.elements), refined.info["best_validation"] <= refined.info["start_validation"]
     (3, True)

@@ -32,7 +32,9 @@ class Matcher:
     ``data_mode`` says what the pipeline then passes: ``"activations"`` gives ``model=`` (A's
     canonical model) and ``batches=`` (a list of forward keyword dicts from the train split);
     ``"dataset"`` gives ``model=`` and ``dataset=`` (the whole :class:`symdsl.data.Dataset`,
-    for matchers that train on the task loss).
+    for matchers that train on the task loss). Data-driven matchers also get ``registries=``
+    (the run's :class:`symdsl.registry.Registries`: op rules and capture backends for matchers
+    that trace the model); a direct caller may leave it out.
     """
 
     name: ClassVar[str]

@@ -23,14 +23,15 @@ weight matching of model i onto its leave-one-out universe, and J never goes up.
 
 >>> import torch
 >>> from symdsl.act import act_state_dict, random_transform
+>>> from symdsl.plugins import load
 >>> from symdsl.spec import load_spec_text, resolve
 >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
 >>> spec = load_spec_text('symdsl: 1\\nname: m\\nsites: {u: {group: permutation, size: 4}}\\n'
 ...                       'tensors: {0.weight: "u _", 0.bias: u, 2.weight: "_ u\\'"}\\ninvariant: [2.bias]\\n')
->>> r = resolve(spec, model)
+>>> r = resolve(spec, model, registries=load())
 >>> theta = model.state_dict()
 >>> states = [act_state_dict(r, theta, random_transform(r, seed=s)) for s in range(3)]
->>> result = universe_match(r, states)
+>>> result = universe_match(r, states, matcher=load().matchers["weight"])
 >>> result.objective[-1] < 1e-20            # every copy found in one common frame
 True
 """
@@ -44,7 +45,7 @@ import torch
 from ..act import act_state_dict, identity_transform
 from ..errors import UsageError
 from ..spec.binding import ResolvedSpec
-from .registry import get_matcher
+from .base import Matcher
 
 State = Mapping[str, torch.Tensor]
 Transform = dict[str, torch.Tensor]
@@ -79,10 +80,11 @@ def compose_transforms(resolved: ResolvedSpec, outer: Mapping[str, torch.Tensor]
     A site missing from one side is the identity there.
 
     >>> import torch
-    >>> from symdsl.spec import load_spec_text, resolve
+    >>> from symdsl.plugins import load
+>>> from symdsl.spec import load_spec_text, resolve
     >>> spec = load_spec_text('symdsl: 1\\nname: t\\nsites: {h: {group: permutation, size: 3}}\\n'
     ...                       'tensors: {weight: "h _", bias: h}\\n')
-    >>> r = resolve(spec, torch.nn.Linear(2, 3))
+    >>> r = resolve(spec, torch.nn.Linear(2, 3), registries=load())
     >>> compose_transforms(r, {"h": torch.tensor([1, 2, 0])}, {"h": torch.tensor([1, 2, 0])})["h"]
     tensor([2, 0, 1])
     """
@@ -127,13 +129,15 @@ def universe_objective(aligned: Sequence[State], names: Sequence[str]) -> float:
     return sum(_distance2(universe, a, names) for a in aligned)
 
 
-def universe_match(resolved: ResolvedSpec, states: Sequence[State], *, max_iter: int = 10, tol: float = 1e-3,
+def universe_match(resolved: ResolvedSpec, states: Sequence[State], *, matcher: Matcher, max_iter: int = 10,
+                   tol: float = 1e-3,
                    progress: Callable[[str, int, int], None] | None = None, seed: int = 0,
                    weight_max_iter: int | None = None, weight_tol: float | None = None,
                    **weight_options) -> UniverseResult:
     """Align N models to their common universe by weight matching (see the module docstring).
 
-    ``states`` are canonical state dicts of one architecture (after :func:`symdsl.pipeline.prepare`).
+    ``states`` are canonical state dicts of one architecture (after :func:`symdsl.api.pipeline.prepare`);
+    ``matcher`` is the pairwise weight matcher (``registries.matchers["weight"]``).
     ``max_iter``/``tol`` bound the universe sweeps; ``weight_max_iter``/``weight_tol`` and the
     other keyword arguments (``invertible_steps``, ``permutations_only``, ``device``) go to each
     pairwise weight matching. ``progress(phase, done, total)`` is called after each matching.
@@ -148,12 +152,11 @@ def universe_match(resolved: ResolvedSpec, states: Sequence[State], *, max_iter:
         options["max_iter"] = int(weight_max_iter)
     if weight_tol is not None:
         options["tol"] = float(weight_tol)
-    matcher = get_matcher("weight")
     names = list(resolved.tensors)
     missing = [(i, n) for i, s in enumerate(states) for n in names if n not in s]
     if missing:
         raise UsageError(f"model {missing[0][0]} has no tensor '{missing[0][1]}' that spec '{resolved.spec.name}' "
-                         "binds; pass canonical state dicts of the spec's architecture (symdsl.pipeline.prepare)")
+                         "binds; pass canonical state dicts of the spec's architecture (symdsl.api.pipeline.prepare)")
     device = options.get("device") or states[0][names[0]].device
     # float64 copies of the bound tensors: the objective and the universe are formed exactly
     work = [{n: s[n].detach().to(device=device, dtype=torch.float64) for n in names} for s in states]

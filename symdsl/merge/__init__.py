@@ -1,5 +1,4 @@
-"""Merging: combine aligned models into one standard checkpoint."""
+"""Merging: combine the state dicts of aligned models."""
 from .base import Merger
-from .registry import MERGERS, get_merger
 
-__all__ = ["Merger", "MERGERS", "get_merger"]
+__all__ = ["Merger"]

@@ -82,7 +82,8 @@ def build_example(spec: Spec, *, seed: int = 0, perturb: bool = True) -> torch.n
 
     With ``perturb`` (default) every parameter gets small noise (see :func:`perturb_parameters`).
 
-    >>> # model = build_example(find_spec("hf-gpt2"))
+    >>> from symdsl.plugins import load
+    >>> # model = build_example(find_spec("hf-gpt2", load()))
     """
     example = spec.model.example
     if example is None:

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
 from ..errors import UsageError
 from .build import import_object, quiet_transformers
-from .loader import plugin_loaders
+from .loader import ModelLoader
 from .save import MODEL_RECORD, load_symdsl_folder
 
 
-def load_model(ref: str, *, checkpoint: str | None = None) -> torch.nn.Module:
+def load_model(ref: str, *, checkpoint: str | None = None, loaders: Iterable[ModelLoader] = ()) -> torch.nn.Module:
     """Load a model for checking or alignment.
 
     REF forms: a folder written by ``save_pretrained`` (its config.json names the class) or by
@@ -20,8 +21,9 @@ def load_model(ref: str, *, checkpoint: str | None = None) -> torch.nn.Module:
     ``timm:MODEL_NAME`` (random init unless ``checkpoint`` names a safetensors/pt file; also written
     ``timm:MODEL_NAME@weights.safetensors``), or
     ``package.module:factory`` (called with no arguments).
+    ``loaders``: plugin loaders (``registries.model_loaders.values()``), asked first, in order.
     """
-    for loader in plugin_loaders():
+    for loader in loaders:
         if loader.can_load(ref):
             model = loader.load(ref, checkpoint)
             if not isinstance(model, torch.nn.Module):

@@ -21,10 +21,3 @@ class ModelLoader:
 
     def load(self, ref: str, checkpoint: str | None = None) -> torch.nn.Module:  # pragma: no cover - interface
         raise NotImplementedError
-
-
-def plugin_loaders() -> list[ModelLoader]:
-    """Loaders from every loaded plugin, in registration order."""
-    from ..plugins import plugin_manager
-
-    return [loader for items in plugin_manager().hook.symdsl_model_loaders() for loader in (items or [])]

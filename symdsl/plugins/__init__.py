@@ -1,7 +1,11 @@
 """Plugins: pluggy hooks through which built-ins and third parties contribute group kinds,
 canonicalizers, matchers, mergers, op rules, capture backends, model loaders, spec folders
-and datasets (see docs/plugins.md)."""
-from .hookspecs import hookimpl, hookspec
-from .manager import block, ensure_loaded, inventory, plugin_manager, reset
+and datasets (see docs/plugins.md).
 
-__all__ = ["hookimpl", "hookspec", "block", "ensure_loaded", "inventory", "plugin_manager", "reset"]
+:func:`load` turns the installed plugins into a :class:`symdsl.registry.Registries` value; the
+public API and the command line call it, and pass that value down.
+"""
+from .hookspecs import hookimpl, hookspec
+from .manager import BUILTIN_PLUGINS, blocked_from_env, default_registries, load
+
+__all__ = ["BUILTIN_PLUGINS", "blocked_from_env", "default_registries", "hookimpl", "hookspec", "load"]

@@ -1,151 +1,132 @@
-"""The plugin manager: built-ins and third-party plugins, loaded once, each blockable by name.
+"""Load plugins into a :class:`~symdsl.registry.Registries` value: built-ins and third parties alike.
 
-Built-ins live in the ``symdsl_builtins`` package and are registered exactly like a
-third-party plugin (same hooks). Third parties register through the ``symdsl`` entry-point
-group. Block plugins with ``SYMDSL_BLOCK_PLUGINS=name1,name2`` or ``symdsl --block NAME``.
+``load()`` makes a fresh pluggy manager each time it is called (nothing is kept in module
+state), registers the built-in plugins, named here as import strings exactly as pytest names
+its default plugins, then every plugin of the ``symdsl`` entry-point group, then any plugin
+objects passed in, and collects what their hooks contribute. Blocking works by name for all
+of them (``blocked=``, ``symdsl --block NAME`` or ``SYMDSL_BLOCK_PLUGINS=a,b``).
+
+>>> reg = load()
+>>> reg.matchers.origin("weight"), "symdsl-builtins" in reg.plugins
+('symdsl-builtins', True)
+>>> "weight" in load(blocked=["symdsl-builtins"]).matchers
+False
 """
 from __future__ import annotations
 
+import importlib
 import os
-from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Any, Iterable, Mapping
 
 import pluggy
 
+from ..errors import UsageError, suggest
+from ..registry import CATEGORIES, HINTS, Registries, Registry
 from . import hookspecs
 
-BUILTIN_NAME = "symdsl-builtins"
+# name -> module: loaded like any plugin, blockable by the same name
+BUILTIN_PLUGINS = {"symdsl-builtins": "symdsl_builtins.plugin"}
+BLOCK_ENV = "SYMDSL_BLOCK_PLUGINS"
 
-_state = {"pm": None, "loading": False, "blocked": set()}
-
-
-@dataclass
-class Contribution:
-    """One thing a plugin registered: its category, name, object and the plugin it came from."""
-
-    category: str
-    name: str
-    obj: object
-    plugin: str
-    description: str = ""
-
-
-@dataclass
-class Inventory:
-    contributions: list[Contribution] = field(default_factory=list)
-    plugins: list[str] = field(default_factory=list)
-    blocked: list[str] = field(default_factory=list)
+# hook -> (category, how its result lists contributions): "objects" hooks return objects with a
+# ``name``; "mapping" hooks return {name: object}; "paths" hooks return folders
+HOOKS = {
+    "symdsl_group_kinds": ("group kind", "objects"),
+    "symdsl_canonicalizers": ("canonicalizer", "objects"),
+    "symdsl_matchers": ("matcher", "objects"),
+    "symdsl_mergers": ("merger", "objects"),
+    "symdsl_op_rules": ("op rule", "mapping"),
+    "symdsl_capture_backends": ("capture backend", "mapping"),
+    "symdsl_model_loaders": ("model loader", "objects"),
+    "symdsl_spec_folders": ("spec folder", "paths"),
+    "symdsl_datasets": ("dataset", "mapping"),
+}
 
 
-_inventory = Inventory()
+def blocked_from_env() -> list[str]:
+    """Plugin names listed in ``SYMDSL_BLOCK_PLUGINS`` (comma-separated)."""
+    return [n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()]
 
 
-def block(*names: str) -> None:
-    """Block plugins by name for this process (takes effect at the next load)."""
-    _state["blocked"].update(n for n in names if n)
-    reset()
+def _entry_point_names() -> list[str]:
+    return [ep.name for ep in entry_points(group=hookspecs.PROJECT)]
 
 
-def blocked_names() -> set[str]:
-    env = {n.strip() for n in os.environ.get("SYMDSL_BLOCK_PLUGINS", "").split(",") if n.strip()}
-    return env | set(_state["blocked"])
+def load(*, blocked: Iterable[str] = (), plugins: Mapping[str, Any] | None = None,
+         entry_points: bool = True, env: bool = True) -> Registries:
+    """Load the plugins and return what they contribute.
 
-
-def reset() -> None:
-    """Forget the loaded plugins (their registrations too); the next registry read reloads them."""
-    from ..canon.registry import CANONICALIZERS
-    from ..graph.capture import CAPTURE_BACKENDS
-    from ..graph.rules import RULES
-    from ..groups.registry import GROUP_KINDS
-    from ..match.registry import MATCHERS
-    from ..merge.registry import MERGERS
-
-    for registry in (GROUP_KINDS, CANONICALIZERS, RULES, CAPTURE_BACKENDS, MATCHERS, MERGERS):
-        registry.clear_plugins()
-    _state["pm"] = None
-    _inventory.contributions.clear()
-
-
-def plugin_manager() -> pluggy.PluginManager:
-    """The loaded plugin manager (loading the plugins on first use)."""
-    ensure_loaded()
-    return _state["pm"]
-
-
-def ensure_loaded() -> None:
-    """Load built-in and entry-point plugins once and register what they contribute."""
-    if _state["pm"] is not None or _state["loading"]:
-        return
-    _state["loading"] = True
-    try:
-        pm = pluggy.PluginManager(hookspecs.PROJECT)
-        pm.add_hookspecs(hookspecs)
-        blocked = blocked_names()
-        for name in blocked:
-            pm.set_blocked(name)
-        if BUILTIN_NAME not in blocked:
-            import symdsl_builtins.plugin as builtin
-
-            pm.register(builtin, name=BUILTIN_NAME)
+    ``blocked``: plugin names not to load (the built-ins are ``symdsl-builtins``); with ``env``,
+    ``SYMDSL_BLOCK_PLUGINS`` adds more. Naming a plugin that does not exist is an error, so a
+    typo never leaves a plugin loaded. ``plugins``: extra plugin objects (modules or objects
+    with ``@hookimpl`` methods) by name, registered after the installed ones; this is how a
+    script or test adds its own group kinds, loaders or rules with a name of its own.
+    """
+    plugins = dict(plugins or {})
+    blocked = {*blocked, *(blocked_from_env() if env else [])}
+    known = [*BUILTIN_PLUGINS, *(_entry_point_names() if entry_points else []), *plugins]
+    for name in sorted(blocked):
+        if name not in known:
+            raise UsageError(f"cannot block plugin '{name}': no plugin has that name{suggest(name, known)}; "
+                             f"plugins: {', '.join(known)}")
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in blocked:
+        pm.set_blocked(name)
+    for name, module in BUILTIN_PLUGINS.items():
+        if name not in blocked:
+            pm.register(importlib.import_module(module), name=name)
+    if entry_points:
         pm.load_setuptools_entrypoints(hookspecs.PROJECT)
-        _register_all(pm)
-        _inventory.plugins = [pm.get_name(p) for p in pm.get_plugins()]
-        _inventory.blocked = sorted(blocked)
-        _state["pm"] = pm
-    finally:
-        _state["loading"] = False
+    for name, plugin in plugins.items():
+        if name not in blocked:
+            pm.register(plugin, name=name)
+    return collect(pm, tuple(sorted(blocked)))
 
 
-def _calls(pm, hook_name):
-    """(plugin name, result) for every implementation of a hook."""
-    hook = getattr(pm.hook, hook_name)
-    for impl in hook.get_hookimpls():
-        yield impl.plugin_name, impl.function()
+def collect(pm: pluggy.PluginManager, blocked: tuple[str, ...] = ()) -> Registries:
+    """The :class:`Registries` of everything ``pm``'s plugins contribute, in registration order."""
+    order = [pm.get_name(p) for p in pm.get_plugins()]
+    rank = {name: i for i, name in enumerate(order)}
+    found: dict[str, list[tuple[str, Any, str]]] = {category: [] for category in CATEGORIES}
+    for hook_name, (category, shape) in HOOKS.items():
+        impls = sorted(getattr(pm.hook, hook_name).get_hookimpls(), key=lambda i: rank.get(i.plugin_name, 0))
+        for impl in impls:
+            result = impl.function()
+            found[category] += _entries(result, shape, category, impl.plugin_name)
+    values = {}
+    for category, attribute in CATEGORIES.items():
+        try:
+            values[attribute] = Registry(category, found[category], hint=HINTS.get(category, ""))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    return Registries(**values, plugins=tuple(order), blocked=blocked)
 
 
-def _describe(obj) -> str:
-    text = getattr(obj, "description", None) or (obj.__doc__ or "")
-    return text.strip().splitlines()[0] if text and text.strip() else ""
+def _entries(result: Any, shape: str, category: str, plugin: str) -> list[tuple[str, Any, str]]:
+    if not result:
+        return []
+    if shape == "mapping":
+        if not isinstance(result, Mapping):
+            raise UsageError(f"plugin '{plugin}': its {category} hook must return a dict, got {type(result).__name__}")
+        return [(str(name), obj, plugin) for name, obj in result.items()]
+    if shape == "paths":
+        return [(str(folder), folder, plugin) for folder in result]
+    out = []
+    for obj in result:
+        name = getattr(obj, "name", None)
+        if not name:
+            raise UsageError(f"plugin '{plugin}' contributed a {category} without a name: {obj!r}")
+        out.append((name, obj, plugin))
+    return out
 
 
-def _register_all(pm) -> None:
-    from ..canon.registry import CANONICALIZERS
-    from ..graph.capture import CAPTURE_BACKENDS
-    from ..graph.rules import RULES
-    from ..groups.registry import GROUP_KINDS
-    from ..match.registry import MATCHERS
-    from ..merge.registry import MERGERS
-    from ..spec.registry import add_spec_folder
+@lru_cache(maxsize=1)
+def default_registries() -> Registries:
+    """``load()`` once per process: what the public API uses when no ``registries`` is given.
 
-    named = {"symdsl_group_kinds": ("group", GROUP_KINDS), "symdsl_canonicalizers": ("canonicalizer", CANONICALIZERS),
-             "symdsl_matchers": ("matcher", MATCHERS), "symdsl_mergers": ("merger", MERGERS)}
-    for hook_name, (category, registry) in named.items():
-        for plugin, items in _calls(pm, hook_name):
-            for obj in items or []:
-                registry.add(obj.name, obj, plugin)
-                _inventory.contributions.append(Contribution(category, obj.name, obj, plugin, _describe(obj)))
-    mapped = {"symdsl_op_rules": ("op rule", RULES), "symdsl_capture_backends": ("capture backend", CAPTURE_BACKENDS)}
-    for hook_name, (category, registry) in mapped.items():
-        for plugin, items in _calls(pm, hook_name):
-            for name, fn in (items or {}).items():
-                registry.add(name, fn, plugin)
-                _inventory.contributions.append(Contribution(category, name, fn, plugin, _describe(fn)))
-    for plugin, folders in _calls(pm, "symdsl_spec_folders"):
-        for folder in folders or []:
-            add_spec_folder(folder, origin=plugin)
-            _inventory.contributions.append(Contribution("spec folder", str(folder), folder, plugin))
-    for plugin, loaders in _calls(pm, "symdsl_model_loaders"):
-        for loader in loaders or []:
-            _inventory.contributions.append(Contribution("model loader", loader.name, loader, plugin, _describe(loader)))
-    from ..data.registry import DATASETS, register_dataset
-
-    for plugin, datasets in _calls(pm, "symdsl_datasets"):
-        for name, factory in (datasets or {}).items():
-            if DATASETS.get(name) is not factory:
-                register_dataset(name, factory)
-            _inventory.contributions.append(Contribution("dataset", name, factory, plugin, _describe(factory)))
-
-
-def inventory() -> Inventory:
-    """Everything the loaded plugins contributed, with origins (for ``symdsl plugins``)."""
-    ensure_loaded()
-    return _inventory
+    Call ``default_registries.cache_clear()`` after installing a plugin in a running process.
+    """
+    return load()

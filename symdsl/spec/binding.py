@@ -77,6 +77,7 @@ class CanonStep:
     name: str
     args: Any
     origin: tuple = ()
+    canonicalizer: Any = None      # the Canonicalizer object the name resolved to
 
 
 @dataclass

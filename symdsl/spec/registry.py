@@ -1,4 +1,5 @@
-"""Find specs: shipped ones (package ``symdsl_specs``), extra folders, and matching a model to a spec."""
+"""Find specs in the spec folders plugins contribute (the shipped ones come from the built-in
+plugin), and match a model to its spec."""
 from __future__ import annotations
 
 import fnmatch
@@ -8,25 +9,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError, suggest
+from ..registry import Registries
 from .load import Spec, load_spec
-
-_extra_folders: list[tuple[Path, str]] = []   # (folder, plugin that contributed it)
-
-
-def add_spec_folder(folder: str | Path, origin: str = "user") -> None:
-    """Make the ``*.yaml`` specs in ``folder`` visible to :func:`list_specs` (the spec-folder hook calls this)."""
-    folder = Path(folder)
-    if folder not in [f for f, _ in _extra_folders]:
-        _extra_folders.append((folder, origin))
-
-
-def spec_folders() -> list[tuple[Path, str]]:
-    """(folder, origin) pairs searched for specs: those of the loaded plugins (shipped specs come from
-    the built-in plugin), then folders added by hand."""
-    from ..plugins.manager import ensure_loaded
-
-    ensure_loaded()
-    return list(_extra_folders)
 
 
 @dataclass
@@ -37,10 +21,10 @@ class SpecEntry:
     spec: Spec
 
 
-def list_specs() -> list[SpecEntry]:
-    """Every spec found, sorted by name; duplicate names across folders are an error."""
+def list_specs(registries: Registries) -> list[SpecEntry]:
+    """Every spec in ``registries``' spec folders, sorted by name; a name defined twice is an error."""
     entries: dict[str, SpecEntry] = {}
-    for folder, origin in spec_folders():
+    for folder, origin in registries.folders():
         for file in sorted(folder.glob("*.yaml")):
             spec = load_spec(file)
             if spec.name in entries:
@@ -49,10 +33,11 @@ def list_specs() -> list[SpecEntry]:
     return sorted(entries.values(), key=lambda e: e.name)
 
 
-def find_spec(name_or_path: str | Path) -> Spec:
-    """A spec by file path or by name.
+def find_spec(name_or_path: str | Path, registries: Registries) -> Spec:
+    """A spec by file path or by name (looked up in ``registries``' spec folders).
 
-    >>> find_spec("hf-gpt2").name
+    >>> from symdsl.plugins import load
+    >>> find_spec("hf-gpt2", load()).name
     'hf-gpt2'
     """
     path = Path(name_or_path)
@@ -60,7 +45,7 @@ def find_spec(name_or_path: str | Path) -> Spec:
         if not path.exists():
             raise UsageError(f"spec file '{path}' does not exist")
         return load_spec(path)
-    entries = {e.name: e for e in list_specs()}
+    entries = {e.name: e for e in list_specs(registries)}
     if str(name_or_path) not in entries:
         raise UsageError(f"no spec named '{name_or_path}'{suggest(str(name_or_path), entries)}; "
                          f"known: {', '.join(entries) or 'none'} (or pass a .yaml path)")
@@ -87,9 +72,9 @@ def spec_matches(spec: Spec, model: torch.nn.Module) -> bool:
     return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
 
 
-def match_spec(model: torch.nn.Module) -> Spec:
+def match_spec(model: torch.nn.Module, registries: Registries) -> Spec:
     """The one spec that matches ``model``; a clear error when none or several do."""
-    found = [e for e in list_specs() if spec_matches(e.spec, model)]
+    found = [e for e in list_specs(registries) if spec_matches(e.spec, model)]
     if not found:
         raise UsageError(f"no spec matches {type(model).__module__}.{type(model).__name__}; pass the spec name or file as SPEC "
                          "(see docs/spec-language.md to write one)")

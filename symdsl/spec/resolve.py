@@ -13,8 +13,9 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import Problem, SpecError, UsageError, suggest
-from ..groups import get_group_kind
+from ..canon.base import canonicalize
+from ..errors import Problem, SpecError, UnknownNameError, UsageError, suggest
+from ..registry import Registries
 from .binding import BoundAxis, BoundFactor, CanonStep, ResolvedSpec, SiteDef, TensorBinding
 from .expr import ExprError, evaluate
 from .load import Spec
@@ -130,8 +131,9 @@ def _dotted(path: tuple) -> str:
 
 class _Resolver:
     def __init__(self, spec: Spec, model: torch.nn.Module | None, state: Mapping[str, torch.Tensor],
-                 config: Mapping[str, Any]):
+                 config: Mapping[str, Any], registries: Registries):
         self.spec, self.m, self.src = spec, spec.model, spec.source
+        self.kinds, self.canonicalizers = registries.group_kinds, registries.canonicalizers
         self.model, self.state, self.config = model, state, dict(config)
         self.problems: list[Problem] = []
         self._reported: set[tuple] = set()
@@ -246,9 +248,9 @@ class _Resolver:
                 self.problem(origin, f"site '{name}' is declared twice (also at {_dotted(raw[name][5])})")
                 continue
             try:
-                kind = get_group_kind(site.group)
-            except KeyError as exc:
-                self.problem(origin + ("group",), str(exc.args[0]))
+                kind = self.kinds.lookup(site.group)
+            except UnknownNameError as exc:
+                self.problem(origin + ("group",), str(exc))
                 continue
             options = {"preserve": site.preserve} if site.preserve is not None else {}
             try:
@@ -567,19 +569,17 @@ class _Resolver:
         return out
 
     def expand_step(self, step: Any, prefix: str, path: tuple) -> list[CanonStep]:
-        from ..canon import get_canonicalizer  # late: canonicalizers live in plugins
-        from ..canon.registry import CANONICALIZERS
-
         if not isinstance(step, dict) or len(step) != 1:
             self.problem(path, "a canonicalize step is a mapping with one key, the canonicalizer name",
                          "e.g. - untie: [lm_head.weight, transformer.wte.weight]")
             return []
         (name, args), = step.items()
         try:
-            canon = get_canonicalizer(name)
+            canon = self.canonicalizers[name]
         except KeyError:
-            self.problem(path + (name,), f"unknown canonicalizer '{name}'{suggest(str(name), CANONICALIZERS)}",
-                         f"known canonicalizers: {', '.join(sorted(CANONICALIZERS))}")
+            known = self.canonicalizers
+            self.problem(path + (name,), f"unknown canonicalizer '{name}'{suggest(str(name), known)}",
+                         f"known canonicalizers: {', '.join(sorted(known))}")
             return []
         path = path + (name,)
         fields = getattr(getattr(canon, "Args", None), "model_fields", None)
@@ -612,7 +612,7 @@ class _Resolver:
             if isinstance(site, str) and site not in self.sites:
                 self.problem(path + (("site",) if isinstance(args, dict) else ()),
                              f"{name}: site '{site}' is not declared{suggest(site, self.sites)}")
-            out.append(CanonStep(name, prepared, path))
+            out.append(CanonStep(name, prepared, path, canon))
         for field, items in absent.items():
             more = f" (and {len(items) - 1} more from this step)" if len(items) > 1 else ""
             known = list(self.state) + sorted(self.module_names())
@@ -710,10 +710,14 @@ def _same_action(a: TensorBinding, b: TensorBinding, sites: Mapping[str, SiteDef
 
 
 
-def resolve(spec: Spec, model: torch.nn.Module | None = None, *, state: Mapping[str, torch.Tensor] | None = None,
-            config: Mapping[str, Any] | None = None) -> ResolvedSpec:
+def resolve(spec: Spec, model: torch.nn.Module | None = None, *, registries: Registries,
+            state: Mapping[str, torch.Tensor] | None = None, config: Mapping[str, Any] | None = None) -> ResolvedSpec:
     """Bind ``spec`` to a model (or a state dict plus config). Raises SpecError listing every problem.
 
+    ``registries`` supplies the group kinds and canonicalizers the spec names
+    (``symdsl.plugins.load()``).
+
+    >>> from symdsl.plugins import load
     >>> from symdsl.spec import load_spec_text, resolve
     >>> import torch
     >>> spec = load_spec_text('''
@@ -725,7 +729,7 @@ def resolve(spec: Spec, model: torch.nn.Module | None = None, *, state: Mapping[
     ... invariant: [2.bias]
     ... ''')
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    >>> sorted(resolve(spec, net).sites)
+    >>> sorted(resolve(spec, net, registries=load()).sites)
     ['hidden']
     """
     if model is not None and not isinstance(model, torch.nn.Module):
@@ -737,8 +741,8 @@ def resolve(spec: Spec, model: torch.nn.Module | None = None, *, state: Mapping[
     if config is None:
         config = model_config(model) if model is not None else {}
     if spec.model.canonical is None:
-        return _Resolver(spec, model, state, config).resolve()
-    return _resolve_two_forms(spec, model, state, config)
+        return _Resolver(spec, model, state, config, registries).resolve()
+    return _resolve_two_forms(spec, model, state, config, registries)
 
 
 @dataclass
@@ -753,15 +757,13 @@ class TwoFormSpec(ResolvedSpec):
     original: ResolvedSpec | None = None
 
 
-def _resolve_two_forms(spec: Spec, model, state, config) -> TwoFormSpec:
+def _resolve_two_forms(spec: Spec, model, state, config, registries: Registries) -> TwoFormSpec:
     """Bind a spec that declares a canonical form, on a model in either form.
 
     A model in its original form is bound as the canonicalize steps read it, canonicalized on
     a copy, and the canonical form is bound on that copy (with coverage); a model already in
     canonical form (see :meth:`_Resolver.in_canonical_form`) is bound directly.
     """
-    from ..canon.base import canonicalize   # late: canon drives the steps of a resolved spec
-
     if model is None:
         raise UsageError(f"spec '{spec.name}' declares a canonical form ('canonical'): binding it needs the model "
                          "itself (its canonical form is made by running the canonicalize steps), not only a state dict")
@@ -769,10 +771,10 @@ def _resolve_two_forms(spec: Spec, model, state, config) -> TwoFormSpec:
     def two_form(resolved: ResolvedSpec, original: ResolvedSpec | None) -> TwoFormSpec:
         return TwoFormSpec(**{f.name: getattr(resolved, f.name) for f in fields(ResolvedSpec)}, original=original)
 
-    if _Resolver(spec, model, state, config).in_canonical_form():
-        return two_form(_Resolver(spec, model, state, config).resolve("canonical"), None)
-    original = _Resolver(spec, model, state, config).resolve("original")
+    if _Resolver(spec, model, state, config, registries).in_canonical_form():
+        return two_form(_Resolver(spec, model, state, config, registries).resolve("canonical"), None)
+    original = _Resolver(spec, model, state, config, registries).resolve("original")
     canonical = copy.deepcopy(model)
     canonicalize(canonical, original)
-    after = _Resolver(spec, canonical, canonical.state_dict(keep_vars=True), model_config(canonical))
+    after = _Resolver(spec, canonical, canonical.state_dict(keep_vars=True), model_config(canonical), registries)
     return two_form(after.resolve("canonical", steps=original.canonicalize), original)

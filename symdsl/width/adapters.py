@@ -124,7 +124,7 @@ def build_transformers(wide: torch.nn.Module) -> torch.nn.Module:
 
 def build_timm(wide: torch.nn.Module) -> torch.nn.Module:
     """A fresh timm model from its recorded constructor arguments (``symdsl_config`` as set by
-    :func:`symdsl.train.small_vit`, or ``symdsl_timm`` as set by the loader); a copy otherwise."""
+    :func:`symdsl.experiments.train.small_vit`, or ``symdsl_timm`` as set by the loader); a copy otherwise."""
     with torch.random.fork_rng(devices=[]):
         if getattr(wide, "symdsl_config", None) is not None:
             model = type(wide)(**wide.symdsl_config)

@@ -28,12 +28,11 @@ import torch
 
 from ..act.engine import act_tensor
 from ..canon import canonicalize
-from ..canon.registry import get_canonicalizer
 from ..errors import UsageError
 from ..spec import resolve
 from ..spec.binding import BoundAxis, ResolvedSpec, SiteDef, TensorBinding
 from ..spec.load import Spec
-from ..spec.registry import find_spec, match_spec
+from ..registry import Registries
 from .adapters import IGNORED_CONFIG_KEYS, WidthAdapter, get_adapter, model_config
 from .maps import LIFT, copy_map, copy_pair, embedding_pair, residual_embedding, residual_pair
 
@@ -91,19 +90,17 @@ class Lifted:
 # --------------------------------------------------------------------------- public helpers
 
 
-def _spec_for(spec: Spec | str | None, model: torch.nn.Module) -> Spec:
-    return find_spec(spec) if isinstance(spec, str) else (spec or match_spec(model))
-
-
-def site_sizes(model: torch.nn.Module, spec: Spec | str | None = None) -> dict[str, int]:
+def site_sizes(model: torch.nn.Module, spec: Spec, registries: Registries) -> dict[str, int]:
     """Every site's size for this model (e.g. ``{"resid": 64, "heads.0": 4, "qk.0": 16, ...}``).
 
+    >>> from symdsl.plugins import load
     >>> from symdsl.spec.registry import find_spec
     >>> from symdsl.models import build_example
-    >>> site_sizes(build_example(find_spec("timm-vit")))["resid"]
+    >>> spec = find_spec("timm-vit", load())
+    >>> site_sizes(build_example(spec), spec, load())["resid"]
     32
     """
-    resolved = resolve(_spec_for(spec, model), model)
+    resolved = resolve(spec, model, registries=registries)
     return {name: site.size for name, site in resolved.sites.items()}
 
 
@@ -126,23 +123,23 @@ def needs_lift(model_a: torch.nn.Module, model_b: torch.nn.Module) -> bool:
     return any(a[k].shape != b[k].shape for k in a)
 
 
-def wide_and_narrow(model_a: torch.nn.Module, model_b: torch.nn.Module,
-                    spec: Spec | str | None = None) -> tuple[torch.nn.Module, torch.nn.Module, bool]:
+def wide_and_narrow(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec,
+                    registries: Registries) -> tuple[torch.nn.Module, torch.nn.Module, bool]:
     """``(wide, narrow, swapped)``: which of two models is at least as wide at every site.
 
     ``swapped`` is True when ``model_b`` is the wide one. Neither dominating (e.g. A has the wider
     residual, B more heads) is a :class:`UsageError`.
 
+    >>> from symdsl.plugins import load
     >>> from symdsl.spec.registry import find_spec
-    >>> from symdsl.train import small_vit
+    >>> from symdsl.experiments.train import small_vit
     >>> from symdsl.data import load_dataset
     >>> ds = load_dataset("digits")
     >>> small, big = small_vit(ds, embed_dim=16, num_heads=2), small_vit(ds, embed_dim=32, num_heads=2)
-    >>> wide_and_narrow(small, big)[2]
+    >>> wide_and_narrow(small, big, find_spec("timm-vit", load()), load())[2]
     True
     """
-    spec = _spec_for(spec, model_a)
-    sizes_a, sizes_b = site_sizes(model_a, spec), site_sizes(model_b, spec)
+    sizes_a, sizes_b = site_sizes(model_a, spec, registries), site_sizes(model_b, spec, registries)
     if set(sizes_a) != set(sizes_b):
         raise UsageError(f"the models have different sites ({sorted(set(sizes_a) ^ set(sizes_b))[:4]}...): "
                          "a width lift needs the same depth and structure")
@@ -159,7 +156,7 @@ def wide_and_narrow(model_a: torch.nn.Module, model_b: torch.nn.Module,
 # --------------------------------------------------------------------------- the lift
 
 
-def lift(narrow: torch.nn.Module, wide: torch.nn.Module, spec: Spec | str | None = None, *, seed: int = 0,
+def lift(narrow: torch.nn.Module, wide: torch.nn.Module, spec: Spec, *, registries: Registries, seed: int = 0,
          embedding: str = "identity") -> Lifted:
     """Lift ``narrow`` into ``wide``'s configuration; the result computes what ``narrow`` computes.
 
@@ -168,12 +165,14 @@ def lift(narrow: torch.nn.Module, wide: torch.nn.Module, spec: Spec | str | None
     round-robin; ``"random"`` draws random embeddings and copy maps from ``seed`` (equally exact).
 
     >>> import torch
+    >>> from symdsl.plugins import load
+    >>> from symdsl.spec.registry import find_spec
     >>> from symdsl.data import load_dataset
-    >>> from symdsl.train import small_vit
+    >>> from symdsl.experiments.train import small_vit
     >>> ds = load_dataset("digits")
     >>> narrow = small_vit(ds, embed_dim=16, num_heads=2, seed=0).double().eval()
     >>> wide = small_vit(ds, embed_dim=32, num_heads=4, seed=1).double().eval()
-    >>> lifted = lift(narrow, wide)
+    >>> lifted = lift(narrow, wide, find_spec("timm-vit", load()), registries=load())
     >>> x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
     >>> type(lifted.model).__name__, lifted.model.embed_dim, torch.allclose(lifted.model(x), narrow(x), atol=1e-12)
     ('VisionTransformer', 32, True)
@@ -183,10 +182,9 @@ def lift(narrow: torch.nn.Module, wide: torch.nn.Module, spec: Spec | str | None
     if type(narrow) is not type(wide):
         raise UsageError(f"cannot lift a {type(narrow).__name__} into a {type(wide).__name__}: "
                          "the narrow and wide models must be of one class")
-    spec = _spec_for(spec, wide)
     adapter = get_adapter(spec.name)
-    narrow_c, r_n = _canonical_copy(copy.deepcopy(narrow), spec)
-    template, r_w = _canonical_copy(adapter.build(wide), spec)
+    narrow_c, r_n = _canonical_copy(copy.deepcopy(narrow), spec, registries)
+    template, r_w = _canonical_copy(adapter.build(wide), spec, registries)
     param = next(narrow.parameters())
     template = template.to(dtype=param.dtype, device=param.device)
     _check_compatible(narrow_c, template, adapter)
@@ -206,16 +204,16 @@ def lift(narrow: torch.nn.Module, wide: torch.nn.Module, spec: Spec | str | None
                   lifts[adapter.residual].scale, embedding, seed, info)
 
 
-def _canonical_copy(model: torch.nn.Module, spec: Spec) -> tuple[torch.nn.Module, ResolvedSpec]:
+def _canonical_copy(model: torch.nn.Module, spec: Spec, registries: Registries) -> tuple[torch.nn.Module, ResolvedSpec]:
     """Canonicalize ``model`` in place (it is already a private copy) and bind the spec to the result."""
     model.eval()
-    first = resolve(spec, model)
+    first = resolve(spec, model, registries=registries)
     for step in first.canonicalize:
-        if get_canonicalizer(step.name).changes_architecture:
+        if step.canonicalizer.changes_architecture:
             raise UsageError(f"spec '{spec.name}' runs '{step.name}', which changes the architecture: a width lift "
                              "needs a standard checkpoint of the wide configuration")
     canonicalize(model, first)
-    after = resolve(spec, model)
+    after = resolve(spec, model, registries=registries)
     # the steps as they were run (a spec's canonical form may be resolved with other steps)
     after.canonicalize = list(first.canonicalize)
     return model, after

@@ -69,6 +69,7 @@ F64 = torch.float64
 class ActivationMatching(Matcher):
     """Activation matching over every site of the spec, from activations on ``batches``.
 
+    >>> from symdsl.plugins import load
     >>> import torch
     >>> from symdsl.act import act_state_dict, random_transform
     >>> from symdsl.canon import canonicalize
@@ -76,9 +77,9 @@ class ActivationMatching(Matcher):
     >>> from symdsl.models.build import make_inputs
     >>> from symdsl.spec import model_config, resolve
     >>> from symdsl.spec.registry import find_spec
-    >>> spec = find_spec("timm-vit")
+    >>> spec = find_spec("timm-vit", load())
     >>> model = build_example(spec).double()
-    >>> resolved = resolve(spec, model)
+    >>> resolved = resolve(spec, model, registries=load())
     >>> model = canonicalize(model, resolved)
     >>> a = model.state_dict()
     >>> hidden = random_transform(resolved, seed=1)
@@ -100,7 +101,7 @@ class ActivationMatching(Matcher):
     def match(self, resolved: ResolvedSpec, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
               *, model: torch.nn.Module | None = None, batches: Iterable[Mapping] | None = None, seed: int = 0,
               progress=None, max_samples: int = 65536, device=None, evaluator: str = "auto",
-              invertible: str = "whitened", **options) -> MatchResult:
+              invertible: str = "whitened", registries=None, **options) -> MatchResult:
         """Find h with act(h, B) ≈ A from activations of ``model`` (A's and B's architecture) on ``batches``.
 
         ``batches``: forward() keyword-argument dicts; they are read until some node has seen
@@ -124,8 +125,10 @@ class ActivationMatching(Matcher):
                              "change width (use weight matching for width-heterogeneous alignment)")
         device = torch.device(device) if device is not None else next(iter(state_a.values())).device
         floats = [t.dtype for t in state_a.values() if t.is_floating_point()]
+        traced = {} if registries is None else {"op_rules": registries.op_rules,
+                                                "backends": registries.capture_backends}
         runner = ActivationRunner(resolved, model, device=device, dtype=floats[0] if floats else F64,
-                                  evaluator=evaluator)
+                                  evaluator=evaluator, **traced)
         a, b = runner.state(state_a), runner.state(state_b)
         collected = _Collector(resolved, runner, a, b)
         collected.read(batches, max_samples, progress)

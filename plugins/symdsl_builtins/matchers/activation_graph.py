@@ -101,11 +101,12 @@ def site_families(resolved: ResolvedSpec) -> dict[str, list[str]]:
 
     A site ``per`` a plain dimension (not a site) is a family of its own.
 
+    >>> from symdsl.plugins import load
     >>> from symdsl.spec.registry import find_spec
     >>> from symdsl.spec import resolve
     >>> from symdsl.models import build_example
-    >>> spec = find_spec("hf-gpt2")
-    >>> site_families(resolve(spec, build_example(spec)))["heads.0"]
+    >>> spec = find_spec("hf-gpt2", load())
+    >>> site_families(resolve(spec, build_example(spec), registries=load()))["heads.0"]
     ['heads.0', 'qk.0', 'ov.0']
     """
     out: dict[str, list[str]] = {}

@@ -23,11 +23,12 @@ from typing import Any, Mapping
 import torch
 
 from symdsl.errors import UsageError
-from symdsl.graph.capture import capture
+from symdsl.graph.capture import BUILTIN_BACKENDS, capture
 from symdsl.graph.capture_common import TensorAliases, without_kv_cache
 from symdsl.graph.propagate import propagate
 from symdsl.spec.binding import ResolvedSpec
 
+from ..op_rules import builtin_op_rules
 from .activation_graph import Plan, select_plans
 
 State = Mapping[str, torch.Tensor]
@@ -62,11 +63,12 @@ class Program:
 class ActivationRunner:
     """Read the activations of the planned nodes for a state dict and a batch.
 
+    >>> from symdsl.plugins import load
     >>> from symdsl.spec import load_spec_text, resolve
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
     >>> spec = load_spec_text("symdsl: 1\\nname: t\\nsites: {h: {group: permutation, size: 4}}\\n"
     ...                       "tensors: {0.weight: h _, 0.bias: h, 2.weight: _ h'}\\ninvariant: [2.bias]\\n")
-    >>> runner = ActivationRunner(resolve(spec, net), net, device="cpu", dtype=torch.float64)
+    >>> runner = ActivationRunner(resolve(spec, net, registries=load()), net, device="cpu", dtype=torch.float64)
     >>> batch = {"input": torch.randn(5, 3, dtype=torch.float64)}
     >>> program = runner.program(batch)
     >>> [p.label for p in program.all_plans()]          # the MLP's pre- and post-activation
@@ -76,10 +78,15 @@ class ActivationRunner:
     """
 
     def __init__(self, resolved: ResolvedSpec, model: torch.nn.Module, *, device, dtype: torch.dtype,
-                 evaluator: str = "auto"):
+                 evaluator: str = "auto", op_rules: Mapping[str, Any] | None = None,
+                 backends: Mapping[str, Any] = BUILTIN_BACKENDS):
         if evaluator not in ("auto", "export", "hooks"):
             raise UsageError(f"activation matching: evaluator must be 'auto', 'export' or 'hooks', got {evaluator!r}")
         self.resolved = resolved
+        # the run's rule table and capture backends (registries.op_rules / .capture_backends);
+        # called directly, the built-in ones
+        self.op_rules = op_rules if op_rules is not None else builtin_op_rules()
+        self.backends = backends
         self.device = torch.device(device)
         self.dtype = dtype
         self.evaluator = evaluator
@@ -125,14 +132,14 @@ class ActivationRunner:
         return self._programs[key]
 
     def _capture(self, batch: Mapping[str, Any]) -> Program:
-        graph = capture(self.model, dict(batch))
+        graph = capture(self.model, dict(batch), backends=self.backends)
         state = self.model.state_dict(keep_vars=True)
 
         def parameter(node_name: str):
             names = graph.params.get(node_name, [])
             return state[names[0]].detach() if names and names[0] in state else None
 
-        result = propagate(graph, self.resolved, parameter)
+        result = propagate(graph, self.resolved, self.op_rules, parameter)
         plans, notes = select_plans(graph, result.values, self.resolved)
         findings = len(result.findings)
         if findings:

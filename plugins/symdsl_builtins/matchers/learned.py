@@ -25,6 +25,8 @@ import torch
 from symdsl.errors import UsageError
 from symdsl.match.base import Matcher, MatchResult
 
+from .weight import WeightMatching
+
 DEFAULTS = {"steps": 1000, "epochs": None, "permutation_lr": None, "lr": 0.003, "schedule": "cosine", "lam": None, "batch_size": 64,
             "eval_every": 25, "patience": 20, "validation": 0.1, "validation_batches": 4}
 
@@ -39,13 +41,12 @@ class LearnedMatching(Matcher):
 
     def match(self, resolved, state_a, state_b, *, seed: int = 0, progress=None, model=None, dataset=None,
               permutations_only: bool = False, init: dict | None = None, start: Mapping | None = None,
-              freeze=(), device=None, **options) -> MatchResult:
+              freeze=(), device=None, registries=None, **options) -> MatchResult:
         from symdsl.data.holdout import with_validation
         from symdsl.learn.loop import learn_transforms
         from symdsl.learn.objective import PathLoss
         from symdsl.learn.parametrize import StraightThroughPermutation, parametrize_sites, trained_sites
         from symdsl.learn.samplers import parse_sampler
-        from symdsl.match import get_matcher
 
         unknown = sorted(set(options) - set(DEFAULTS))
         if unknown:
@@ -57,7 +58,7 @@ class LearnedMatching(Matcher):
         if settings["lam"] is None:   # the paper's range for its permutation baseline; the whole path otherwise
             settings["lam"] = "uniform:0.4,0.6" if permutations_only else "uniform:0.1,0.9"
         if start is None:
-            initial = get_matcher("weight").match(resolved, state_a, state_b, seed=seed,
+            initial = WeightMatching().match(resolved, state_a, state_b, seed=seed,
                                                   permutations_only=permutations_only, **(init or {}))
             start, start_record = initial.elements, initial.to_record()
         else:

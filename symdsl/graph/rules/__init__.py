@@ -3,15 +3,14 @@
 A rule is ``fn(ctx) -> value``: it reads its inputs' types through ``ctx`` and returns the
 output's type, or raises :class:`Violation` (via ``ctx.fail``) when the op breaks a site.
 Ops without a rule pass only when none of their inputs carries a site (fail closed).
-Plugins add rules with :func:`register_rule`.
+The rule table is a value (``registries.op_rules``): plugins add rules through the
+``symdsl_op_rules`` hook.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ...errors import suggest
-from ...plugins.lazy import LazyRegistry
 from ..types import SplitAxis, Stacked, is_tensor_type, untyped
 
 
@@ -99,17 +98,6 @@ class RuleContext:
 
 
 Rule = Callable[[RuleContext], Any]
-RULES: dict[str, Rule] = LazyRegistry("op rule")   # filled by plugins (built-ins: symdsl_builtins)
-
-
-def register_rule(op: str, fn: Rule, *, replace: bool = False) -> Rule:
-    """Register ``fn`` as the rule for canonical op name ``op`` (a plugin hook calls this)."""
-    if op in RULES and not replace:
-        raise ValueError(f"op rule for '{op}' is already registered by {RULES[op].__module__}")
-    if replace and dict.__contains__(RULES, op):
-        dict.__delitem__(RULES, op)
-    RULES[op] = fn
-    return fn
 
 
 def rule(*ops: str):
@@ -133,18 +121,5 @@ def rules_in(*modules) -> dict[str, Rule]:
     return found
 
 
-def get_rule(op: str) -> Rule | None:
-    return RULES.get(op)
-
-
-def known_ops() -> list[str]:
-    return sorted(RULES)
-
-
-def suggest_op(op: str) -> str:
-    return suggest(op, known_ops())
-
-
-
-__all__ = ["Violation", "RuleContext", "RULES", "register_rule", "rule", "get_rule", "known_ops",
+__all__ = ["Violation", "RuleContext", "rule", "rules_in",
            "PERMUTATION_LIKE", "SplitAxis", "Stacked", "is_tensor_type"]

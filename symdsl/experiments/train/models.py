@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..data import Dataset
-from ..errors import UsageError
+from ...data import Dataset
+from ...errors import UsageError
 
 GPT2_EOS = 50256  # GPT-2's <|endoftext|> id; only meaningful with the full BPE vocabulary
 
@@ -51,7 +51,7 @@ def small_gpt2(dataset: Dataset, *, n_embd: int = 64, n_layer: int = 2, n_head: 
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError:
         raise UsageError("small_gpt2 needs transformers: pip install 'symdsl[hf]'") from None
-    from ..models.build import quiet_transformers
+    from ...models.build import quiet_transformers
 
     # GPT-2's default <|endoftext|> id does not exist in a character vocabulary.
     special = GPT2_EOS if dataset.vocab_size > GPT2_EOS else None

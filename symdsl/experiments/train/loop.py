@@ -7,11 +7,11 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..data import Dataset, load_dataset
-from ..errors import UsageError
-from ..evaluate.forward import batch_loss
-from ..evaluate.metrics import evaluate, model_device, model_float_dtype
-from .schedule import lr_multiplier
+from ...data import Dataset, load_dataset
+from ...errors import UsageError
+from ...evaluate.forward import batch_loss
+from ...evaluate.metrics import evaluate, model_device, model_float_dtype
+from ...learn.schedule import lr_multiplier
 
 
 def train(model: torch.nn.Module, dataset: Dataset | str, *, steps: int, batch_size: int = 64, lr: float = 1e-3,
@@ -32,7 +32,7 @@ def train(model: torch.nn.Module, dataset: Dataset | str, *, steps: int, batch_s
     ``<split>_loss`` and ``<split>_accuracy``. The model is left in eval mode.
 
     >>> from symdsl.data import load_dataset
-    >>> from symdsl.train import small_vit
+    >>> from symdsl.experiments.train import small_vit
     >>> ds = load_dataset("digits")
     >>> metrics = train(small_vit(ds, seed=0), ds, steps=5, batch_size=32, seed=0)
     >>> metrics["steps"], metrics["test_accuracy"] > 0.0

@@ -19,9 +19,11 @@ import torch
 from ..act import act_state_dict
 from ..evaluate import Curve, loss_curve
 from ..match import MatchResult
-from ..pipeline import Prepared, match, prepare
+from ..plugins import default_registries
+from ..registry import Registries
 from ..spec.load import Spec
-from .lift import Lifted, _spec_for, lift
+from ..width.lift import Lifted, lift
+from .pipeline import Prepared, match, prepare, spec_for
 
 LIFT_LAM = "uniform:0.2,0.5"
 """Default lambda sampler (the wide model's weight) for learned matching of a lifted pair."""
@@ -76,27 +78,29 @@ class WidthAlignment:
 
 def align_widths(wide: torch.nn.Module, narrow: torch.nn.Module, spec: Spec | str | None = None,
                  matcher: str = "weight", *, data=None, seed: int = 0, embedding: str = "identity",
-                 device=None, progress=None, **options) -> WidthAlignment:
+                 device=None, progress=None, registries: Registries | None = None, **options) -> WidthAlignment:
     """Lift ``narrow`` into ``wide``'s configuration and align it to ``wide`` with ``matcher``.
 
-    Built on :func:`symdsl.pipeline.prepare` / :func:`symdsl.pipeline.match` with the pair
+    Built on :func:`symdsl.api.pipeline.prepare` / :func:`symdsl.api.pipeline.match` with the pair
     ``[wide, lifted]``; ``data`` is needed by data-driven matchers (``activation``, ``learned``),
     ``options`` go to the matcher (see :func:`lift_options` for the learned matcher's default lam).
 
     >>> from symdsl.data import load_dataset
-    >>> from symdsl.train import small_vit
+    >>> from symdsl.experiments.train import small_vit
     >>> ds = load_dataset("digits")
     >>> wide, narrow = small_vit(ds, embed_dim=32, seed=0), small_vit(ds, embed_dim=16, num_heads=2, seed=1)
     >>> result = align_widths(wide, narrow, max_iter=1, invertible_steps=0)
     >>> result.aligned["cls_token"].shape, result.lifted.sites["heads.0"].copies.tolist()
     (torch.Size([1, 1, 32]), [0, 1, 0, 1])
     """
-    spec = _spec_for(spec, wide)
-    lifted = lift(narrow, wide, spec, seed=seed, embedding=embedding)
+    registries = registries or default_registries()
+    spec = spec_for(spec, wide, registries)
+    lifted = lift(narrow, wide, spec, registries=registries, seed=seed, embedding=embedding)
     dtype = next(wide.parameters()).dtype
     # the lift keeps the narrow model's dtype; the pair must share the wide one's (a copy: Lifted stays as built)
     model_b = lifted.model if next(lifted.model.parameters()).dtype == dtype else copy.deepcopy(lifted.model).to(dtype)
-    prepared = prepare([wide, model_b], spec, device=device)
-    result = match(prepared, 1, matcher, data=data, seed=seed, progress=progress, **lift_options(matcher, options))
+    prepared = prepare([wide, model_b], spec, device=device, registries=registries)
+    result = match(prepared, 1, matcher, data=data, seed=seed, progress=progress, registries=registries,
+                   **lift_options(matcher, options))
     aligned = act_state_dict(prepared.resolved, prepared.states[1], result.elements)
     return WidthAlignment(lifted, prepared, result, aligned)

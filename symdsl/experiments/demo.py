@@ -17,10 +17,10 @@ from typing import Callable
 
 import torch
 
-from .act import act_state_dict
-from .evaluate import barrier, loss_curve, plot_curves
-from .models import load_model, save_model
-from .pipeline import match, prepare
+from ..act import act_state_dict
+from ..evaluate import barrier, loss_curve, plot_curves
+from ..models import load_model, save_model
+from ..api.pipeline import match, prepare
 from .train.loop import torch_threads
 
 RECIPES = {
@@ -93,7 +93,7 @@ def run_demo(kind: str = "vit", *, output: str | Path = "symdsl-demo", data: str
              steps: int | None = None, learn_steps: int | None = None, seeds=(0, 1),
              say: Callable[[str], None] = print) -> dict:
     """Train (or load cached) models, align them every way, and report barriers. Returns the record."""
-    from .data import load_dataset
+    from ..data import load_dataset
 
     started = time.perf_counter()
     recipe = RECIPES[kind]

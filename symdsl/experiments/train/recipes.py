@@ -1,4 +1,4 @@
-"""Measured training settings for the benchmark pairs (keyword arguments of :func:`symdsl.train.train`).
+"""Measured training settings for the benchmark pairs (keyword arguments of :func:`symdsl.experiments.train.train`).
 
 Measured on this project's 2-core CPU (torch 2.14, one thread, other jobs sharing the CPU at load
 3-4; wall time varies with that load):
@@ -15,7 +15,7 @@ Measured on this project's 2-core CPU (torch 2.14, one thread, other jobs sharin
 ``threads: 1``: on a shared CPU two intra-op threads ran these models 10-20x slower than one.
 
 >>> from symdsl.data import load_dataset
->>> from symdsl.train import small_vit, train
+>>> from symdsl.experiments.train import small_vit, train
 >>> ds = load_dataset("digits")
 >>> metrics = train(small_vit(ds, seed=0), ds, seed=0, **{**DIGITS_VIT, "steps": 20})
 >>> metrics["steps"]

@@ -1,6 +1,6 @@
 """Merge N >= 2 models through their universe: what ``symdsl merge A B C ...`` runs.
 
-canonicalize every model (:func:`symdsl.pipeline.prepare`) -> universe matching (weight matching
+canonicalize every model (:func:`symdsl.api.pipeline.prepare`) -> universe matching (weight matching
 onto leave-one-out universes, model 0's frame) -> optionally learned refinement of the N
 transforms (lambda ~ Dirichlet(alpha * 1), needs data) -> weighted average of the aligned models,
 loaded into model 0's canonical copy, so the result is a standard checkpoint of the first model's
@@ -17,7 +17,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..errors import UsageError
-from .universe import UniverseResult, universe_match
+from ..learn.universe_refine import refine_universe
+from ..match.universe import UniverseResult, universe_match
+from ..plugins import default_registries
+from ..registry import Registries
+from .pipeline import dataset_for, prepare
 
 SURFACE_LABELS = {"vanilla": "vanilla", "universe": "universe weight matching", "refined": "universe + refinement"}
 
@@ -49,7 +53,8 @@ def merge_universe(models: Sequence[torch.nn.Module], spec=None, *, refine: bool
                    surface_path: str | Path | None = None, resolution: int = 9, split: str = "test",
                    seed: int = 0, device=None, progress: Callable[[str, int, int], None] | None = None,
                    universe_options: Mapping[str, Any] | None = None,
-                   refine_options: Mapping[str, Any] | None = None) -> UniverseMerge:
+                   refine_options: Mapping[str, Any] | None = None,
+                   registries: Registries | None = None) -> UniverseMerge:
     """Align ``models`` to their universe (optionally refined on ``dataset``) and merge them.
 
     ``spec``: a Spec, a spec name, or None (found from the first model). ``weights``: the merge
@@ -68,28 +73,23 @@ def merge_universe(models: Sequence[torch.nn.Module], spec=None, *, refine: bool
     >>> type(out.model).__name__, len(out.universe.elements)
     ('Sequential', 3)
     """
-    from ..merge import get_merger
-    from ..pipeline import prepare
-
+    registries = registries or default_registries()
+    chosen_merger = registries.mergers.lookup(merger)
     if (refine or surface_path is not None) and dataset is None:
         raise UsageError("universe refinement and simplex surfaces evaluate the task loss: pass a dataset "
                          "(--data DATA; Python: dataset='digits' or a symdsl.data.Dataset)")
     if surface_path is not None and len(models) != 3:
         raise UsageError(f"simplex surfaces are drawn for three models, got {len(models)}; drop surface_path")
-    if dataset is not None:
-        from ..data import load_dataset
-
-        dataset = load_dataset(dataset)
+    dataset = dataset_for(dataset, registries)
     started = time.perf_counter()
-    prepared = prepare(models, spec, device=device)
+    prepared = prepare(models, spec, device=device, registries=registries)
     resolved, states, template = prepared.resolved, prepared.states, prepared.models[0]
-    universe = universe_match(resolved, states, progress=progress, seed=seed, **dict(universe_options or {}))
+    universe = universe_match(resolved, states, matcher=registries.matchers.lookup("weight"), progress=progress,
+                              seed=seed, **dict(universe_options or {}))
     info: dict[str, Any] = {"spec": prepared.spec.name, "models": len(models), "weights": weights,
                             "universe_seconds": time.perf_counter() - started}
     refined = None
     if refine:
-        from ..learn.universe_refine import refine_universe
-
         begun = time.perf_counter()
         refined = refine_universe(template, resolved, states, universe.elements, dataset, seed=seed,
                                   progress=progress, **dict(refine_options or {}))
@@ -102,7 +102,7 @@ def merge_universe(models: Sequence[torch.nn.Module], spec=None, *, refine: bool
                              resolution=resolution, split=split, progress=progress)
         info["surface_png"] = str(surface_path)
         info["surface_json"] = str(Path(surface_path).with_suffix(".json"))
-    merged_state = get_merger(merger).merge(aligned, weights)
+    merged_state = chosen_merger.merge(aligned, weights)
     template.load_state_dict(merged_state)
     return UniverseMerge(template, universe, refined, surfaces, info)
 

@@ -1,0 +1,73 @@
+"""``symdsl.align``: bring model B into model A's frame, whatever their widths.
+
+Orchestration every caller needs lives here, not in the command line: finding the spec,
+refusing architecture-changing specs where a standard checkpoint is wanted, and lifting a
+narrower B into A's configuration first.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from ..act import act_state_dict
+from ..errors import UsageError
+from ..plugins import default_registries
+from ..registry import Registries
+from ..spec.cache import resolve_cached
+from ..spec.load import Spec
+from ..width import needs_lift, wide_and_narrow
+from .alignment import Alignment
+from .pipeline import match, prepare, spec_for
+from .widths import align_widths
+
+
+def refuse_architecture_change(spec: Spec, model: torch.nn.Module, registries: Registries, what: str) -> None:
+    """A spec whose canonicalizers change the architecture cannot give a standard checkpoint: say so."""
+    resolved = resolve_cached(spec, copy.deepcopy(model), registries)
+    changed = sorted({s.name for s in resolved.canonicalize if s.canonicalizer.changes_architecture})
+    if changed:
+        raise UsageError(f"spec '{spec.name}' changes the architecture ({', '.join(changed)}): its models are not "
+                         f"standard checkpoints, so {what} would not be one; compare routes with symdsl.barrier "
+                         "(`symdsl barrier`), or pass standard=False to get the rewritten model")
+
+
+def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str | None = None,
+          matcher: str = "weight", *, data=None, seed: int = 0, device=None, standard: bool = True,
+          progress=None, registries: Registries | None = None, **options: Any) -> Alignment:
+    """Align ``model_b`` to ``model_a`` modulo the symmetries of their spec.
+
+    ``spec``: a spec name, a ``.yaml`` path, a :class:`~symdsl.spec.Spec`, or None (the one
+    shipped or plugin spec that matches A's class). ``matcher``: ``weight`` (default),
+    ``activation`` or ``learned`` (these two need ``data``: ``"digits"``, ``"text:PATH"``, a
+    :class:`~symdsl.data.Dataset` ...), or a plugin's. ``options`` go to the matcher
+    (``max_iter``, ``permutations_only``, ``steps`` ...). A narrower B is lifted into A's
+    configuration first (same function), so the result lives in A's space. With ``standard``
+    (the default) a spec that changes the architecture is refused.
+
+    >>> import symdsl, torch
+    >>> from symdsl.experiments.train import small_vit
+    >>> from symdsl.data import load_dataset
+    >>> a, b = (small_vit(load_dataset("digits"), seed=s) for s in (0, 1))
+    >>> aligned = symdsl.align(a, b)
+    >>> x = torch.randn(2, 1, 8, 8)
+    >>> type(aligned.model) is type(b), torch.allclose(aligned.model(x), b(x), atol=1e-4)
+    (True, True)
+    """
+    registries = registries or default_registries()
+    spec = spec_for(spec, model_a, registries)
+    if standard:
+        refuse_architecture_change(spec, model_a, registries, "the aligned model")
+    if needs_lift(model_a, model_b):
+        if wide_and_narrow(model_a, model_b, spec, registries)[2]:
+            raise UsageError("B is wider than A: the narrow model is lifted into the wide one's configuration and the "
+                             "result lives in A's space, so A must be the wide model; swap A and B")
+        width = align_widths(model_a, model_b, spec, matcher, data=data, seed=seed, device=device, progress=progress,
+                             registries=registries, **options)
+        return Alignment(width.prepared, width.result, width.aligned, {"width_lift": width.lifted.to_record()},
+                         ["B was narrower than A: lifted into A's configuration (same function), then matched there"])
+    prepared = prepare([model_a, model_b], spec, device=device, registries=registries)
+    result = match(prepared, 1, matcher, data=data, seed=seed, progress=progress, registries=registries, **options)
+    aligned = act_state_dict(prepared.resolved, prepared.states[1], result.elements)
+    return Alignment(prepared, result, aligned)

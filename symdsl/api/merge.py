@@ -1,0 +1,101 @@
+"""``symdsl.merge``: align models to the first and average them into one model of its class.
+
+Two models of one width: pairwise alignment. A narrower second model: lifted first. Three or
+more: universe matching (optionally refined on data), or pairwise with ``pairwise=True``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import UsageError
+from ..models import save_model
+from ..plugins import default_registries
+from ..registry import Registries
+from ..spec.load import Spec
+from ..width import needs_lift
+from .align import align, refuse_architecture_change
+from .pipeline import merge_models, spec_for
+from .universe_merge import merge_universe
+
+UNIVERSE_OPTIONS = ("max_iter", "tol", "permutations_only", "invertible_steps", "weight_max_iter", "weight_tol")
+
+
+@dataclass
+class Merged:
+    """The merged model (of the first model's class, in symdsl's canonical form) and how it was made."""
+
+    model: torch.nn.Module
+    record: dict[str, Any] = field(default_factory=dict)
+    details: Any = None          # the UniverseMerge of a universe merge (surfaces, transforms ...)
+
+    def save(self, folder: str | Path, provenance: dict[str, Any] | None = None) -> Path:
+        """Write ``model`` as a standard checkpoint with ``symdsl.json``."""
+        return save_model(self.model.cpu(), folder, {**self.record, **(provenance or {})})
+
+
+def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, matcher: str = "weight", *,
+          weights: Sequence[float] | None = None, merger: str = "average", data=None, refine: bool = False,
+          pairwise: bool = False, plot: str | Path | None = None, seed: int = 0, device=None,
+          standard: bool = True, progress=None, registries: Registries | None = None, **options: Any) -> Merged:
+    """Align ``models[1:]`` to ``models[0]`` and merge them with ``merger`` (default: weighted average).
+
+    Three or more models use universe matching unless ``pairwise``; ``refine`` (or
+    ``matcher="learned"``) trains the universe transforms on ``data``; ``plot`` (three models)
+    writes the loss over the simplex as a PNG. ``options`` go to the matcher.
+
+    >>> import symdsl, torch
+    >>> nets = [torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)) for _ in range(2)]
+    >>> spec = symdsl.load_spec_text('symdsl: 1\\nname: mlp\\nsites: {u: {group: permutation, size: 8}}\\n'
+    ...                              'tensors: {0.weight: "u _", 0.bias: u, 2.weight: "_ u\\'"}\\ninvariant: [2.bias]\\n')
+    >>> merged = symdsl.merge(nets, spec)
+    >>> type(merged.model).__name__, merged.record["method"]
+    ('Sequential', 'pairwise')
+    """
+    registries = registries or default_registries()
+    if len(models) < 2:
+        raise UsageError("merging needs at least two models")
+    spec = spec_for(spec, models[0], registries)
+    if standard:
+        refuse_architecture_change(spec, models[0], registries, "the merged model")
+    started = time.perf_counter()
+    if len(models) >= 3 and not pairwise:
+        return _universe(models, spec, matcher, weights, merger, data, refine, plot, seed, device, progress,
+                         registries, options, started)
+    if refine or plot is not None:
+        raise UsageError("refine and plot apply to universe merges of three or more models")
+    chosen = registries.mergers.lookup(merger)
+    if len(models) == 2 and needs_lift(*models):
+        alignment = align(models[0], models[1], spec, matcher, data=data, seed=seed, device=device, standard=standard,
+                          progress=progress, registries=registries, **options)
+        merged = alignment.prepared.models[0]
+        merged.load_state_dict(chosen.merge([alignment.prepared.states[0], alignment.aligned_b], weights))
+        return Merged(merged, {"method": "width lift", "weights": weights, "merger": merger,
+                               "seconds": time.perf_counter() - started, "alignments": [alignment.record()]})
+    merged, results = merge_models(models, spec, matcher, weights=weights, merger=merger, device=device, data=data,
+                                   seed=seed, progress=progress, registries=registries, **options)
+    return Merged(merged, {"method": "pairwise", "spec": spec.name, "weights": weights, "merger": merger,
+                           "seconds": time.perf_counter() - started, "alignments": [r.to_record() for r in results]})
+
+
+def _universe(models, spec, matcher, weights, merger, data, refine, plot, seed, device, progress, registries,
+              options, started) -> Merged:
+    if matcher not in ("weight", "learned"):
+        raise UsageError(f"universe merging uses weight matching (refined with refine=True or matcher 'learned'); "
+                         f"for matcher '{matcher}' merge pairwise (pairwise=True; command line: --pairwise)")
+    refine = refine or matcher == "learned"
+    universe_options = {k: v for k, v in options.items() if k in UNIVERSE_OPTIONS}
+    refine_options = {k: v for k, v in options.items() if k not in universe_options or k == "permutations_only"}
+    if not refine and refine_options.keys() - {"permutations_only"}:
+        raise UsageError(f"option(s) {sorted(refine_options.keys() - {'permutations_only'})} are refinement options: "
+                         "refine the universe (refine=True; command line: --refine)")
+    out = merge_universe(models, spec, refine=refine, dataset=data, weights=weights, merger=merger, surface_path=plot,
+                         seed=seed, device=device, progress=progress, universe_options=universe_options,
+                         refine_options=refine_options if refine else None, registries=registries)
+    method = "universe" + (" + refinement" if refine else "")
+    return Merged(out.model, {"method": method, "weights": weights, "merger": merger,
+                              "seconds": time.perf_counter() - started, **out.to_record()}, out)
