@@ -552,7 +552,7 @@ def test_registry_finds_exactly_the_shipped_specs(monkeypatch):
     assert sorted(e.name for e in entries) == sorted({**SHIPPED, **PAPER_ROUTE})
     for e in entries:
         assert e.file.name == {**SHIPPED, **PAPER_ROUTE}[e.name]
-    assert registry.find_spec("hf-gpt2").name == "hf-gpt2"
+    assert registry.find_spec("hf-gpt2", REGISTRIES).name == "hf-gpt2"
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))

@@ -108,8 +108,9 @@ def test_differently_seeded_vits_have_a_vanilla_averaging_barrier(digits):
     assert 0.2 <= result.loss_lambda <= 0.8
 
 
-@pytest.mark.parametrize("module", ["__init__", "schedule", "loop", "models", "recipes"])
+@pytest.mark.parametrize("module", ["__init__", "loop", "models", "recipes", "symdsl.learn.schedule"])
 def test_docstring_examples_run(module):
-    name = "symdsl.experiments.train" if module == "__init__" else f"symdsl.experiments.train.{module}"
+    name = "symdsl.experiments.train" if module == "__init__" else \
+        module if module.startswith("symdsl.") else f"symdsl.experiments.train.{module}"
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

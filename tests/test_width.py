@@ -338,7 +338,7 @@ def test_weight_matching_survives_a_head_dim_that_grows():
     # per-head maps is singular: weight matching must reject it, not fail.
     from symdsl.data import load_dataset
     from symdsl.experiments.train import small_vit
-    from symdsl.width import align_widths
+    from symdsl.api.widths import align_widths
 
     ds = load_dataset("digits")
     wide, narrow = small_vit(ds, embed_dim=32, num_heads=2, seed=1), small_vit(ds, embed_dim=16, num_heads=2, seed=0)

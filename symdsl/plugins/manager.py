@@ -88,7 +88,7 @@ def load(*, blocked: Iterable[str] = (), plugins: Mapping[str, Any] | None = Non
 
 def collect(pm: pluggy.PluginManager, blocked: tuple[str, ...] = ()) -> Registries:
     """The :class:`Registries` of everything ``pm``'s plugins contribute, in registration order."""
-    order = [pm.get_name(p) for p in pm.get_plugins()]
+    order = [name for name, plugin in pm.list_name_plugin() if plugin is not None]   # registration order
     rank = {name: i for i, name in enumerate(order)}
     found: dict[str, list[tuple[str, Any, str]]] = {category: [] for category in CATEGORIES}
     for hook_name, (category, shape) in HOOKS.items():
