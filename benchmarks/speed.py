@@ -139,7 +139,7 @@ def replay_solvers(inputs: list, device: torch.device) -> dict[str, float]:
         start = time.perf_counter()
         if event == "maximize_trace":
             maximize_trace(data["kind"], data["c"], data["options"])
-            label = "svd" if data["kind"].matrix_based else "assign"
+            label = "assign" if data["kind"].discrete else "svd"
         elif event == "invertible":
             least_squares_candidates(data["primal"], data["dual"])
             label = "invertible"

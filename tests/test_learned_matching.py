@@ -8,12 +8,17 @@ from conftest import SHIPPED, canonical_example, relative_distance
 from symdsl.act import act_state_dict, random_transform
 from symdsl.data import load_dataset
 from symdsl.errors import UsageError
-from symdsl.groups import get_group_kind
-from symdsl.learn import (CayleyOrthogonal, CayleyStiefel, FreeInvertible, PathLoss, StraightThroughPermutation,
-                          StraightThroughSemiPermutation, act_dense, cayley, parse_sampler)
+from symdsl.groups.invertible import FreeInvertible, Invertible
+from symdsl.groups.orthogonal import CayleyOrthogonal, Orthogonal
+from symdsl.groups.parametrizations import cayley
+from symdsl.groups.permutation import Permutation, StraightThroughPermutation
+from symdsl.groups.semi_permutation import SemiPermutation, StraightThroughSemiPermutation
+from symdsl.groups.stiefel import CayleyStiefel, Stiefel
+from symdsl.learn import PathLoss, act_dense, parse_sampler
 from symdsl.learn.loop import validation_objective
 
 F64 = torch.float64
+KINDS = {k.name: k for k in (Permutation(), SemiPermutation(), Orthogonal(), Stiefel(), Invertible())}
 
 
 def _random_generator(p, seed=0, scale=0.3):
@@ -28,14 +33,14 @@ def _random_generator(p, seed=0, scale=0.3):
 
 @pytest.mark.parametrize("preserve", [False, True])
 def test_cayley_orthogonal_stays_in_the_group(preserve):
-    start = get_group_kind("orthogonal").random(6, options={"preserve": "ones"} if preserve else None,
+    start = Orthogonal().random(6, options={"preserve": "ones"} if preserve else None,
                                                 generator=torch.Generator().manual_seed(1))
     p = CayleyOrthogonal(start, preserve_ones=preserve)
     assert torch.equal(p.element(), start)            # the generator starts at 0: g = g0 exactly
     _random_generator(p)
     g = p.element()
     options = {"preserve": "ones"} if preserve else None
-    assert get_group_kind("orthogonal").contains(g, options=options)
+    assert Orthogonal().contains(g, options=options)
     primal, dual = p.dense()
     assert torch.equal(primal, dual)
     if preserve:
@@ -56,7 +61,7 @@ def test_cayley_matches_its_closed_form_in_two_dimensions():
     lambda: CayleyOrthogonal(torch.eye(4, dtype=F64), preserve_ones=True),
     lambda: CayleyOrthogonal(torch.eye(4, dtype=F64)),
     lambda: CayleyStiefel(torch.eye(5, 3, dtype=F64)),
-    lambda: FreeInvertible(get_group_kind("invertible").random(3, batch=(2,), generator=torch.Generator().manual_seed(2))),
+    lambda: FreeInvertible(Invertible().random(3, batch=(2,), generator=torch.Generator().manual_seed(2))),
 ], ids=["orthogonal-ones", "orthogonal", "stiefel", "invertible"])
 def test_parametrisation_gradients_match_finite_differences(make):
     p = make()
@@ -77,19 +82,19 @@ def test_straight_through_permutation_is_hard_forward_and_identity_backward():
     scores_start = torch.tensor([2, 0, 3, 1])
     p = StraightThroughPermutation(scores_start)
     primal, dual = p.dense()
-    assert torch.equal(primal.detach(), get_group_kind("permutation").to_matrix(scores_start))
+    assert torch.equal(primal.detach(), Permutation().to_matrix(scores_start))
     assert primal is dual
     weights = torch.randn(4, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
     (weights * primal).sum().backward()
     torch.testing.assert_close(p.scores.grad, weights)       # d/dS of <W, P> is W: straight through
     with torch.no_grad():                                    # scores now favour another assignment
-        p.scores.copy_(get_group_kind("permutation").to_matrix(torch.tensor([1, 0, 3, 2])) * 5 + 0.01 * weights)
+        p.scores.copy_(Permutation().to_matrix(torch.tensor([1, 0, 3, 2])) * 5 + 0.01 * weights)
     assert p.element().tolist() == [1, 0, 3, 2]
-    assert get_group_kind("permutation").contains(p.element())
+    assert Permutation().contains(p.element())
 
 
 def test_straight_through_semi_permutation_divides_the_dual_by_copy_counts():
-    kind = get_group_kind("semi_permutation")
+    kind = SemiPermutation()
     g0 = torch.tensor([0, 2, 1, 2, 2])
     p = StraightThroughSemiPermutation(g0, n_in=3)
     primal, dual = p.dense()
@@ -106,7 +111,7 @@ def test_free_invertible_projection_bounds_the_condition_number():
     p.project()
     s = torch.linalg.svdvals(p.element())
     assert float(s[0] / s[-1]) <= 100.0 + 1e-9
-    assert get_group_kind("invertible").contains(p.element())
+    assert Invertible().contains(p.element())
     primal, dual = p.dense()
     torch.testing.assert_close(primal.mT @ dual, torch.eye(3, dtype=F64))
 
@@ -115,7 +120,7 @@ def test_every_builtin_kind_has_a_parametrisation_that_starts_at_its_element():
     gen = torch.Generator().manual_seed(0)
     for name, n_out, n_in in [("permutation", 4, 4), ("semi_permutation", 5, 3), ("orthogonal", 4, 4),
                               ("stiefel", 5, 3), ("invertible", 3, 3)]:
-        kind = get_group_kind(name)
+        kind = KINDS[name]
         g = kind.random(n_out, n_in, generator=gen)
         p = kind.parametrize(g, n_in=n_in)
         element = p.element()

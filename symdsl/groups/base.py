@@ -165,8 +165,8 @@ class GroupKind(abc.ABC):
         matrix_based: elements are float matrices (else index arrays).
         options: allowed option names -> tuple of allowed values.
 
-    >>> from symdsl.groups import get_group_kind
-    >>> kind = get_group_kind("permutation")
+    >>> from symdsl.groups.permutation import Permutation
+    >>> kind = Permutation()
     >>> kind.name, kind.square, kind.self_dual, kind.matrix_based
     ('permutation', True, True, False)
     """
@@ -194,6 +194,72 @@ class GroupKind(abc.ABC):
         """
         return self.elementwise_equivariant
 
+    @property
+    def permutes_positions(self) -> bool:
+        """Does every element move whole positions, one to one (never mixing nor copying them)?
+
+        Only then can another site be declared ``per`` this one: its per-position elements (one
+        map per attention head) travel with their position. By default: an elementwise
+        equivariant square kind, i.e. a permutation.
+        """
+        return self.elementwise_equivariant and self.square
+
+    # -- what matchers, learned matching and the width lift ask of a kind ------------------
+    #: The elements form a finite set (an assignment solves :meth:`maximize_trace`), so the
+    #: correlation it is solved from may be formed in float32: rounding can only flip near-ties.
+    discrete: bool = False
+    #: Weight matching fits this kind's sites by least squares (g on primal, ``g^-T`` on dual
+    #: occurrences, from Gram matrices, refined by L-BFGS) instead of :meth:`maximize_trace`.
+    #: Maximising ``tr(g^T C)`` minimises ``||A - g B||`` only when g cannot change ``||g B||``;
+    #: GL(n) can, so it needs the least-squares route (square float-matrix elements only).
+    least_squares_fit: bool = False
+
+    def maximize_trace(self, c: Tensor, *, options: Mapping[str, object] | None = None) -> Tensor:
+        """The element g maximising ``tr(g^T c)`` for ``c`` ``(..., n_out, n_in)`` (batched).
+
+        Weight matching's linear step for every kind without :attr:`least_squares_fit`. The
+        default is :meth:`project`, which for kinds of norm-preserving elements is the same
+        problem (``||g - c||^2 = const - 2 tr(g^T c)``); a kind whose projection differs
+        overrides this.
+
+        >>> from symdsl.groups.permutation import Permutation
+        >>> Permutation().maximize_trace(torch.tensor([[0., 5.], [4., 1.]]))
+        tensor([1, 0])
+        """
+        return self.project(c, options=options or {})
+
+    def permutation_restriction(self, options: Mapping[str, object] | None = None) -> "GroupKind | None":
+        """The kind to solve and learn this kind's sites with when only permutations are wanted.
+
+        ``permutations_only`` (the paper's permutation baseline) asks every site for its
+        permutations: a kind returns itself when its elements already are (copy) permutations,
+        a kind whose elements share this kind's representation and are the permutations inside it
+        (``orthogonal`` returns :class:`~symdsl.groups.permutation_matrix.PermutationMatrix`), or
+        None when it has none to offer, and the site then keeps its starting element. The returned
+        kind is used without options (a restriction bakes them in). Default: itself for
+        elementwise equivariant kinds, None otherwise.
+
+        >>> from symdsl.groups.invertible import Invertible
+        >>> Invertible().permutation_restriction() is None
+        True
+        """
+        return self if self.elementwise_equivariant else None
+
+    def lift_rule(self, options: Mapping[str, object] | None = None, *, per: bool = False) -> str | None:
+        """How :mod:`symdsl.width` widens a site of this kind to a larger size, or None (it cannot).
+
+        ``"copy"``: a surjective copy map, the reader dividing by the copy count (exact behind an
+        elementwise nonlinearity); ``"embed"``: an orthonormal embedding on both sides (a per-head
+        map contracted with nothing in between); ``"residual"``: the mean-preserving, variance-
+        keeping embedding of a LayerNorm residual stream. ``per``: the site is declared per
+        another. Default None: the lift refuses the site and names it.
+
+        >>> from symdsl.groups.invertible import Invertible
+        >>> Invertible().lift_rule(per=True)
+        'embed'
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"<group kind {self.name!r}>"
 
@@ -202,9 +268,9 @@ class GroupKind(abc.ABC):
     def validate_options(self, options: Mapping[str, object] | None) -> None:
         """Raise ``ValueError`` naming any unknown option or disallowed value.
 
-        >>> from symdsl.groups import get_group_kind
-        >>> get_group_kind("orthogonal").validate_options({"preserve": "ones"})
-        >>> get_group_kind("orthogonal").validate_options({"keep": "ones"})
+        >>> from symdsl.groups.orthogonal import Orthogonal
+        >>> Orthogonal().validate_options({"preserve": "ones"})
+        >>> Orthogonal().validate_options({"keep": "ones"})
         Traceback (most recent call last):
         ...
         ValueError: group kind 'orthogonal' has no option 'keep'; allowed options: preserve=('ones',)
@@ -290,9 +356,10 @@ class GroupKind(abc.ABC):
         """The nearest valid element to a real matrix ``(..., n_out, n_in)``."""
 
     def parametrize(self, g0: Tensor, *, options=None, n_in: int | None = None):
-        """A trainable :class:`symdsl.learn.parametrize.Parametrization` starting at ``g0``.
+        """A trainable :class:`symdsl.groups.parametrizations.Parametrization` starting at ``g0``.
 
-        Learned matching trains these. A plugin kind that can be learned overrides this; the
+        Learned matching trains these. A plugin kind that can be learned overrides this (a
+        discrete kind can return :class:`~symdsl.groups.parametrizations.StraightThrough`); the
         default says that it cannot, and learned matching then reports the site.
         """
         raise NotImplementedError(f"group kind {self.name!r} has no trainable parametrisation "
@@ -321,8 +388,8 @@ class MatrixGroupKind(GroupKind):
                   n_in: int | None = None) -> Tensor:
         """The element itself (it already is the matrix), cast to ``dtype`` if given.
 
-        >>> from symdsl.groups import get_group_kind
-        >>> get_group_kind("orthogonal").to_matrix(torch.eye(2)).shape
+        >>> from symdsl.groups.orthogonal import Orthogonal
+        >>> Orthogonal().to_matrix(torch.eye(2)).shape
         torch.Size([2, 2])
         """
         self._check_n_in(g, n_in)
@@ -331,8 +398,8 @@ class MatrixGroupKind(GroupKind):
     def compose(self, a: Tensor, b: Tensor) -> Tensor:
         """``a @ b`` (apply b first), batching by broadcasting.
 
-        >>> from symdsl.groups import get_group_kind
-        >>> k = get_group_kind("invertible")
+        >>> from symdsl.groups.invertible import Invertible
+        >>> k = Invertible()
         >>> k.compose(2 * torch.eye(2), 3 * torch.eye(2))
         tensor([[6., 0.],
                 [0., 6.]])
@@ -350,8 +417,8 @@ class MatrixGroupKind(GroupKind):
         slice b of x along ``batch_dim`` uses ``g[b]``.  The result keeps x's
         dtype and device; only axis ``dim`` changes (to size n_out).
 
-        >>> from symdsl.groups import get_group_kind
-        >>> k = get_group_kind("stiefel")
+        >>> from symdsl.groups.stiefel import Stiefel
+        >>> k = Stiefel()
         >>> k.apply(k.identity(3, 2), torch.ones(5, 2), dim=1).shape
         torch.Size([5, 3])
         """
@@ -377,8 +444,8 @@ class IndexGroupKind(GroupKind):
                   n_in: int | None = None) -> Tensor:
         """Dense 0/1 matrix ``(..., n_out, n_in)`` with ``M[a, g[a]] = 1`` (float64 by default).
 
-        >>> from symdsl.groups import get_group_kind
-        >>> get_group_kind("permutation").to_matrix(torch.tensor([1, 0]))
+        >>> from symdsl.groups.permutation import Permutation
+        >>> Permutation().to_matrix(torch.tensor([1, 0]))
         tensor([[0., 1.],
                 [1., 0.]], dtype=torch.float64)
         """
@@ -391,8 +458,8 @@ class IndexGroupKind(GroupKind):
 
         Batch dims broadcast.  ``to_matrix(c) == to_matrix(a) @ to_matrix(b)``.
 
-        >>> from symdsl.groups import get_group_kind
-        >>> get_group_kind("permutation").compose(torch.tensor([1, 2, 0]), torch.tensor([2, 0, 1]))
+        >>> from symdsl.groups.permutation import Permutation
+        >>> Permutation().compose(torch.tensor([1, 2, 0]), torch.tensor([2, 0, 1]))
         tensor([0, 1, 2])
         """
         batch = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
@@ -422,8 +489,8 @@ class IndexGroupKind(GroupKind):
         of x along ``batch_dim`` uses ``g[b]``.  Exact (no float matmul); keeps
         x's dtype and device.  Entries of g are trusted, not range-checked.
 
-        >>> from symdsl.groups import get_group_kind
-        >>> get_group_kind("permutation").apply(torch.tensor([2, 0, 1]), torch.tensor([10., 20., 30.]), 0)
+        >>> from symdsl.groups.permutation import Permutation
+        >>> Permutation().apply(torch.tensor([2, 0, 1]), torch.tensor([10., 20., 30.]), 0)
         tensor([30., 10., 20.])
         """
         dim, batch_dim = normalize_axes(x, dim, batch_dim)

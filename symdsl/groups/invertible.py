@@ -12,6 +12,7 @@ import torch
 from symdsl.groups.base import (MatrixGroupKind, Tensor, batch_shape, expand_batch,
                                 generator_device, is_float_matrix)
 from symdsl.groups.orthogonal import haar_orthogonal
+from symdsl.groups.parametrizations import Parametrization
 
 MAX_CONDITION = 1e12
 
@@ -41,6 +42,16 @@ class Invertible(MatrixGroupKind):
     square = True
     self_dual = False
     options: dict[str, tuple] = {}
+    # g changes the norm of what it acts on, so maximising tr(g^T C) is not the least-squares fit
+    least_squares_fit = True
+
+    def permutation_restriction(self, options=None) -> None:
+        """None: with ``permutations_only`` an invertible site keeps its starting element."""
+        return None
+
+    def lift_rule(self, options=None, *, per: bool = False) -> str:
+        """``"embed"``: a per-head map widens by an orthonormal embedding on both of its sides."""
+        return "embed"
 
     def identity(self, n_out, n_in=None, batch=(), *, options=None,
                  dtype=torch.float64, device=None) -> Tensor:
@@ -118,8 +129,6 @@ class Invertible(MatrixGroupKind):
         tensor([[1., 0.],
                 [0., 1.]], dtype=torch.float64)
         """
-        from symdsl.learn.parametrize import FreeInvertible
-
         return FreeInvertible(g0)
 
     def project(self, m: Tensor, *, options=None) -> Tensor:
@@ -140,3 +149,35 @@ class Invertible(MatrixGroupKind):
             raise ValueError(f"matrix is not a usable invertible element: condition number "
                              f"{cond:.3g} (must be finite and < {MAX_CONDITION:.0e})")
         return m
+
+
+class FreeInvertible(Parametrization):
+    """The matrix itself (batched per head), dual ``inv(g)^T``; conditioning kept below ``max_condition``.
+
+    After each optimiser step :meth:`project` clips its singular values so that the condition
+    number stays below ``max_condition``.
+
+    >>> p = FreeInvertible(2 * torch.eye(2, dtype=torch.float64))
+    >>> primal, dual = p.dense()
+    >>> dual.detach()
+    tensor([[0.5000, 0.0000],
+            [0.0000, 0.5000]], dtype=torch.float64)
+    """
+
+    def __init__(self, g0: Tensor, *, max_condition: float = 1e4):
+        super().__init__()
+        self.matrix = torch.nn.Parameter(g0.detach().clone())
+        self.max_condition = float(max_condition)
+
+    def dense(self):
+        return self.matrix, torch.linalg.inv(self.matrix).mT
+
+    def element(self) -> Tensor:
+        return self.matrix.detach().clone()
+
+    def project(self) -> None:
+        with torch.no_grad():
+            u, s, vh = torch.linalg.svd(self.matrix)                 # s: (..., k), descending
+            floor = s[..., :1] / self.max_condition
+            if bool((s < floor).any()):
+                self.matrix.copy_(u @ torch.diag_embed(torch.maximum(s, floor)) @ vh)

@@ -12,6 +12,8 @@ import torch
 
 from symdsl.groups.base import (MatrixGroupKind, Tensor, all_close, batch_shape,
                                 expand_batch, generator_device, is_float_matrix, tolerance)
+from symdsl.groups.parametrizations import Parametrization, cayley, skew
+from symdsl.groups.permutation import PermutationMatrix
 
 
 def haar_orthogonal(n: int, batch: tuple[int, ...] = (), generator=None,
@@ -97,6 +99,24 @@ class Orthogonal(MatrixGroupKind):
         """Only the ``preserve: ones`` subgroup fixes the all-ones vector."""
         return preserves_ones(options)
 
+    def permutation_restriction(self, options=None) -> PermutationMatrix:
+        """Permutation matrices (every one is orthogonal and fixes the ones vector).
+
+        >>> Orthogonal().permutation_restriction({"preserve": "ones"}).name
+        'permutation_matrix'
+        """
+        return PermutationMatrix()
+
+    def lift_rule(self, options=None, *, per: bool = False) -> str | None:
+        """Per-head maps embed; a ``preserve: ones`` stream is a LayerNorm residual; else no rule.
+
+        >>> Orthogonal().lift_rule({"preserve": "ones"}), Orthogonal().lift_rule(), Orthogonal().lift_rule(per=True)
+        ('residual', None, 'embed')
+        """
+        if per:
+            return "embed"
+        return "residual" if preserves_ones(options) else None
+
     def identity(self, n_out, n_in=None, batch=(), *, options=None,
                  dtype=torch.float64, device=None) -> Tensor:
         """The identity matrix ``(*batch, n, n)`` (it also preserves ones).
@@ -175,8 +195,6 @@ class Orthogonal(MatrixGroupKind):
         >>> p.element().shape
         torch.Size([3, 3])
         """
-        from symdsl.learn.parametrize import CayleyOrthogonal
-
         self.validate_options(options)
         return CayleyOrthogonal(g0.to(torch.promote_types(g0.dtype, torch.float32)),
                                 preserve_ones=preserves_ones(options))
@@ -201,3 +219,44 @@ class Orthogonal(MatrixGroupKind):
         basis = ones_complement_basis(m.shape[-1], m.dtype, m.device)  # (n, n-1)
         q = polar_factor(basis.T @ m @ basis)                          # (..., n-1, n-1)
         return embed_complement(q, basis)
+
+
+class CayleyOrthogonal(Parametrization):
+    """``g0 @ cayley(A)``, A skew-symmetric (zero at the start); with ``preserve_ones`` A fixes 1.
+
+    With ``preserve_ones`` A lives on the complement of the ones vector (A = B K B^T for a
+    basis B of that complement), so every iterate fixes 1.
+
+    >>> p = CayleyOrthogonal(torch.eye(4, dtype=torch.float64))
+    >>> bool(torch.equal(p.element(), torch.eye(4, dtype=torch.float64)))
+    True
+    >>> p = CayleyOrthogonal(torch.eye(3, dtype=torch.float64), preserve_ones=True)
+    >>> primal, dual = p.dense()
+    >>> bool(torch.allclose(primal @ torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)))
+    True
+    """
+
+    def __init__(self, g0: Tensor, *, preserve_ones: bool = False):
+        super().__init__()
+        n = g0.shape[-1]
+        self.register_buffer("start", g0.detach().clone())
+        self.preserve_ones = preserve_ones
+        inner = n - 1 if preserve_ones else n
+        if preserve_ones:
+            self.register_buffer("basis", ones_complement_basis(n, dtype=g0.dtype, device=g0.device))  # (n, n-1)
+        self.generator = torch.nn.Parameter(torch.zeros(*g0.shape[:-2], inner, inner, dtype=g0.dtype,
+                                                        device=g0.device))
+
+    def rotation(self) -> Tensor:
+        generator = skew(self.generator)
+        if self.preserve_ones:
+            generator = self.basis @ generator @ self.basis.mT       # (n, n), zero on the ones vector
+        return cayley(generator)
+
+    def dense(self):
+        g = self.start @ self.rotation()
+        return g, g
+
+    def element(self) -> Tensor:
+        with torch.no_grad():
+            return self.dense()[0].detach().clone()

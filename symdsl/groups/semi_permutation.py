@@ -10,10 +10,13 @@ outputs sharing its input, so that the next layer sees the same sum.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from symdsl.groups.base import (IndexGroupKind, Tensor, batch_shape, expand_batch,
                                 generator_device, is_index_array, random_permutation)
+from symdsl.groups.parametrizations import StraightThrough
 
 
 def copy_counts(g: Tensor, n_in: int) -> Tensor:
@@ -40,6 +43,7 @@ class SemiPermutation(IndexGroupKind):
 
     name = "semi_permutation"
     elementwise_equivariant = True
+    discrete = True
     square = False
     self_dual = False
     options: dict[str, tuple] = {}
@@ -154,11 +158,32 @@ class SemiPermutation(IndexGroupKind):
         >>> SemiPermutation().parametrize(torch.tensor([0, 1, 0]), n_in=2).element()
         tensor([0, 1, 0])
         """
-        from symdsl.learn.parametrize import StraightThroughSemiPermutation
-
         if n_in is None:
             raise ValueError("semi_permutation.parametrize needs n_in=... (the input size)")
         return StraightThroughSemiPermutation(g0, n_in=n_in)
+
+    def maximize_trace(self, c: Tensor, *, options=None) -> Tensor:
+        """The SURJECTIVE copy map maximising ``tr(g^T c)``, c ``(..., n_out, n_in)``.
+
+        Unlike :meth:`project` every input is used, so the result is a valid element: solved
+        exactly as a square assignment of the outputs to n_in "must use" columns (the inputs)
+        plus ``n_out - n_in`` "free" columns, each worth an output's best input.
+
+        >>> SemiPermutation().maximize_trace(torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]]))
+        tensor([0, 0, 1])
+        """
+        self.validate_options(options)
+        if c.dim() > 2:
+            return torch.stack([self.maximize_trace(m) for m in c])
+        n_out, n_in = c.shape
+        values = c.detach().double().cpu().numpy()
+        best = values.max(axis=1, keepdims=True)       # (n_out, 1): a free output takes its best input
+        square = np.concatenate([values, np.repeat(best, n_out - n_in, axis=1)], axis=1)   # (n_out, n_out)
+        rows, cols = linear_sum_assignment(square, maximize=True)
+        choice = np.where(cols < n_in, cols, values.argmax(axis=1)[rows])
+        out = np.empty(n_out, dtype=np.int64)
+        out[rows] = choice
+        return torch.as_tensor(out, device=c.device)
 
     def project(self, m: Tensor, *, options=None) -> Tensor:
         """Each output row picks its largest input: ``m.argmax(-1)``, shape ``(..., n_out)``.
@@ -175,3 +200,25 @@ class SemiPermutation(IndexGroupKind):
             raise ValueError(f"semi_permutation.project needs matrices (..., n_out, n_in), "
                              f"got shape {tuple(m.shape)}")
         return m.argmax(dim=-1)
+
+
+class StraightThroughSemiPermutation(StraightThrough):
+    """Hard surjective assignment forward (each input copied at least once), straight-through backward.
+
+    The dual divides every copy of input j by the number of copies of j (pinv(M)^T for a 0/1
+    matrix M with one 1 per row).
+
+    >>> p = StraightThroughSemiPermutation(torch.tensor([0, 1, 1]), n_in=2)
+    >>> primal, dual = p.dense()
+    >>> dual.detach()
+    tensor([[1.0000, 0.0000],
+            [0.0000, 0.5000],
+            [0.0000, 0.5000]], dtype=torch.float64)
+    """
+
+    def __init__(self, g0: Tensor, *, n_in: int, dtype=torch.float64):
+        super().__init__(SemiPermutation(), g0.long(), n_in=n_in, dtype=dtype)
+
+    def dual_matrix(self, matrix: Tensor, hard: Tensor) -> Tensor:
+        counts = hard.sum(-2, keepdim=True).clamp_min(1.0)           # (..., 1, n_in): copies of each input
+        return matrix / counts

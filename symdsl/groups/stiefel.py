@@ -11,6 +11,7 @@ import torch
 from symdsl.groups.base import (MatrixGroupKind, Tensor, all_close, batch_shape,
                                 expand_batch, is_float_matrix, tolerance)
 from symdsl.groups.orthogonal import haar_orthogonal, polar_factor
+from symdsl.groups.parametrizations import Parametrization, cayley, skew
 
 
 class Stiefel(MatrixGroupKind):
@@ -27,6 +28,14 @@ class Stiefel(MatrixGroupKind):
     square = False
     self_dual = True   # dual(g) = pinv(g)^T = g for orthonormal columns
     options: dict[str, tuple] = {}
+
+    def permutation_restriction(self, options=None) -> "Stiefel":
+        """Itself: an embedding site is matched in full even with ``permutations_only``.
+
+        A rectangular embedding has no permutations inside it (n_out != n_in), and dropping
+        the site would leave the two models' widths unmatched.
+        """
+        return self
 
     def identity(self, n_out, n_in=None, batch=(), *, options=None,
                  dtype=torch.float64, device=None) -> Tensor:
@@ -98,8 +107,6 @@ class Stiefel(MatrixGroupKind):
         >>> Stiefel().parametrize(torch.eye(3, 2, dtype=torch.float64)).element().shape
         torch.Size([3, 2])
         """
-        from symdsl.learn.parametrize import CayleyStiefel
-
         return CayleyStiefel(g0)
 
     def project(self, m: Tensor, *, options=None) -> Tensor:
@@ -115,3 +122,28 @@ class Stiefel(MatrixGroupKind):
             raise ValueError(f"stiefel.project needs matrices (..., n_out, n_in) with "
                              f"n_out >= n_in, got shape {tuple(m.shape)}")
         return polar_factor(m)
+
+
+class CayleyStiefel(Parametrization):
+    """``cayley(A) @ g0`` for a rectangular g0 ``(n_out, n_in)`` with orthonormal columns.
+
+    >>> g0 = torch.eye(3, 2, dtype=torch.float64)
+    >>> p = CayleyStiefel(g0)
+    >>> primal, dual = p.dense()
+    >>> primal.shape, bool(torch.equal(primal, dual))
+    (torch.Size([3, 2]), True)
+    """
+
+    def __init__(self, g0: Tensor):
+        super().__init__()
+        self.register_buffer("start", g0.detach().clone())
+        n = g0.shape[-2]
+        self.generator = torch.nn.Parameter(torch.zeros(*g0.shape[:-2], n, n, dtype=g0.dtype, device=g0.device))
+
+    def dense(self):
+        g = cayley(skew(self.generator)) @ self.start
+        return g, g        # orthonormal columns: pinv(g)^T = g
+
+    def element(self) -> Tensor:
+        with torch.no_grad():
+            return self.dense()[0].detach().clone()

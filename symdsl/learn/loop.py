@@ -19,7 +19,7 @@ import torch
 from ..data import Dataset
 from .schedule import lr_multiplier
 from .objective import PathLoss
-from .parametrize import Parametrization
+from ..groups.parametrizations import Parametrization
 
 Params = Mapping[str, Parametrization]
 

@@ -282,7 +282,7 @@ class _Resolver:
             if per is not None:
                 if per in raw:
                     parent = raw[per]
-                    if parent[0].name != "permutation":
+                    if not parent[0].permutes_positions:
                         self.problem(origin + ("per",), f"'per: {per}' must name a permutation site or a dimension, "
                                      f"but '{per}' is {parent[0].name}",
                                      "elements are indexed by the parent's positions, which only a permutation keeps apart")

@@ -1,17 +1,19 @@
 """Lift a narrow model into a wide model's configuration, computing exactly the same function.
 
 After canonicalization (LayerNorm gains folded into their readers, writers into the residual
-stream mean-centred) every site of the narrow model is embedded into the wide one's:
+stream mean-centred) every site of the narrow model is embedded into the wide one's, by the rule
+its kind names (:meth:`symdsl.groups.GroupKind.lift_rule`):
 
-- residual (d_n -> d_w): ``x_w = s E x`` with E orthonormal columns, ``E^T 1 = 1`` (a mean-zero
-  stream stays mean-zero) and ``s = sqrt(d_w / d_n)`` (every LayerNorm sees the same variance,
-  so even its eps acts identically). Writers get ``s E``, readers ``E / s``, folded gains
-  become ``1_w``, LayerNorm biases (primal vectors after folding) ``s E``.
-- heads and MLP units (permutation sites, n_n -> n_w): copied by a surjective copy map; the
-  reader divides by the copy count (exact: GELU is elementwise, head copies attend alike).
-- per-head maps (k_n -> k_w): an orthonormal embedding per wide head on both sides; on the
-  query side it is scaled by ``c = scale_n / scale_w`` (the softmax temperature: scores are
-  ``scale * q . k`` and scale depends on the head dim, per :mod:`symdsl.width.adapters`).
+- ``residual`` (the adapter's residual site, d_n -> d_w): ``x_w = s E x`` with E orthonormal
+  columns, ``E^T 1 = 1`` (a mean-zero stream stays mean-zero) and ``s = sqrt(d_w / d_n)``
+  (every LayerNorm sees the same variance, so even its eps acts identically). Writers get
+  ``s E``, readers ``E / s``, folded gains become ``1_w``, LayerNorm biases (primal vectors
+  after folding) ``s E``.
+- ``copy`` (heads and MLP units, permutation sites, n_n -> n_w): copied by a surjective copy
+  map; the reader divides by the copy count (exact: GELU is elementwise, head copies attend alike).
+- ``embed`` (per-head maps, k_n -> k_w): an orthonormal embedding per wide head on both sides;
+  on the query side it is scaled by ``c = scale_n / scale_w`` (the softmax temperature: scores
+  are ``scale * q . k`` and scale depends on the head dim, per :mod:`symdsl.width.adapters`).
 
 The maps act through the ordinary action engine (:func:`symdsl.act.engine.act_tensor`) with
 :class:`symdsl.act.pairs.PairKind` elements, so every tensor is lifted through the spec's own
@@ -258,31 +260,32 @@ def _check_sites(r_n: ResolvedSpec, r_w: ResolvedSpec) -> None:
 
 def _site_lifts(r_n: ResolvedSpec, r_w: ResolvedSpec, adapter: WidthAdapter, narrow: torch.nn.Module,
                 wide: torch.nn.Module, *, randomize: bool, generator: torch.Generator) -> dict[str, SiteLift]:
-    """One lift map per site, by the site's kind (see the module docstring)."""
+    """One lift map per site, by the rule its kind gives (``GroupKind.lift_rule``; see the module docstring)."""
     if adapter.residual not in r_n.sites:
         raise UsageError(f"spec '{r_n.spec.name}' has no site '{adapter.residual}' (the adapter's residual site)")
     lifts = {}
     for name, site in r_n.sites.items():
         n, w = site.size, r_w.sites[name].size
         batch = (r_w.sites[name].per_size,) if site.per else ()
-        kind = site.kind.name
+        rule = site.kind.lift_rule(site.options, per=bool(site.per))
         if name == adapter.residual:
-            if kind != "orthogonal" or site.options.get("preserve") != "ones":
-                raise UsageError(f"residual site '{name}' is '{kind}' {site.options}: the lift needs a LayerNorm "
-                                 "residual (orthogonal, preserve: ones)")
+            if rule != "residual":
+                raise UsageError(f"residual site '{name}' is '{site.kind.name}' {site.options}: the lift needs a "
+                                 "LayerNorm residual (orthogonal, preserve: ones)")
             element, s = residual_pair(residual_embedding(w, n, randomize=randomize, generator=generator))
             lifts[name] = SiteLift(name, "residual", n, w, element, s)
-        elif kind == "permutation":
+        elif rule == "copy":
             g = copy_map(w, n, batch, randomize=randomize, generator=generator)
             lifts[name] = SiteLift(name, "copy", n, w, copy_pair(g, n), 1.0, g)
-        elif kind == "invertible" or (kind == "orthogonal" and site.per):
+        elif rule == "embed":
             layer = adapter.query_key_layer(name)
             c = 1.0 if layer is None else (adapter.score_scale(narrow, r_n.prefix, layer)
                                            / adapter.score_scale(wide, r_w.prefix, layer))
             lifts[name] = SiteLift(name, "embed", n, w, embedding_pair(w, n, batch, scale=c, randomize=randomize,
                                                                       generator=generator), c)
         else:
-            raise UsageError(f"site '{name}' (group {kind}) has no width-lift rule")
+            raise UsageError(f"site '{name}' (group {site.kind.name}{', per ' + site.per if site.per else ''}) has "
+                             f"no width-lift rule (its kind's lift_rule gives {rule!r})")
     return lifts
 
 

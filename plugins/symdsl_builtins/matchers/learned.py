@@ -45,7 +45,7 @@ class LearnedMatching(Matcher):
         from symdsl.data.holdout import with_validation
         from symdsl.learn.loop import learn_transforms
         from symdsl.learn.objective import PathLoss
-        from symdsl.learn.parametrize import StraightThroughPermutation, parametrize_sites, trained_sites
+        from symdsl.learn.parametrize import parametrize_sites, trained_sites
         from symdsl.learn.samplers import parse_sampler
 
         unknown = sorted(set(options) - set(DEFAULTS))
@@ -77,7 +77,7 @@ class LearnedMatching(Matcher):
         multiplier = settings["permutation_lr"]
         multiplier = float(multiplier if multiplier is not None else (10.0 if permutations_only else 1.0))
         for p in params.values():
-            if isinstance(p, StraightThroughPermutation):
+            if p.straight_through:
                 p.lr_scale = multiplier
         states = [{k: v.to(device) for k, v in s.items()} for s in (state_a, state_b)]
         path = PathLoss(model, resolved, states, dataset.task)

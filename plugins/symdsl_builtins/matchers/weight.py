@@ -1,15 +1,19 @@
 """Weight matching: block coordinate descent over every site of a spec.
 
-Minimises  J(g) = sum_t ||A_t - act(g, B)_t||^2  one site at a time, the others fixed:
-- permutation / orthogonal / stiefel / semi_permutation sites maximise tr(g^T C) with C the
-  correlation of A and B (other sites applied) unfolded along the site: assignment,
-  Procrustes (on the complement of 1 with ``preserve: ones``), thin Procrustes, surjective
-  assignment;
+Minimises  J(g) = sum_t ||A_t - act(g, B)_t||^2  one site at a time, the others fixed. What a
+site needs is asked of its group kind, never of its name:
+- a site maximises tr(g^T C) with C the correlation of A and B (other sites applied) unfolded
+  along the site, through ``kind.maximize_trace`` (assignment for permutations, Procrustes on
+  the complement of 1 for ``orthogonal, preserve: ones``, thin Procrustes, surjective
+  assignment; a plugin kind brings its own);
 - a permutation with ``per`` children (attention heads with per-head maps) is matched on
   quantities the children cannot change: for a per-head invertible map g acting as g on X and
   g^-T on Y, the circuit X^T Y is invariant, so heads are assigned on  <X_A^T Y_A, X_B^T Y_B>;
-- invertible sites (g on some tensors, g^-T on others) are fitted by least squares: closed
-  forms, then L-BFGS on the objective written in Gram matrices (k x k per head).
+- sites of a kind with ``least_squares_fit`` (invertible: g on some tensors, g^-T on others) are
+  fitted by least squares: closed forms, then L-BFGS on the objective written in Gram
+  matrices (k x k per head);
+- with ``permutations_only`` every site is solved as ``kind.permutation_restriction(options)``
+  (orthogonal sites as permutation matrices); a kind without one keeps its site at the identity.
 A site's new element is kept only if J does not increase, so J is monotone; the sweep
 stops when it improves by less than ``tol`` (relative, default 1e-3: later sweeps gain less
 than 0.1% of J each) or after ``max_iter`` sweeps; none runs when the anchored pass already
@@ -23,7 +27,7 @@ units; ``benchmarks/speed.py`` measures it):
 - B with every site *outside* the unit being solved applied is cached per tensor and
   reused until one of those sites changes, so the dense residual rotation is applied once
   per sweep instead of once per unit and per child;
-- correlations that only feed an assignment (permutation sites, head circuits) are formed
+- correlations that only feed an assignment (``discrete`` kinds, head circuits) are formed
   in float32 (``precision="mixed"``, the default); errors, Procrustes and least squares stay
   float64, so exact recoveries stay exact and the reported objective is the true distance;
 - invertible sites iterate on Gram matrices instead of re-multiplying the weights.
@@ -253,11 +257,23 @@ class _Problem:
                     undone = kind.apply(undo, unfold(moved_b, binding, o), 0)
                 yield o, unfold(self.a[name], binding, o), undone
 
+    def solving_kind(self, site: str):
+        """The kind ``site`` is solved as: its own, or with ``permutations_only`` its kind's
+        permutation restriction (None: the site keeps its current element)."""
+        info = self.sites[site]
+        return info.kind.permutation_restriction(info.options) if self.permutations_only else info.kind
+
+    def solving_options(self, site: str, kind) -> dict:
+        """The site's options for its own kind; a restriction is used without options."""
+        return self.sites[site].options if kind is self.sites[site].kind else {}
+
     def solve(self, kind, c: torch.Tensor, options) -> torch.Tensor:
-        """argmax_g tr(g^T C) for ``kind``, timed as an assignment or an SVD."""
-        with self.phase("svd" if kind.matrix_based else "assign"):
+        """argmax_g tr(g^T C) for ``kind``, timed as an assignment or an SVD; matrices in float64."""
+        with self.phase("assign" if kind.discrete else "svd"):
             self.note("maximize_trace", kind=kind, c=c, options=options)
-            return maximize_trace(kind, c, options).to(c.device)
+            g = maximize_trace(kind, c, options).to(c.device)
+        # a discrete kind solved from a float32 correlation returns float32 matrices
+        return g.to(F64) if g.is_floating_point() else g
 
 
 class WeightMatching(Matcher):
@@ -388,16 +404,19 @@ def _solve_site(problem: _Problem, site: str) -> dict[str, float]:
     """
     info = problem.sites[site]
     kind = info.kind
-    if kind.name == "invertible":
-        if not problem.permutations_only:
-            _solve_invertible(problem, site)
+    solving = problem.solving_kind(site)
+    if solving is None:
         return {}
-    as_permutation = problem.permutations_only and kind.name == "orthogonal"
-    dtype = F64 if kind.matrix_based and not as_permutation else problem.fast
+    if solving.least_squares_fit:
+        _solve_invertible(problem, site)
+        return {}
+    dtype = problem.fast if solving.discrete else F64
+    # ||A - g B||^2 = ||A||^2 + ||B||^2 - 2 tr(g^T A B^T) needs ||g B|| = ||B||
+    score_from_trace = kind.matrix_based and kind.isometric
     c, scorable = None, {}
     for name, term, norm_a, norm_b in problem.const_terms(site):
         c = term if c is None else c + term
-        if kind.matrix_based:
+        if score_from_trace:
             scorable[name] = (norm_a + norm_b, term)
     counts: dict[str, int] = {}
     for occ in problem.occ[site]:
@@ -406,19 +425,12 @@ def _solve_site(problem: _Problem, site: str) -> dict[str, float]:
         term = problem.correlate(a, b, dtype)
         c = term if c is None else c + term
         whole_axis = len(problem.r.tensors[occ.tensor].axes[occ.axis].parts) == 1
-        if kind.matrix_based and kind.square and counts[occ.tensor] == 1 and whole_axis and info.per is None:
+        if score_from_trace and kind.square and counts[occ.tensor] == 1 and whole_axis and info.per is None:
             with problem.phase("score"):
                 scorable[occ.tensor] = (problem.norm_a[occ.tensor] + float((b * b).sum()), term)
     if c is None:
         return {}
-    if as_permutation:
-        from symdsl.groups import get_group_kind
-
-        perm = get_group_kind("permutation")
-        g = perm.to_matrix(problem.solve(perm, c, {}), dtype=F64).to(c.device)
-    else:
-        g = problem.solve(kind, c, info.options)
-    problem.set(site, g)
+    problem.set(site, problem.solve(solving, c, problem.solving_options(site, solving)))
     if not scorable:
         return {}
     with problem.phase("score"):
@@ -440,11 +452,9 @@ def _solve_parent(problem: _Problem, parent: str, kids: list[str]) -> None:
     device = problem.device
     cost = torch.zeros(n, n, dtype=problem.fast, device=device)
     for kid in kids:
-        kind = problem.sites[kid].kind
-        if problem.permutations_only and kind.name == "invertible":
-            kind_self_dual = True
-        else:
-            kind_self_dual = kind.self_dual
+        solving = problem.solving_kind(kid)
+        # a child kept at the identity acts alike on both sides: its dual occurrences count as primal
+        kind_self_dual = solving is None or solving.self_dual
         primal_a, primal_b, dual_a, dual_b = [], [], [], []
         for occ, a, b in problem.unfolded_pairs(kid, exclude):
             if occ.dual and not kind_self_dual:
@@ -468,8 +478,9 @@ def _solve_parent(problem: _Problem, parent: str, kids: list[str]) -> None:
             continue
         moved = problem.moved(occ.tensor, exclude)
         cost += problem.correlate(unfold(problem.a[occ.tensor], binding, occ), unfold(moved, binding, occ), problem.fast)
-    info = problem.sites[parent]
-    problem.set(parent, problem.solve(info.kind, cost, info.options).to(device))
+    solving = problem.solving_kind(parent)
+    if solving is not None:
+        problem.set(parent, problem.solve(solving, cost, problem.solving_options(parent, solving)).to(device))
     for kid in kids:
         site = problem.sites[kid]
         problem.set(kid, site.kind.identity(site.size, site.size_in, site.batch, options=site.options,

@@ -1,4 +1,4 @@
-"""Hook implementations of the example plugin: one matcher and one spec folder."""
+"""Hook implementations of the example plugin: one matcher, one group kind and one spec folder."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +6,8 @@ from pathlib import Path
 from symdsl.act import identity_transform
 from symdsl.match import Matcher, MatchResult
 from symdsl.plugins import hookimpl
+
+from .signed_permutation import SignedPermutation
 
 
 class NoMatching(Matcher):
@@ -22,6 +24,11 @@ class NoMatching(Matcher):
 @hookimpl
 def symdsl_matchers():
     return [NoMatching()]
+
+
+@hookimpl
+def symdsl_group_kinds():
+    return [SignedPermutation()]
 
 
 @hookimpl
