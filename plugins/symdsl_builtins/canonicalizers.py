@@ -76,13 +76,47 @@ class Untie(Canonicalizer):
             module = model.get_submodule(owner) if owner else model
             shared = model_tensor(model, name)
             setattr(module, attribute, torch.nn.Parameter(shared.detach().clone(), requires_grad=shared.requires_grad))
-        config = getattr(model, "config", None)
-        if config is not None and hasattr(config, "tie_word_embeddings"):
+        for config in _configs(model):
             config.tie_word_embeddings = False
-        if config is not None and hasattr(config, "get_text_config"):
-            text = config.get_text_config()
-            if text is not config and hasattr(text, "tie_word_embeddings"):
-                text.tie_word_embeddings = False
+
+    def restore(self, model, args, resolved, context) -> str | None:
+        """Tie the names again when the aligned copies agree up to what centring removed.
+
+        A writer that ``center_writers`` centred along a site differs from its tied reader
+        only along the ones vector there, which every reader of that stream (a LayerNorm)
+        ignores; the tie is then restored with the uncentred values.
+        """
+        tensors = [model_tensor(model, name) for name in args.names]
+        centred = {(writer, step.args.site) for step in resolved.canonicalize if step.name == "center_writers"
+                   for writer in step.args.writers}
+        exact = [t for name, t in zip(args.names, tensors) if not any(name == w for w, _ in centred)]
+        keep = exact[0] if exact else tensors[-1]
+        for name, tensor in zip(args.names, tensors):
+            difference = tensor - keep
+            sites = [site for writer, site in centred if writer == name]
+            if sites:       # drop the part along the ones vector of the centred axis
+                axis = _site_axis(resolved, name, sites[0], want_dual=False)
+                difference = difference - difference.mean(dim=axis, keepdim=True)
+            if difference.abs().max() > 1e-6 * max(float(keep.abs().max()), 1e-30):
+                return (f"untie: {', '.join(args.names)} stay untied: the symmetry moved them apart (a rotation "
+                        "does not commute with the folded norm gain), so the config says tie_word_embeddings=false")
+        shared = torch.nn.Parameter(keep.detach().clone(), requires_grad=keep.requires_grad)
+        for name in args.names:
+            owner, _, attribute = name.rpartition(".")
+            setattr(model.get_submodule(owner) if owner else model, attribute, shared)
+        for config in _configs(model):
+            config.tie_word_embeddings = True
+        return f"untie: {', '.join(args.names)} tied again, as in B"
+
+
+def _configs(model) -> list:
+    """The model's transformers config and its text config (where they have ``tie_word_embeddings``)."""
+    config = getattr(model, "config", None)
+    found = [config] if config is not None and hasattr(config, "tie_word_embeddings") else []
+    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else None
+    if text is not None and text is not config and hasattr(text, "tie_word_embeddings"):
+        found.append(text)
+    return found
 
 
 class FoldArgs(StrictArgs):
@@ -106,6 +140,45 @@ class FoldLayerNorm(Canonicalizer):
     def apply(self, model, args, resolved) -> None:
         gain = model_tensor(model, args.norm + ".weight")
         bias = model_tensor(model, args.norm + ".bias") if args.norm + ".bias" in resolved.tensors else None
+        site = self.site(args, resolved)
+        tiny = torch.finfo(gain.dtype).tiny * 1e3
+        if bool((gain.abs() < tiny).any()):
+            zeros = (gain.abs() < tiny).nonzero().flatten().tolist()[:5]
+            raise BindError(f"fold_layernorm: '{args.norm}.weight' has zero gain at {zeros}; it cannot be folded")
+        for reader_name in args.readers:
+            reader = model_tensor(model, reader_name)
+            axis = _site_axis(resolved, reader_name, site, want_dual=True)
+            reader.mul_(_broadcast(gain.to(reader.dtype), reader.ndim, axis))
+        if bias is not None:
+            bias.div_(gain)
+        gain.fill_(1.0)
+
+    def restore(self, model, args, resolved, context) -> str | None:
+        """Unfold the gain again when the site's element is a (signed) permutation P.
+
+        Such a P commutes with the gain: the aligned readers are R diag(gamma) P^T, so the norm
+        gets gain |P| gamma (B's gain, moved with the stream), bias times that gain, and the
+        readers are divided by it. Any other element (a rotation) keeps the gain folded.
+        """
+        site = self.site(args, resolved)
+        moved = context.monomial(site)
+        if moved is None:
+            return (f"fold_layernorm: norm gains on '{site}' stay folded into their readers (the norms have gain "
+                    f"1): the alignment's element at '{site}' is not a permutation, so it does not commute with a gain")
+        original = model_tensor(context.original, args.norm + ".weight").detach().to(torch.float64)
+        gain_tensor = model_tensor(model, args.norm + ".weight")
+        gain = (moved @ original).to(gain_tensor.dtype)               # (n,): B's gain, permuted with the stream
+        for reader_name in args.readers:
+            reader = model_tensor(model, reader_name)
+            axis = _site_axis(resolved, reader_name, site, want_dual=True)
+            reader.div_(_broadcast(gain.to(reader.dtype), reader.ndim, axis))
+        if args.norm + ".bias" in resolved.tensors:
+            model_tensor(model, args.norm + ".bias").mul_(gain)
+        gain_tensor.copy_(gain)
+        return None                                  # B's own parametrisation: nothing to tell
+
+    def site(self, args, resolved) -> str:
+        """The site whose axis the gain scales (bound on the gain, named, or common to the readers)."""
         norm_binding = resolved.tensors.get(args.norm + ".weight")
         if args.site is not None:
             site = args.site
@@ -118,17 +191,7 @@ class FoldLayerNorm(Canonicalizer):
                             "readers' site with 'site:' (a folded RMSNorm gain under a full rotation is invariant)")
         if site not in resolved.sites:
             raise BindError(f"fold_layernorm: unknown site '{site}'")
-        tiny = torch.finfo(gain.dtype).tiny * 1e3
-        if bool((gain.abs() < tiny).any()):
-            zeros = (gain.abs() < tiny).nonzero().flatten().tolist()[:5]
-            raise BindError(f"fold_layernorm: '{args.norm}.weight' has zero gain at {zeros}; it cannot be folded")
-        for reader_name in args.readers:
-            reader = model_tensor(model, reader_name)
-            axis = _site_axis(resolved, reader_name, site, want_dual=True)
-            reader.mul_(_broadcast(gain.to(reader.dtype), reader.ndim, axis))
-        if bias is not None:
-            bias.div_(gain)
-        gain.fill_(1.0)
+        return site
 
 
 class CenterArgs(StrictArgs):
@@ -155,6 +218,10 @@ class CenterWriters(Canonicalizer):
             writer = model_tensor(model, writer_name)
             axis = _site_axis(resolved, writer_name, args.site, want_dual=False)
             writer.sub_(writer.mean(dim=axis, keepdim=True))
+
+    def restore(self, model, args, resolved, context) -> str | None:
+        """Centred writers compute what B computes (every reader removes the mean): nothing to undo."""
+        return None
 
 
 BUILTIN_CANONICALIZERS = (Untie, FoldLayerNorm, CenterWriters)

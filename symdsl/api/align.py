@@ -70,4 +70,4 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     prepared = prepare([model_a, model_b], spec, device=device, registries=registries)
     result = match(prepared, 1, matcher, data=data, seed=seed, progress=progress, registries=registries, **options)
     aligned = act_state_dict(prepared.resolved, prepared.states[1], result.elements)
-    return Alignment(prepared, result, aligned)
+    return Alignment(prepared, result, aligned, original_b=model_b)

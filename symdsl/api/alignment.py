@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..canon import RestoreContext, restore
 from ..evaluate import interpolate
 from ..match import MatchResult
 from ..models import save_model
@@ -22,10 +23,12 @@ class Alignment:
     """B aligned to A.
 
     ``model`` is a model of B's class computing B's function, with its weights moved into A's
-    frame. Symmetries such as a rotation of the residual stream need symdsl's canonical form
-    (LayerNorm gains folded into the readers, tied embeddings untied), so ``model`` carries that
-    form; ``notes`` says what differs from B's own parametrisation, and ties that the aligned
-    weights still satisfy are restored. ``transform`` maps each site to its group element
+    frame, in B's own parametrisation wherever the transform allows: each canonicalize step is
+    undone (:meth:`symdsl.canon.Canonicalizer.restore`) when the transform commutes with it, e.g.
+    a permutation of the residual stream lets folded LayerNorm gains and tied embeddings come
+    back. A rotation does not, and then ``model`` keeps symdsl's canonical form (gains folded
+    into the readers, embeddings untied, ``tie_word_embeddings=False`` in its config): still a
+    standard checkpoint with B's function. ``notes`` says what differs from B. ``transform`` maps each site to its group element
     (``act(transform, B) ~ A``), ``result`` is the matcher's full result, ``prepared`` the
     canonical copies of A and B that the matcher saw (``prepared.states[0]`` is A's).
     """
@@ -35,6 +38,7 @@ class Alignment:
     aligned_b: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    original_b: torch.nn.Module | None = field(default=None, repr=False)   # B as given (None after a width lift)
     _model: torch.nn.Module | None = field(default=None, repr=False)
 
     @property
@@ -56,7 +60,10 @@ class Alignment:
         if self._model is None:
             model = self.prepared.models[1]
             model.load_state_dict(self.aligned_b)
-            self._model = retie(model, self.notes)
+            if self.original_b is not None:
+                context = RestoreContext(self.original_b, self.result.elements, self.resolved)
+                self.notes.extend(restore(model, self.resolved, context))
+            self._model = model
         return self._model
 
     def interpolate(self, lam: float) -> torch.nn.Module:
@@ -77,31 +84,6 @@ class Alignment:
         elements = {k: v.detach().contiguous().cpu() for k, v in self.transform.items()}
         save_file(elements, str(folder / "transform.safetensors"))
         return folder
-
-
-def retie(model: torch.nn.Module, notes: list[str]) -> torch.nn.Module:
-    """Tie a transformers model's input and output embeddings again if the aligned weights are equal.
-
-    Canonicalization unties them (folding the final norm's gain into the output embedding and
-    centring the input embedding make them differ); when they come out equal after all, the tie
-    is restored, otherwise ``notes`` says why the model stays untied.
-    """
-    config = getattr(model, "config", None)
-    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
-    if config is None or get_in is None or get_out is None or getattr(config, "tie_word_embeddings", True):
-        return model
-    source, target = get_in(), get_out()
-    if source is None or target is None or getattr(source, "weight", None) is None:
-        return model
-    if source.weight.shape == target.weight.shape and torch.equal(source.weight, target.weight):
-        target.weight = source.weight
-        config.tie_word_embeddings = True
-        notes.append("input and output embeddings tied again (the aligned weights are equal)")
-    else:
-        notes.append("input and output embeddings are untied: the symmetry acts on them differently "
-                     "(the final norm's gain is folded into the output embedding and the input embedding is "
-                     "centred), so the saved config has tie_word_embeddings=false")
-    return model
 
 
 def tied_groups(model: torch.nn.Module) -> list[list[str]]:

@@ -1,4 +1,4 @@
 """Canonicalizers: function-preserving rewrites that make a spec's symmetries exact."""
-from .base import Canonicalizer, canonicalize, model_tensor
+from .base import Canonicalizer, RestoreContext, canonicalize, model_tensor, restore
 
-__all__ = ["Canonicalizer", "canonicalize", "model_tensor"]
+__all__ = ["Canonicalizer", "RestoreContext", "canonicalize", "model_tensor", "restore"]

@@ -1,7 +1,8 @@
 """The canonicalizer interface and the driver that runs a resolved spec's steps."""
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -47,6 +48,15 @@ class Canonicalizer:
     def apply(self, model: torch.nn.Module, args: BaseModel, resolved) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def restore(self, model: torch.nn.Module, args: BaseModel, resolved, context: "RestoreContext") -> str | None:
+        """Undo this step on an *aligned* canonical model where the transform allows it (optional).
+
+        Returns a one-line note for the user: what was restored, or why the model stays in
+        canonical form. The default restores nothing; the model keeps its (function-preserving)
+        canonical form.
+        """
+        return f"{self.name}: left in canonical form"
+
 
 class StrictArgs(BaseModel):
     """Base for canonicalizer arguments: unknown keys are errors."""
@@ -82,6 +92,57 @@ def module_slot(model: torch.nn.Module, path: str) -> tuple[torch.nn.Module, str
     except AttributeError:
         raise BindError(f"the model has no module '{owner}' (from '{path}')") from None
     return parent, attribute, getattr(parent, attribute, None)
+
+
+@dataclass
+class RestoreContext:
+    """What a canonicalizer's ``restore`` may read: the model before canonicalization (same
+    configuration, not aligned), the alignment's elements (site -> element) and the steps run."""
+
+    original: torch.nn.Module
+    elements: Mapping[str, torch.Tensor]
+    resolved: Any
+
+    def monomial(self, site: str) -> torch.Tensor | None:
+        """``|M|`` for the site's element M when M is a (signed) permutation matrix, else None.
+
+        Such an element commutes with per-coordinate gains (M diag(v) = diag(|M| v) M), which is
+        what makes a folded gain or a tie restorable. Batched (``per``) sites give None.
+
+        >>> import torch
+        >>> from symdsl.spec.binding import SiteDef
+        >>> from symdsl.groups import get_group_kind
+        >>> site = SiteDef("r", get_group_kind("permutation"), 3, 3)
+        >>> context = RestoreContext(torch.nn.Identity(), {"r": torch.tensor([2, 0, 1])},
+        ...                          type("R", (), {"sites": {"r": site}})())
+        >>> context.monomial("r").tolist()
+        [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+        """
+        site_def = self.resolved.sites[site]
+        element = self.elements.get(site)
+        if site_def.per is not None:
+            return None
+        if element is None:
+            return torch.eye(site_def.size, dtype=torch.float64)
+        matrix = site_def.kind.to_matrix(element, dtype=torch.float64, n_in=site_def.size_in)
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            return None
+        magnitude = matrix.abs()
+        unit = bool((((magnitude - 1).abs() < 1e-9) | (magnitude < 1e-9)).all())   # entries 0 or +-1
+        one_per_row = bool(((magnitude > 0.5).sum(-1) == 1).all() and ((magnitude > 0.5).sum(-2) == 1).all())
+        return (magnitude > 0.5).to(torch.float64) if unit and one_per_row else None
+
+
+def restore(model: torch.nn.Module, resolved, context: RestoreContext) -> list[str]:
+    """Undo the canonicalize steps on an aligned canonical ``model``, last step first, where the
+    alignment's transform allows; returns the steps' notes (each once). The function is unchanged."""
+    notes: list[str] = []
+    with torch.no_grad():
+        for step in reversed(resolved.canonicalize):
+            note = step.canonicalizer.restore(model, step.args, resolved, context)
+            if note and note not in notes:
+                notes.append(note)
+    return notes
 
 
 def canonicalize(model: torch.nn.Module, resolved) -> torch.nn.Module:
