@@ -36,9 +36,9 @@ def symdsl_mergers():
 
 @hookimpl
 def symdsl_op_rules():
-    from symdsl.graph.rules import attention, elementwise, linear, norm, rules_in, shape
+    from symdsl.graph.ops import builtin_op_rules
 
-    return rules_in(attention, elementwise, linear, norm, shape)
+    return builtin_op_rules()
 
 
 @hookimpl

@@ -14,6 +14,7 @@ import torch
 from ..canon import canonicalize
 from ..graph.capture import capture
 from ..graph.propagate import Finding, propagate
+from ..graph.walker import OpRules
 from ..models.build import build_example, make_inputs
 from ..spec.load import Spec
 from ..spec.cache import resolve_cached
@@ -42,8 +43,10 @@ class StaticReport:
 
 
 def static_check(spec: Spec, model: torch.nn.Module | None = None, *, backend: str = "auto",
-                 seed: int = 0) -> StaticReport:
+                 seed: int = 0, op_rules: OpRules | None = None) -> StaticReport:
     """Trace the (canonicalized) model and check every op against the spec's symmetry types.
+
+    ``op_rules`` is the op-rule table (default: the one the plugins contribute).
 
     >>> from symdsl.spec.registry import find_spec
     >>> static_check(find_spec("timm-vit")).ok
@@ -62,6 +65,6 @@ def static_check(spec: Spec, model: torch.nn.Module | None = None, *, backend: s
         aliases = graph.params.get(node_name, [])
         return state[aliases[0]].detach() if aliases and aliases[0] in state else None
 
-    result = propagate(graph, resolved, parameter)
+    result = propagate(graph, resolved, parameter, op_rules=op_rules)
     return StaticReport(spec.name, type(model).__name__, graph.backend, result.checked_nodes,
                         result.findings, result.unused_tensors)

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import torch
 
 from ..graph.capture import capture
+from ..graph.walker import OpRules, resolve_op_rules
 from .draft import Draft, build_draft
 from .emit import render
 from .example import example_section, library, materialize
@@ -32,13 +33,15 @@ __all__ = ["Draft", "DraftCheck", "infer_spec", "check_draft"]
 
 def infer_spec(model: torch.nn.Module, *, factory: str | None = None, timm_name: str | None = None,
                config: Mapping[str, Any] | None = None, inputs: Mapping[str, Any] | None = None,
-               name: str | None = None, backend: str = "auto", seed: int = 0) -> Draft:
+               name: str | None = None, backend: str = "auto", seed: int = 0,
+               op_rules: OpRules | None = None) -> Draft:
     """Trace ``model`` and return a draft spec (``draft.text`` is the YAML).
 
     ``factory``/``timm_name``/``config`` say how ``symdsl check`` can rebuild the model (see
     :func:`symdsl.infer.example.example_section`; transformers models need none of them);
     ``inputs`` are forward() keyword arguments as spec input entries
-    (``{"x": {"randn": True, "shape": [2, 3, 8, 8]}}``), guessed when not given.
+    (``{"x": {"randn": True, "shape": [2, 3, 8, 8]}}``), guessed when not given; ``op_rules`` is
+    the op-rule table (default: the one the plugins contribute, which ``symdsl check`` uses too).
 
     >>> mlp = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     >>> draft = infer_spec(mlp, factory="mymodels:mlp")        # how `symdsl check` would rebuild it
@@ -53,7 +56,7 @@ def infer_spec(model: torch.nn.Module, *, factory: str | None = None, timm_name:
         names = {**model.config.to_dict(), **names}
     model = copy.deepcopy(model).to(torch.float64).eval()
     graph = capture(model, materialize(example["inputs"], names, seed=seed), backend=backend)
-    draft = build_draft(model, graph, walk(graph, set(model.state_dict())), example, name)
+    draft = build_draft(model, graph, walk(graph, set(model.state_dict()), resolve_op_rules(op_rules)), example, name)
     header = [f"Draft spec inferred by `symdsl infer` from the traced graph of {type(model).__name__} "
               f"({graph.backend}, {len(graph.nodes)} nodes). Every choice below is a guess from the graph, "
               "explained in a comment; `symdsl check` on this file tests all of them.",
@@ -82,8 +85,9 @@ class DraftCheck:
 
 
 def check_draft(text: str, model: torch.nn.Module | None = None, *, seed: int = 0, file: str = "<draft>",
-                tolerance: float | None = None) -> DraftCheck:
-    """Load a draft's YAML and run the static and numeric checks on its example (or ``model``).
+                tolerance: float | None = None, op_rules: OpRules | None = None) -> DraftCheck:
+    """Load a draft's YAML and run the static and numeric checks on its example (or ``model``);
+    ``op_rules`` is the static check's op-rule table (default: the plugins').
 
     >>> from symdsl.models import build_example
     >>> from symdsl.spec.registry import find_spec
@@ -98,7 +102,7 @@ def check_draft(text: str, model: torch.nn.Module | None = None, *, seed: int = 
     result = DraftCheck()
     try:
         spec = load_spec_text(text, file)
-        result.static = static_check(spec, model, seed=seed)
+        result.static = static_check(spec, model, seed=seed, op_rules=op_rules)
         extra = {"tolerance": tolerance} if tolerance is not None else {}
         result.numeric = numeric_check(spec, model, seed=seed, **extra)
     except SymdslError as exc:

@@ -18,9 +18,10 @@ import functools
 from dataclasses import dataclass, field
 
 from ..graph.capture_types import Ref
-from .rules import PASS
+from ..graph.shapes import PASS_THROUGH
 from .walk import Walk
 
+PASS = PASS_THROUGH + ("neg", "positive")
 # ops that read a value without computing anything from it (export's dtype/device assertions)
 _IGNORED = frozenset({"assert", "_assert_tensor_metadata"})
 # ops that keep the normalised axis as it is, acting on other axes only (or not at all)

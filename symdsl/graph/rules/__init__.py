@@ -1,150 +1,69 @@
-"""Op rules for the static check: how each op moves symmetry types, and what it forbids.
+"""The bridge between the op-rule table and the plugin registry (the only graph module that does).
 
-A rule is ``fn(ctx) -> value``: it reads its inputs' types through ``ctx`` and returns the
-output's type, or raises :class:`Violation` (via ``ctx.fail``) when the op breaks a site.
-Ops without a rule pass only when none of their inputs carries a site (fail closed).
-Plugins add rules with :func:`register_rule`.
+The rules themselves live in :mod:`symdsl.graph.ops` (one per op, shared by the static check
+and inference); the analyses take the table as a value (``op_rules=``). When a caller passes
+none, :func:`plugin_op_rules` supplies the table the plugins contributed through the
+``symdsl_op_rules`` hook (symdsl's built-in plugin returns :func:`symdsl.graph.ops.builtin_op_rules`).
+
+Today that table is :data:`RULES`, a registry that :mod:`symdsl.plugins.manager` fills; it is
+kept here, with :func:`register_rule`, only for that plumbing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
-
 from ...errors import suggest
 from ...plugins.lazy import LazyRegistry
-from ..types import SplitAxis, Stacked, is_tensor_type, untyped
+from ..ops import op_rule as rule, rules_in
+from ..typecheck import CheckCall, Violation
+from ..walker import OpRules, Rule, Unsupported
+
+class _OpRuleRegistry(LazyRegistry):
+    """The plugin-contributed table: a third-party plugin's rule replaces a built-in one for the
+    same op (the built-in plugin registers first); two third-party rules for one op clash."""
+
+    def add(self, name, obj, origin="symdsl"):
+        from ...plugins.manager import BUILTIN_NAME
+
+        if dict.__contains__(self, name) and self.origins.get(name) == BUILTIN_NAME and origin != BUILTIN_NAME:
+            dict.__delitem__(self, name)
+        return super().add(name, obj, origin)
 
 
-class Violation(Exception):
-    """An op breaks a declared symmetry."""
-
-    def __init__(self, message: str, site: str | None = None, rule: str = ""):
-        super().__init__(message)
-        self.message, self.site, self.rule = message, site, rule
+RULES: dict[str, Rule] = _OpRuleRegistry("op rule")   # filled by plugins (built-ins: symdsl_builtins)
 
 
-PERMUTATION_LIKE = ("permutation", "semi_permutation")
-
-
-@dataclass
-class RuleContext:
-    """What a rule sees: the node, its inputs' types, the spec's sites, parameter values."""
-
-    node: Any                                  # capture OpNode
-    values: dict[str, Any]                     # node name -> abstract value
-    sites: dict                                # site name -> SiteDef
-    tensors: Callable[[str], Any] = lambda name: None   # node name -> actual parameter tensor (or None)
-    notes: list[str] = field(default_factory=list)
-
-    # -- inputs -------------------------------------------------------------------------
-    def resolve(self, arg):
-        from ..capture import Ref
-
-        if isinstance(arg, Ref):
-            return self.values.get(arg.name)
-        if isinstance(arg, (list, tuple)):
-            return type(arg)(self.resolve(a) for a in arg)
-        return arg
-
-    def arg(self, index: int, default=None):
-        args = self.node.args
-        return self.resolve(args[index]) if index < len(args) else default
-
-    def kwarg(self, name: str, default=None):
-        return self.resolve(self.node.kwargs[name]) if name in self.node.kwargs else default
-
-    def arg_or_kwarg(self, index: int, name: str, default=None):
-        if index < len(self.node.args):
-            return self.arg(index)
-        return self.kwarg(name, default)
-
-    def tensor_arg(self, index: int):
-        """The type of positional arg ``index``, which must be a tensor (or untyped if it is a literal)."""
-        value = self.arg(index)
-        if isinstance(value, Stacked):
-            self.fail("a fused (q|k|v) tensor reshaped into parts reaches this op before it is split into its parts")
-        return value
-
-    def param_value(self, index: int):
-        from ..capture import Ref
-
-        args = self.node.args
-        if index < len(args) and isinstance(args[index], Ref):
-            return self.tensors(args[index].name)
-        return None
-
-    # -- sites --------------------------------------------------------------------------
-    def kind(self, site: str) -> str:
-        return self.sites[site].kind.name
-
-    def permutation_like(self, site: str) -> bool:
-        return self.kind(site) in PERMUTATION_LIKE
-
-    def describe(self, site: str) -> str:
-        s = self.sites[site]
-        extra = ", preserve ones" if s.options.get("preserve") == "ones" else ""
-        per = f", per {s.per}" if s.per else ""
-        return f"site {site} ({s.kind.name}{extra}{per})"
-
-    def fail(self, message: str, site: str | None = None, rule: str | None = None):
-        raise Violation(message, site, rule or self.node.op)
-
-    def output_untyped(self):
-        shape = self.node.shape
-        if shape is None:
-            return None
-        if shape and isinstance(shape[0], tuple):
-            return tuple(untyped(s) for s in shape)
-        return untyped(shape)
-
-
-Rule = Callable[[RuleContext], Any]
-RULES: dict[str, Rule] = LazyRegistry("op rule")   # filled by plugins (built-ins: symdsl_builtins)
+# ----------------------------------------------------------------------------------------------
+# REWIRE HERE: the one place that turns plugin contributions into an op-rule table. Everything
+# else receives the table as a value (``op_rules=`` on propagate, static_check, walk, infer_spec,
+# check_draft) and falls back to this function when given None.
+def plugin_op_rules() -> OpRules:
+    """The op-rule table contributed by the loaded plugins (reading it loads them)."""
+    return RULES
+# ----------------------------------------------------------------------------------------------
 
 
 def register_rule(op: str, fn: Rule, *, replace: bool = False) -> Rule:
-    """Register ``fn`` as the rule for canonical op name ``op`` (a plugin hook calls this)."""
+    """Add ``fn`` as the rule for canonical op name ``op`` to the plugin table."""
     if op in RULES and not replace:
         raise ValueError(f"op rule for '{op}' is already registered by {RULES[op].__module__}")
     if replace and dict.__contains__(RULES, op):
         dict.__delitem__(RULES, op)
-    RULES[op] = fn
+    RULES.add(op, fn, fn.__module__)
     return fn
 
 
-def rule(*ops: str):
-    """Mark a function as the rule for these op names; a plugin's ``symdsl_op_rules`` hook
-    collects marked functions with :func:`rules_in`."""
-    def wrap(fn: Rule) -> Rule:
-        fn.symdsl_ops = tuple(ops)
-        return fn
-    return wrap
-
-
-def rules_in(*modules) -> dict[str, Rule]:
-    """``{op: rule}`` for every function marked with :func:`rule` in these modules."""
-    found: dict[str, Rule] = {}
-    for module in modules:
-        for value in vars(module).values():
-            for op in getattr(value, "symdsl_ops", ()):
-                if op in found and found[op] is not value:
-                    raise ValueError(f"two rules for op '{op}' in {module.__name__}")
-                found[op] = value
-    return found
-
-
 def get_rule(op: str) -> Rule | None:
-    return RULES.get(op)
+    return plugin_op_rules().get(op)
 
 
 def known_ops() -> list[str]:
-    return sorted(RULES)
+    return sorted(plugin_op_rules())
 
 
 def suggest_op(op: str) -> str:
     return suggest(op, known_ops())
 
 
+RuleContext = CheckCall      # the checker's view of a node (before rules were shared)
 
-__all__ = ["Violation", "RuleContext", "RULES", "register_rule", "rule", "get_rule", "known_ops",
-           "PERMUTATION_LIKE", "SplitAxis", "Stacked", "is_tensor_type"]
+__all__ = ["RULES", "CheckCall", "RuleContext", "Unsupported", "Violation", "get_rule", "known_ops",
+           "plugin_op_rules", "register_rule", "rule", "rules_in"]
