@@ -177,3 +177,19 @@ def test_rules_ask_group_kinds_for_capabilities(kind, nonlinear_ok, shift_ok):
         else:
             with pytest.raises(Violation):
                 check(call)
+
+
+def test_a_plugin_rule_replaces_the_built_in_one_for_the_same_op():
+    from symdsl.graph.rules import RULES
+    from symdsl.plugins.manager import BUILTIN_NAME
+
+    builtin = RULES["gelu"]
+    assert RULES.origins["gelu"] == BUILTIN_NAME
+    try:
+        RULES.add("gelu", cumsum_rule, "my-plugin")          # what the manager does with a plugin's hook
+        assert RULES["gelu"] is cumsum_rule
+        with pytest.raises(ValueError, match="registered twice"):
+            RULES.add("gelu", builtin, "another-plugin")     # two third-party rules for one op clash
+    finally:
+        dict.__setitem__(RULES, "gelu", builtin)
+        RULES.origins["gelu"] = BUILTIN_NAME

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ...errors import suggest
 from ...plugins.lazy import LazyRegistry
 from ..ops import op_rule as rule, rules_in
-from ..typecheck import CheckCall, Violation
+from ..typecheck import Violation
 from ..walker import OpRules, Rule, Unsupported
 
 class _OpRuleRegistry(LazyRegistry):
@@ -63,7 +63,5 @@ def suggest_op(op: str) -> str:
     return suggest(op, known_ops())
 
 
-RuleContext = CheckCall      # the checker's view of a node (before rules were shared)
-
-__all__ = ["RULES", "CheckCall", "RuleContext", "Unsupported", "Violation", "get_rule", "known_ops",
+__all__ = ["RULES", "Unsupported", "Violation", "get_rule", "known_ops",
            "plugin_op_rules", "register_rule", "rule", "rules_in"]
