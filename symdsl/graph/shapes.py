@@ -51,6 +51,19 @@ def regroup(call, axes: tuple, shape, parts_axes: frozenset = frozenset()):
     parts count, at an axis in ``parts_axes`` (one the graph later unbinds or selects from),
     becomes a :class:`Stacked` value, one member per part (``call.fused_parts``). Raises
     :class:`~symdsl.graph.walker.Unsupported` when the factors do not fit ``shape``.
+
+    With the checker's algebra (axes are site types), a head split and a fused q | k axis:
+
+    >>> from types import SimpleNamespace
+    >>> from symdsl.graph.typecheck import CheckCall
+    >>> from symdsl.graph.types import Atom, SplitAxis, show
+    >>> call = CheckCall(SimpleNamespace(sites={}), None)
+    >>> d = (Atom(2, "heads"), Atom(4, "qk"))                            # one axis (heads qk)
+    >>> show(regroup(call, ((Atom(5),), d), [5, 2, 4]))                # (t, d) -> (t, h, k)
+    '[_5 heads qk]'
+    >>> qk = SplitAxis(((Atom(8, "q"),), (Atom(8, "k"),)))
+    >>> show(regroup(call, ((Atom(5),), qk), [5, 2, 8]))               # (t, [q | k]) -> (t, 2, 8)
+    'stacked{[_5 _2 q], [_5 _2 k]}@1'
     """
     return _group(call, [f for axis in axes for f in call.factors(axis)], [int(s) for s in shape], parts_axes)
 

@@ -16,8 +16,7 @@ order). Group kinds are asked for capabilities, never for names:
 """
 from __future__ import annotations
 
-from .types import (Atom, SplitAxis, atoms_of, axis_size, axis_typed, is_tensor_type, normalize, show_axis,
-                    untyped, untyped_axis)
+from .types import Atom, SplitAxis, atoms_of, axis_size, axis_typed, normalize, show_axis, untyped, untyped_axis
 from .walker import OpCall
 
 
@@ -224,4 +223,4 @@ def _constant(tensor) -> bool:
     return tensor is not None and bool((tensor == tensor.reshape(-1)[0]).all())
 
 
-__all__ = ["CheckCall", "Violation", "is_tensor_type"]
+__all__ = ["CheckCall", "Violation"]

@@ -38,7 +38,13 @@ class Unsupported(Exception):
 
 
 def resolve_op_rules(op_rules: OpRules | None) -> OpRules:
-    """``op_rules`` itself, or the plugin-contributed table when it is None."""
+    """``op_rules`` itself, or the plugin-contributed table when it is None.
+
+    >>> from symdsl.graph.ops import builtin_op_rules
+    >>> table = builtin_op_rules()
+    >>> resolve_op_rules(table) is table, "linear" in resolve_op_rules(None)
+    (True, True)
+    """
     if op_rules is not None:
         return op_rules
     from .rules import plugin_op_rules        # the plugin bridge, imported only when needed

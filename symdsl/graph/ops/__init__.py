@@ -44,7 +44,13 @@ def op_rule(*ops: str):
 
 def rules_in(*sources) -> dict[str, Rule]:
     """``{op: rule}`` for every function marked with :func:`op_rule` in these modules (or the
-    marked functions themselves). Two rules for one op name is an error."""
+    marked functions themselves). Two rules for one op name is an error.
+
+    >>> from symdsl.graph.ops import elementwise
+    >>> rules = rules_in(elementwise)
+    >>> rules["add"] is rules["sub"], "linear" in rules
+    (True, False)
+    """
     found: dict[str, Rule] = {}
     for source in sources:
         values = vars(source).values() if hasattr(source, "__dict__") and not callable(source) else [source]

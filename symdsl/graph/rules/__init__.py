@@ -36,7 +36,12 @@ RULES: dict[str, Rule] = _OpRuleRegistry("op rule")   # filled by plugins (built
 # else receives the table as a value (``op_rules=`` on propagate, static_check, walk, infer_spec,
 # check_draft) and falls back to this function when given None.
 def plugin_op_rules() -> OpRules:
-    """The op-rule table contributed by the loaded plugins (reading it loads them)."""
+    """The op-rule table contributed by the loaded plugins (reading it loads them).
+
+    >>> from symdsl.graph.ops import builtin_op_rules
+    >>> plugin_op_rules()["linear"] is builtin_op_rules()["linear"]      # the built-in plugin's rule
+    True
+    """
     return RULES
 # ----------------------------------------------------------------------------------------------
 
