@@ -10,13 +10,13 @@ from pathlib import Path
 import symdsl_specs
 from symdsl.data import BUILTIN_DATASETS
 from symdsl.graph.capture import BUILTIN_BACKENDS
+from symdsl.graph.ops import builtin_op_rules
 from symdsl.groups import BUILTIN_GROUP_KINDS
 from symdsl.plugins.hookspecs import hookimpl
 
 from .canonicalizers import BUILTIN_CANONICALIZERS
 from .matchers import BUILTIN_MATCHERS
 from .mergers import BUILTIN_MERGERS
-from .op_rules import builtin_op_rules
 
 
 @hookimpl

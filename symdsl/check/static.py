@@ -14,6 +14,7 @@ import torch
 from ..canon import canonicalize
 from ..graph.capture import capture
 from ..graph.propagate import Finding, propagate
+from ..graph.walker import OpRules
 from ..models.build import build_example, make_inputs
 from ..spec.load import Spec
 from ..spec.cache import resolve_cached
@@ -66,6 +67,6 @@ def static_check(spec: Spec, model: torch.nn.Module | None = None, *, registries
         aliases = graph.params.get(node_name, [])
         return state[aliases[0]].detach() if aliases and aliases[0] in state else None
 
-    result = propagate(graph, resolved, registries.op_rules, parameter)
+    result = propagate(graph, resolved, parameter, op_rules=registries.op_rules)
     return StaticReport(spec.name, type(model).__name__, graph.backend, result.checked_nodes,
                         result.findings, result.unused_tensors)

@@ -1,17 +1,22 @@
-"""Propagate symmetry types through a captured graph and collect violations.
+"""The static check as an analysis over the shared graph walk: propagate site types, collect violations.
 
-Parameters start from the spec's bindings, user inputs carry no site, and each op's rule
-computes its output's type. An op without a rule is allowed only when none of its inputs
-carries a site (fail closed).
+:class:`TypeCheck` is a :class:`~symdsl.graph.walker.GraphWalker`: parameters start from the
+spec's bindings, user inputs carry no site, and each op's rule (from the op-rule table, the
+same one inference uses) computes its output's type through :class:`~symdsl.graph.typecheck.CheckCall`.
+An op without a rule, or a case its rule cannot follow, is allowed only when none of its
+inputs carries a site (fail closed). After a violation everything downstream is skipped, so
+each break is reported once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from ..spec.binding import ResolvedSpec, TensorBinding
-from .rules import Rule, RuleContext, Violation
+from .capture_types import Ref
+from .typecheck import CheckCall, Violation
 from .types import Atom, SplitAxis, is_tensor_type, is_typed, normalize, show, sites_in, untyped
+from .walker import GraphWalker, OpRules, Unsupported
 
 
 @dataclass
@@ -84,60 +89,97 @@ def _site_entry(resolved: ResolvedSpec, site: str | None) -> str | None:
     return f"{source.file}:{line}:{col}: {'.'.join(map(str, origin))}"
 
 
-def propagate(graph, resolved: ResolvedSpec, op_rules: Mapping[str, Rule],
-              parameter: Callable[[str], Any] = lambda name: None) -> Propagation:
-    """Run every node's rule in order; ``parameter(node_name)`` returns a parameter's actual tensor."""
-    values: dict[str, Any] = {}
-    findings: list[Finding] = []
-    unused: list[str] = []
-    declared_outputs = [normalize_type(binding_type(b)) for b in resolved.outputs.values()]
-    for node in graph.nodes:
-        if node.op == "param":
-            names = graph.params.get(node.name, [])
-            bound = [n for n in names if n in resolved.tensors]
-            values[node.name] = binding_type(resolved.tensors[bound[0]]) if bound else untyped(node.shape or ())
-            if bound and not graph.users(node.name):
-                unused.extend(bound)
-            continue
-        if node.op == "input":
-            values[node.name] = untyped(node.shape) if node.shape is not None and not _multi(node.shape) else None
-            continue
-        if node.op == "output":
-            for ref in _refs(node.args):
-                value = values.get(ref)
-                if is_typed(value) and not any(_fits(value, declared) for declared in declared_outputs):
-                    site = sites_in(value)[0]
-                    findings.append(_finding(graph, node, resolved, Violation(
-                        f"the model returns a tensor {show(value)} that carries site {site}; the spec declares no such "
-                        "equivariant output (add it under 'outputs', or the symmetry changes what the model returns)",
-                        site, "output")))
-            continue
-        ctx = RuleContext(node, values, resolved.sites, parameter)
-        if any(values.get(r) is POISONED for r in _refs((node.args, node.kwargs))):
-            values[node.name] = POISONED
-            continue
-        rule = op_rules.get(node.op)
+class TypeCheck(GraphWalker):
+    """The static check's walk: values are site types; :meth:`finish` returns a :class:`Propagation`."""
+
+    call_class = CheckCall
+
+    def __init__(self, graph, resolved: ResolvedSpec, op_rules: OpRules,
+                 parameter: Callable[[str], Any] = lambda name: None):
+        super().__init__(graph, op_rules)
+        self.resolved, self.sites, self.parameter = resolved, resolved.sites, parameter
+        self.findings: list[Finding] = []
+        self.unused: list[str] = []
+        self.declared_outputs = [normalize_type(binding_type(b)) for b in resolved.outputs.values()]
+
+    def param(self, node):
+        names = self.graph.params.get(node.name, [])
+        bound = [n for n in names if n in self.resolved.tensors]
+        if bound and not self.graph.users(node.name):
+            self.unused.extend(bound)
+        return binding_type(self.resolved.tensors[bound[0]]) if bound else untyped(node.shape or ())
+
+    def leaf(self, node):
+        if node.op != "input":
+            return CheckCall(self, node).output_untyped()
+        return untyped(node.shape) if node.shape is not None and not _multi(node.shape) else None
+
+    def output(self, node) -> None:
+        for ref in _refs(node.args):
+            value = self.values.get(ref)
+            if is_typed(value) and not any(_fits(value, declared) for declared in self.declared_outputs):
+                site = sites_in(value)[0]
+                self.report(node, Violation(
+                    f"the model returns a tensor {show(value)} that carries site {site}; the spec declares no such "
+                    "equivariant output (add it under 'outputs', or the symmetry changes what the model returns)",
+                    site, "output"), with_inputs=False)
+
+    def call_op(self, node):
+        if any(self.values.get(r) is POISONED for r in _refs((node.args, node.kwargs))):
+            return POISONED
         try:
-            if rule is None:
-                inputs = [values.get(r) for r in _refs((node.args, node.kwargs))]
-                typed = [v for v in inputs if is_typed(v)]
-                if typed:
-                    site = sites_in(typed)[0]
-                    raise Violation(f"op '{node.op}' has no symmetry rule and its input carries "
-                                    f"{ctx.describe(site)}; symdsl fails closed on ops it does not understand "
-                                    "(register a rule for it: see docs/checking.md)", site, "no rule")
-                values[node.name] = ctx.output_untyped()
-            else:
-                values[node.name] = rule(ctx)
+            return super().call_op(node)
         except Violation as violation:
-            findings.append(_finding(graph, node, resolved, violation, values))
-            values[node.name] = POISONED               # stop the cascade: report each break once
-        except (IndexError, TypeError, KeyError, AttributeError, ValueError, ZeroDivisionError) as exc:
-            findings.append(_finding(graph, node, resolved, Violation(
-                f"the rule for '{node.op}' could not interpret this node ({type(exc).__name__}: {exc}); "
-                "treated as a violation (fail closed)", None, "internal")))
-            values[node.name] = POISONED
-    return Propagation(values, findings, unused, len(graph.nodes))
+            self.report(node, violation)
+            return POISONED               # stop the cascade: report each break once
+
+    def failed(self, call, exc):
+        if isinstance(exc, Unsupported):
+            typed = [v for v in self.input_values(call.node) if is_typed(v)]
+            if not typed:
+                return call.output_untyped()
+            site = sites_in(typed)[0]
+            if exc.missing:
+                message = (f"op '{call.op}' has no symmetry rule and its input carries {call.describe(site)}; symdsl "
+                           "fails closed on ops it does not understand (register a rule for it: see docs/checking.md)")
+            else:
+                message = (f"{exc.message}; its input carries {call.describe(site)} and symdsl fails closed on "
+                           "cases its rules cannot follow")
+            raise Violation(message, site, "no rule" if exc.missing else call.op)
+        self.report(call.node, Violation(
+            f"the rule for '{call.op}' could not interpret this node ({type(exc).__name__}: {exc}); "
+            "treated as a violation (fail closed)", None, "internal"), with_inputs=False)
+        return POISONED
+
+    def report(self, node, violation: Violation, with_inputs: bool = True) -> None:
+        self.findings.append(_finding(self.graph, node, self.resolved, violation,
+                                      self.values if with_inputs else None))
+
+    def finish(self) -> Propagation:
+        return Propagation(self.values, self.findings, self.unused, len(self.graph.nodes))
+
+
+def propagate(graph, resolved: ResolvedSpec, parameter: Callable[[str], Any] = lambda name: None, *,
+              op_rules: OpRules) -> Propagation:
+    """Run every node's rule in order; ``parameter(node_name)`` returns a parameter's actual tensor.
+
+    ``op_rules`` is the op-rule table (``registries.op_rules``; the built-in one is
+    :func:`symdsl.graph.ops.builtin_op_rules`).
+
+    >>> import torch
+    >>> from symdsl.graph import capture
+    >>> from symdsl.graph.ops import builtin_op_rules
+    >>> from symdsl.plugins import load
+    >>> from symdsl.spec import load_spec_text, resolve
+    >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    >>> spec = load_spec_text("{symdsl: 1, name: mlp, sites: {hidden: {group: orthogonal, size: 6}}, "
+    ...                       "tensors: {0.weight: hidden _, 0.bias: hidden, 2.weight: _ hidden'}, invariant: [2.bias]}")
+    >>> graph = capture(mlp, {"input": torch.randn(3, 4)})
+    >>> result = propagate(graph, resolve(spec, mlp, registries=load()), op_rules=builtin_op_rules())
+    >>> [(f.op, f.message) for f in result.findings]
+    [('tanh', 'site hidden (orthogonal) reaches tanh, which commutes only with permutations')]
+    """
+    return TypeCheck(graph, resolved, op_rules, parameter).run()
 
 
 def _fits(value, declared) -> bool:
@@ -165,8 +207,6 @@ def _multi(shape) -> bool:
 
 
 def _refs(obj) -> list[str]:
-    from .capture import Ref
-
     out: list[str] = []
     if isinstance(obj, Ref):
         out.append(obj.name)

@@ -2,13 +2,18 @@
 
 An axis is a row-major tuple of :class:`Atom` factors, each carrying a site and variance or
 nothing. A fused axis (q | k | v) is a :class:`SplitAxis`. A tensor type is a tuple of axes.
-Reshaping a fused axis into (parts, ...) yields a :class:`Stacked` value whose leading
-index selects a part (timm's ``qkv.reshape(B, N, 3, h, k)``) until it is unbound.
+Reshaping a fused axis into (parts, ...) yields a :class:`~symdsl.graph.shapes.Stacked` value
+whose parts axis selects a part (timm's ``qkv.reshape(B, N, 3, h, k)``) until it is unbound.
+
+>>> show((untyped_axis(2), (Atom(4, "resid"),), SplitAxis(((Atom(4, "qk"),), (Atom(4, "qk", True),)))))
+"[_2 resid [qk | qk']]"
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Union
+
+from .shapes import Stacked     # a fused axis cut into parts (shared with inference)
 
 
 @dataclass(frozen=True)
@@ -44,18 +49,6 @@ Axis = Union[tuple, SplitAxis]
 TensorType = tuple  # tuple[Axis, ...]
 
 
-@dataclass(frozen=True)
-class Stacked:
-    """A tensor whose axis ``axis`` selects one of ``members`` (each a full TensorType)."""
-
-    axis: int
-    members: tuple
-
-    @property
-    def typed(self) -> bool:
-        return any(is_typed(m) for m in self.members)
-
-
 def axis_size(axis: Axis) -> int:
     if isinstance(axis, SplitAxis):
         return axis.size
@@ -87,7 +80,7 @@ def axis_typed(axis: Axis) -> bool:
 def is_typed(value) -> bool:
     """Does a value (tensor type, Stacked, tuple of values) carry any site?"""
     if isinstance(value, Stacked):
-        return value.typed
+        return any(is_typed(m) for m in value.members)
     if isinstance(value, tuple) and value and isinstance(value[0], (tuple, SplitAxis)) and _is_tensor_type(value):
         return any(axis_typed(a) for a in value)
     if isinstance(value, (tuple, list)):

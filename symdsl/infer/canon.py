@@ -22,13 +22,14 @@ import torch
 from ..canon import canonicalize
 from ..errors import SymdslError
 from ..graph.capture_types import Ref
+from ..graph.shapes import PASS_THROUGH
 from ..groups import get_group_kind
 from ..registry import Registries
 from ..spec.load import load_spec_text
 from ..spec.resolve import resolve
-from .rules import PASS
 from .walk import Walk
 
+PASS = PASS_THROUGH + ("neg", "positive")
 # ops that read a value without computing anything from it (export's dtype/device assertions)
 _IGNORED = frozenset({"assert", "_assert_tensor_metadata"})
 # ops that keep the normalised axis as it is, acting on other axes only (or not at all)

@@ -1,24 +1,25 @@
-"""Walk a captured graph once, without a spec, and collect what the ops say about every axis.
+"""Spec inference as an analysis over the shared graph walk: axis variables instead of site types.
 
 Parameters get one fresh variable per axis; model inputs, constants and non-persistent
-buffers get variables flagged ``fixed`` (no symmetry may move them); each op's rule (see
-:mod:`symdsl.infer.rules`) unites and flags variables; the model's outputs are flagged ``fixed``
-too (the draft claims invariance of what the model returns). An op without a rule, or one its
-rule cannot interpret, flags everything it touches ``fixed`` and is listed in
-:attr:`Walk.opaque`: the draft then leaves those axes unbound rather than guess. So does an op
-the static checker has no rule for (it fails closed on those), so that a draft never claims a
-symmetry that ``symdsl check`` cannot follow.
+buffers get variables flagged ``fixed`` (no symmetry may move them); each op's rule, from the
+same op-rule table the static check uses (:mod:`symdsl.graph.ops`), unites and flags variables
+through :class:`~symdsl.infer.unify.InferCall`; the model's outputs are flagged ``fixed`` too
+(the draft claims invariance of what the model returns). An op without a rule, or a case its
+rule cannot follow, flags everything it touches ``fixed`` and is listed in :attr:`Walk.opaque`:
+the draft then leaves those axes unbound rather than guess. Since the checker reads the same
+table, a draft never claims a symmetry through an op that ``symdsl check`` cannot follow.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Container
+from typing import Any
 
 import torch
 
 from ..graph.capture_types import CapturedGraph
-from .reshape import Stacked
-from .rules import RULES, Ctx, Opaque
+from ..graph.shapes import Stacked
+from ..graph.walker import GraphWalker, OpRules, Unsupported
+from .unify import InferCall
 from .variables import AxisVars
 
 
@@ -56,56 +57,66 @@ def _all_vars(value) -> list[int]:
     return []
 
 
-def walk(graph: CapturedGraph, state_names: set[str], checked_ops: Container[str]) -> Walk:
-    """Propagate axis variables through ``graph``; ``state_names`` are the model's state-dict keys.
+class Inference(GraphWalker):
+    """The inference walk: values are tuples of axis variables; :meth:`finish` returns the :class:`Walk`."""
+
+    call_class = InferCall
+
+    def __init__(self, graph: CapturedGraph, state_names: set[str], op_rules: OpRules):
+        super().__init__(graph, op_rules)
+        self.result = Walk(graph)
+        self.result.values = self.values
+        self.state_names = state_names
+
+    def param(self, node):
+        names = self.graph.params.get(node.name, [])
+        call = InferCall(self, node)
+        if any(n in self.state_names for n in names):
+            self.result.param_axes[node.name] = call.fresh(node.shape or ())
+            return self.result.param_axes[node.name]
+        return call.fresh(node.shape or (), f"non-persistent buffer {names[:1]}")
+
+    def leaf(self, node):
+        what = f"model input '{node.name}'" if node.op == "input" else f"constant tensor {node.target}"
+        return InferCall(self, node).fresh(node.shape, what) if node.shape is not None else None
+
+    def output(self, node) -> None:
+        for var in self._inputs(node):
+            self.result.vars.flag(var, "fixed", "returned by the model")
+
+    def _inputs(self, node) -> list[int]:
+        return [v for value in self.input_values(node) for v in _all_vars(value)]
+
+    def call_op(self, node):
+        for var in self._inputs(node):
+            self.result.vars.flag(var, "touched")
+        if node.dtype in _LOW and node.op not in ("embedding",):
+            self.result.low_precision.append(node.name)     # e.g. a norm that upcasts only to float32
+        return super().call_op(node)
+
+    def failed(self, call, exc):
+        reason = f"{call.where}: {exc.message}" if isinstance(exc, Unsupported) else \
+            f"{call.where}: could not interpret ({type(exc).__name__}: {exc})"
+        for var in self._inputs(call.node):
+            self.result.vars.flag(var, "fixed", reason)
+        self.result.opaque.append((call.node.name, reason))
+        return call.fresh(call.node.shape, reason)
+
+    def finish(self) -> Walk:
+        return self.result
+
+
+def walk(graph: CapturedGraph, state_names: set[str], op_rules: OpRules) -> Walk:
+    """Propagate axis variables through ``graph``; ``state_names`` are the model's state-dict keys;
+    ``op_rules`` is the op-rule table (``registries.op_rules``).
 
     >>> import torch
     >>> from symdsl.graph import capture
+    >>> from symdsl.graph.ops import builtin_op_rules
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    >>> from symdsl.plugins import load
-    >>> w = walk(capture(net, torch.randn(5, 3)), set(net.state_dict()), load().op_rules)
+    >>> w = walk(capture(net, torch.randn(5, 3)), set(net.state_dict()), builtin_op_rules())
     >>> hidden = w.param_axes["p_0_weight"][0]                 # rows of the first weight
     >>> w.vars.parity_between(hidden, w.param_axes["p_2_weight"][1]), sorted(w.vars.flags(hidden))
     (1, ['nonlinear', 'touched'])
     """
-    result = Walk(graph)
-    vars = result.vars
-    for node in graph.nodes:
-        ctx = Ctx(result, node)
-        if node.op == "param":
-            names = graph.params.get(node.name, [])
-            if any(n in state_names for n in names):
-                result.param_axes[node.name] = result.values[node.name] = ctx.fresh(node.shape or ())
-            else:
-                result.values[node.name] = ctx.fresh(node.shape or (), f"non-persistent buffer {names[:1]}")
-            continue
-        if node.op in ("input", "constant", "placeholder", "get_attr"):
-            what = f"model input '{node.name}'" if node.op == "input" else f"constant tensor {node.target}"
-            result.values[node.name] = ctx.fresh(node.shape, what) if node.shape is not None else None
-            continue
-        inputs = [v for ref in node.refs() for v in _all_vars(result.values.get(ref.name))]
-        if node.op == "output":
-            for var in inputs:
-                vars.flag(var, "fixed", "returned by the model")
-            continue
-        for var in inputs:
-            vars.flag(var, "touched")
-        if node.dtype in _LOW and node.op not in ("embedding",):
-            result.low_precision.append(node.name)     # e.g. a norm that upcasts only to float32
-        rule = RULES.get(node.op)
-        try:
-            if rule is None:
-                raise Opaque(f"no inference rule for op '{node.op}'")
-            if node.op not in checked_ops:
-                # the static check fails closed on ops it has no rule for: a draft must not claim a
-                # symmetry through one, even where inference could follow it
-                raise Opaque(f"the static check has no rule for op '{node.op}'")
-            result.values[node.name] = rule(ctx)
-        except (Opaque, IndexError, TypeError, KeyError, ValueError, AttributeError, ZeroDivisionError) as exc:
-            reason = f"{ctx.where}: {exc}" if isinstance(exc, Opaque) else \
-                f"{ctx.where}: could not interpret ({type(exc).__name__}: {exc})"
-            for var in inputs:
-                vars.flag(var, "fixed", reason)
-            result.opaque.append((node.name, reason))
-            result.values[node.name] = ctx.fresh(node.shape, reason)
-    return result
+    return Inference(graph, state_names, op_rules).run()

@@ -96,6 +96,7 @@ def collect(pm: pluggy.PluginManager, blocked: tuple[str, ...] = ()) -> Registri
         for impl in impls:
             result = impl.function()
             found[category] += _entries(result, shape, category, impl.plugin_name)
+    found["op rule"] = _overriding_builtins(found["op rule"])
     values = {}
     for category, attribute in CATEGORIES.items():
         try:
@@ -103,6 +104,13 @@ def collect(pm: pluggy.PluginManager, blocked: tuple[str, ...] = ()) -> Registri
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     return Registries(**values, plugins=tuple(order), blocked=blocked)
+
+
+def _overriding_builtins(entries: list[tuple[str, Any, str]]) -> list[tuple[str, Any, str]]:
+    """Op rules only: a plugin's rule replaces the built-in rule for the same op (so a plugin can
+    correct or extend what symdsl knows); two plugins' rules for one op still clash."""
+    theirs = {name for name, _, origin in entries if origin not in BUILTIN_PLUGINS}
+    return [e for e in entries if not (e[2] in BUILTIN_PLUGINS and e[0] in theirs)]
 
 
 def _entries(result: Any, shape: str, category: str, plugin: str) -> list[tuple[str, Any, str]]:

@@ -25,10 +25,10 @@ import torch
 from symdsl.errors import UsageError
 from symdsl.graph.capture import BUILTIN_BACKENDS, capture
 from symdsl.graph.capture_common import TensorAliases, without_kv_cache
+from symdsl.graph.ops import builtin_op_rules
 from symdsl.graph.propagate import propagate
 from symdsl.spec.binding import ResolvedSpec
 
-from ..op_rules import builtin_op_rules
 from .activation_graph import Plan, select_plans
 
 State = Mapping[str, torch.Tensor]
@@ -139,7 +139,7 @@ class ActivationRunner:
             names = graph.params.get(node_name, [])
             return state[names[0]].detach() if names and names[0] in state else None
 
-        result = propagate(graph, self.resolved, self.op_rules, parameter)
+        result = propagate(graph, self.resolved, parameter, op_rules=self.op_rules)
         plans, notes = select_plans(graph, result.values, self.resolved)
         findings = len(result.findings)
         if findings:

@@ -1,0 +1,110 @@
+"""Rules for elementwise ops and reductions.
+
+- ``add``/``sub``: operands meet axis by axis (one space); an axis along which an operand is
+  constant (missing, size 1, or a number) gets a constant vector added: ``shift``.
+- ``mul``/``div``: scaling by a number or by a factor constant along an axis is linear there;
+  where both operands vary it is an elementwise product: ``nonlinear``.
+- GELU, tanh, ... (and dropout in training mode): ``nonlinear`` on every axis.
+- ``mean``/``sum``: the reduced axes are ``summed``.
+"""
+from __future__ import annotations
+
+from .base import op_rule
+
+NONLINEAR = ("gelu", "tanh", "relu", "silu", "sigmoid", "exp", "log", "sqrt", "rsqrt", "pow", "abs", "erf",
+             "square", "reciprocal", "sin", "cos", "elu", "leaky_relu", "softplus", "hardtanh", "mish", "sign",
+             "log_sigmoid", "hardswish", "hardsigmoid", "relu6", "clamp", "clamp_min", "clamp_max")
+
+
+def broadcast(call, tensors: list[tuple], what: str, *, product: bool = False, shift: bool = False,
+              elementwise: bool = True) -> tuple:
+    """The output axes of an op on right-aligned, broadcast operands, e.g. (b, t, d) with (d,).
+
+    Operands that vary along an axis (not size 1) are one space there (``call.combine``, or
+    ``call.same`` when not ``elementwise``). ``product``: where two vary, it is an elementwise
+    product (``nonlinear``); ``shift``: where some operand is constant, a constant is added.
+    """
+    n = max(len(t) for t in tensors)
+    out = []
+    for i in range(1, n + 1):
+        present = [t[-i] for t in tensors if i <= len(t)]
+        full = [axis for axis in present if not call.is_unit(axis)]
+        if not full:
+            out.append(present[0])
+            continue
+        for other in full[1:]:
+            if elementwise:
+                call.combine(full[0], other, what)
+            else:
+                call.same(full[0], other, what)
+        if product and len(full) > 1:
+            call.nonlinear(full[0], f"an elementwise product ({what})")
+        if shift and len(full) < len(tensors):
+            call.shift(full[0], what)
+        out.append(full[0])
+    return tuple(reversed(out))
+
+
+def _numbers(call) -> list:
+    return [a for a in call.node.args[:2] if isinstance(a, (int, float)) and not isinstance(a, bool)]
+
+
+@op_rule("add", "sub", "rsub")
+def add_rule(call):
+    # x (..., d) + y (d,): axes where both vary are one space; a number, a 0-d tensor, or an
+    # operand missing/size 1 along an axis adds c·1 to that axis
+    tensors = [call.tensor(i) for i in (0, 1) if call.has_tensor(i)]
+    if not tensors:
+        raise ValueError("add of two numbers")
+    out = broadcast(call, tensors, call.op, shift=True)
+    if any(n != 0 for n in _numbers(call)) or any(len(t) == 0 for t in tensors):
+        for axis in out:
+            call.shift(axis)
+    return out
+
+
+@op_rule("mul", "div")
+def mul_rule(call):
+    # x * y: by a number, or a factor constant along an axis, commutes with any linear map of
+    # that axis; an elementwise product of two varying operands only with coordinate moves
+    tensors = [call.tensor(i) for i in (0, 1) if call.has_tensor(i)]
+    if not tensors:
+        raise ValueError("product of two numbers")
+    return broadcast(call, tensors, call.op, product=True)
+
+
+@op_rule("neg", "positive")
+def neg_rule(call):
+    return call.tensor(0)
+
+
+@op_rule(*NONLINEAR)
+def nonlinear_rule(call):
+    # f(x) coordinate by coordinate (tensor operands such as pow's exponent broadcast with x)
+    out = broadcast(call, call.tensors(), call.op)
+    for axis in out:
+        call.nonlinear(axis)
+    return out
+
+
+@op_rule("dropout", "native_dropout", "feature_dropout", "alpha_dropout")
+def dropout_rule(call):
+    # dropout(x, p, train): the identity in eval mode; a random coordinatewise mask in training
+    x = call.tensor(0)
+    if call.arg(2, False, name="train"):
+        for axis in x:
+            call.nonlinear(axis, "dropout in training mode")
+    return x
+
+
+@op_rule("mean", "sum")
+def reduce_rule(call):
+    # x (..., d) summed over d: reads x with the ones vector, so only maps fixing 1 keep it
+    x = call.tensor(0)
+    dims = call.arg(1, name="dim")
+    keep = call.arg(2, False, name="keepdim")
+    dims = list(range(len(x))) if dims is None else \
+        [d % len(x) for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
+    for d in dims:
+        call.summed(x[d])
+    return tuple(call.new_axis(1) if i in dims else axis for i, axis in enumerate(x) if keep or i not in dims)

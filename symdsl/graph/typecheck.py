@@ -1,0 +1,226 @@
+"""The checker's side of the op-rule interface: statements about axes checked on site types.
+
+Each axis carries a type (:mod:`symdsl.graph.types`): factors bound to spec sites with a
+variance. :class:`CheckCall` implements :class:`~symdsl.graph.walker.OpCall`'s interface by
+checking what a rule states against those types and raising :class:`Violation` when a site
+cannot follow (a rotation reaching GELU, a key bound primal, a head split in the wrong factor
+order). Group kinds are asked for capabilities, never for names:
+
+* ``nonlinear`` (GELU, an elementwise product, dropout in training): ``elementwise_equivariant``;
+* ``shift`` and ``summed`` (a constant added, a mean/sum): ``elementwise_equivariant`` or
+  ``fixes_ones(site.options)``;
+* ``normalize``: ``elementwise_equivariant`` kinds pass (gain and bias carry the site);
+  otherwise the kind must be ``isometric`` and square, the gain constant, and a centred norm
+  (LayerNorm) needs ``fixes_ones(site.options)``;
+* ``contract``: primal against dual unless the kind is ``self_dual``.
+"""
+from __future__ import annotations
+
+from .types import Atom, SplitAxis, atoms_of, axis_size, axis_typed, normalize, show_axis, untyped, untyped_axis
+from .walker import OpCall
+
+
+class Violation(Exception):
+    """An op breaks a declared symmetry."""
+
+    def __init__(self, message: str, site: str | None = None, rule: str = ""):
+        super().__init__(message)
+        self.message, self.site, self.rule = message, site, rule
+
+
+def _first_site(axis) -> str | None:
+    return next((a.site for a in atoms_of(axis) if a.site), None)
+
+
+class CheckCall(OpCall):
+    """One node seen by the static check: ``walker.sites`` are the resolved spec's sites and
+    ``walker.parameter(node)`` a parameter's actual tensor (for constant-gain checks)."""
+
+    # -- sites ------------------------------------------------------------------------------
+    @property
+    def sites(self) -> dict:
+        return self.walker.sites
+
+    def describe(self, site: str) -> str:
+        s = self.sites[site]
+        extra = ", preserve ones" if s.options.get("preserve") == "ones" else ""
+        per = f", per {s.per}" if s.per else ""
+        return f"site {site} ({s.kind.name}{extra}{per})"
+
+    def fail(self, message: str, site: str | None = None, rule: str | None = None):
+        raise Violation(message, site, rule or self.node.op)
+
+    def output_untyped(self):
+        shape = self.node.shape
+        if shape is None:
+            return None
+        if shape and isinstance(shape[0], tuple):
+            return [untyped(s) for s in shape]
+        return untyped(shape)
+
+    def _kinds(self, axis):
+        return [(a.site, self.sites[a.site]) for a in atoms_of(axis) if a.site]
+
+    def _keeps_ones(self, site) -> bool:
+        return site.kind.elementwise_equivariant or site.kind.fixes_ones(site.options)
+
+    # -- axes ---------------------------------------------------------------------------------
+    def size(self, axis) -> int:
+        return axis_size(axis)
+
+    def is_unit(self, axis) -> bool:
+        return axis_size(axis) == 1 and not axis_typed(axis)
+
+    def new_axis(self, size, fixed=None, *, broadcast=None):
+        return untyped_axis(size)
+
+    def same(self, a, b, what):
+        if normalize(a) != normalize(b):
+            self.fail(f"{what}: {show_axis(a)} does not match {show_axis(b)}", _first_site(a) or _first_site(b))
+        return a
+
+    def combine(self, a, b, what):
+        if normalize(a) == normalize(b):
+            return a
+        typed, plain = (a, b) if axis_typed(a) else (b, a)
+        site = _first_site(typed)
+        if site is None:
+            return a
+        if axis_typed(plain):
+            self.fail(f"{what} combines {show_axis(a)} with {show_axis(b)}: both sides must carry the same sites", site)
+        self.fail(f"{what} combines {self.describe(site)} with a tensor that no site touches along that axis "
+                  "(a fixed vector does not transform with the symmetry)", site)
+
+    def contract(self, a, b, what):
+        """Axis ``a`` (activation side) summed against ``b``: the same sites factor by factor,
+        primal against dual unless the kind is self-dual; bound never meets unbound."""
+        if not axis_typed(a) and not axis_typed(b):
+            return
+        if isinstance(a, SplitAxis) or isinstance(b, SplitAxis):
+            if not (isinstance(a, SplitAxis) and isinstance(b, SplitAxis) and len(a.parts) == len(b.parts)):
+                self.fail(f"{what} contracts a fused axis with an axis of another structure: "
+                          f"{show_axis(a)} · {show_axis(b)}")
+            for x, y in zip(a.parts, b.parts):
+                self.contract(x, y, what)
+            return
+        la, ra = list(normalize(a)), list(normalize(b))
+        if [x.size for x in la] != [y.size for y in ra] or [x.site for x in la] != [y.site for y in ra]:
+            site = next((x.site for x in la + ra if x.site), None)
+            self.fail(f"{what} contracts {show_axis(a)} with {show_axis(b)}: the same sites must meet factor by "
+                      "factor (a reader's input axis must be bound to the site its input carries)", site)
+        for x, y in zip(la, ra):
+            if x.site and x.dual == y.dual and not self.sites[x.site].kind.self_dual:
+                side = "dual" if x.dual else "primal"
+                self.fail(f"{what} contracts {self.describe(x.site)} with itself, both sides {side}: one side must "
+                          f"be dual (g^-T), e.g. write {x.site}' on the reader's input axis or on the key side", x.site)
+
+    def nonlinear(self, axis, what=None):
+        for name, site in self._kinds(axis):
+            if not site.kind.elementwise_equivariant:
+                self.fail(f"{self.describe(name)} reaches {what or self.op}, which commutes only with permutations",
+                          name)
+
+    def shift(self, axis, what=None):
+        for name, site in self._kinds(axis):
+            if not self._keeps_ones(site):
+                self.fail(f"{what or self.op} adds a constant to {self.describe(name)}; only permutations and "
+                          "rotations fixing the ones vector keep a constant vector fixed", name)
+
+    def summed(self, axis):
+        for name, site in self._kinds(axis):
+            if not self._keeps_ones(site):
+                self.fail(f"{self.op} over an axis carrying {self.describe(name)} is not invariant", name)
+
+    def fixed(self, axis, why):
+        if axis_typed(axis):
+            self.fail(f"{why}: no symmetry may move this axis, but it carries {show_axis(axis)}", _first_site(axis))
+
+    def normalize(self, axis, *, gain, bias, centred):
+        what = self.op
+        gain_type = self.tensor(gain) if gain is not None else None
+        bias_type = self.tensor(bias) if bias is not None else None
+        kinds = self._kinds(axis)
+        if not kinds:
+            for param in (gain_type, bias_type):
+                site = next((s for a in (param or ()) for s in [_first_site(a)] if s), None)
+                if site:
+                    self.fail(f"{what} parameters carry {self.describe(site)} but its input does not", site)
+            return
+        for name, site in kinds:
+            kind = site.kind
+            if kind.elementwise_equivariant:
+                continue
+            if not (kind.isometric and kind.square):
+                self.fail(f"{self.describe(name)} reaches {what}, which commutes only with permutations and "
+                          "rotations", name)
+            if centred and not kind.fixes_ones(site.options):
+                self.fail(f"{self.describe(name)} reaches {what}: LayerNorm subtracts the mean, so a rotation must "
+                          "fix the ones vector (add 'preserve: ones'), or use the permutation group", name)
+            if len(normalize(axis)) != 1:
+                self.fail(f"{what} over a composite axis {show_axis(axis)} carrying a rotation has no rule", name)
+            if gain is not None and not _constant(self.parameter(gain)):
+                self.fail(f"{self.describe(name)} reaches {what} whose gain is not constant: a rotation does not "
+                          "commute with a per-feature gain (fold it into the readers with fold_layernorm; post-LN "
+                          "models such as BERT keep the gain on the residual path and admit only permutations)", name)
+        if bias_type is not None:
+            self.same(bias_type[0], axis, f"{what} bias")
+        if gain_type is not None and all(site.kind.elementwise_equivariant for _, site in kinds):
+            self.same(gain_type[0], axis, f"{what} gain")
+
+    def parameter(self, index: int):
+        name = self.param(index)
+        return self.walker.parameter(name) if name is not None else None
+
+    def split_axis(self, axis, sizes, what):
+        if len(sizes) == 1:
+            return [axis]
+        if not axis_typed(axis):
+            return [untyped_axis(s) for s in sizes]
+        if isinstance(axis, SplitAxis) and [axis_size(p) for p in axis.parts] == list(sizes):
+            return list(axis.parts)
+        site = None if isinstance(axis, SplitAxis) else _first_site(axis)
+        self.fail(f"{what} cuts the axis {show_axis(axis)} into {list(sizes)}, which is not its declared parts "
+                  "(check the order and sizes of the fused split in the spec)", site)
+
+    def join_axes(self, pieces):
+        if not any(axis_typed(p) for p in pieces):
+            return untyped_axis(sum(axis_size(p) for p in pieces))
+        return SplitAxis(tuple(pieces))
+
+    # -- reshape algebra: factors are Atoms; a fused axis is one opaque SplitAxis factor ----------
+    def factors(self, axis) -> list:
+        if isinstance(axis, SplitAxis):
+            return [axis]
+        return [a for a in normalize(axis) if not (a.site is None and a.size == 1)]
+
+    def item_size(self, item) -> int:
+        return item.size
+
+    def cut(self, item, outer, shape):
+        if isinstance(item, SplitAxis):
+            self.fail(f"reshape cuts the fused axis {item} across its parts")
+        if item.site:
+            self.fail(f"reshape to {shape} cuts factor {item} (size {item.size}) of {self.describe(item.site)}: "
+                      "the factor order or sizes of this axis are wrong", item.site)
+        return [Atom(outer), Atom(item.size // outer)]
+
+    def fused_parts(self, item, count, wanted):
+        # a fused axis cut at its parts count, when the parts have one structure (q | k | v)
+        if isinstance(item, SplitAxis) and len(item.parts) == count and len({axis_size(p) for p in item.parts}) == 1:
+            return list(item.parts)
+        return None
+
+    def join(self, items):
+        if len(items) == 1 and isinstance(items[0], SplitAxis):
+            return items[0]
+        if any(isinstance(i, SplitAxis) for i in items):
+            split = next(i for i in items if isinstance(i, SplitAxis))
+            self.fail(f"reshape cuts the fused axis {split} across its parts")
+        return tuple(items)
+
+
+def _constant(tensor) -> bool:
+    return tensor is not None and bool((tensor == tensor.reshape(-1)[0]).all())
+
+
+__all__ = ["CheckCall", "Violation"]

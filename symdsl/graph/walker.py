@@ -1,0 +1,247 @@
+"""One walk over a captured graph, shared by the static check and spec inference.
+
+:class:`GraphWalker` runs the nodes in order (like :class:`torch.fx.Interpreter`: one
+:meth:`~GraphWalker.run_node` per node) and evaluates each op with the rule that the op-rule
+table (a ``Mapping`` from canonical op name to rule, passed in) gives for it. A rule is
+``rule(call) -> value``: it reads its operands through an :class:`OpCall` and states what the
+op does to their axes through the call's *semantic interface* (``same``, ``contract``,
+``nonlinear``, ``shift``, ``summed``, ``fixed``, ``normalize``, the reshape algebra, ...). Each
+analysis subclasses both: the checker (:mod:`symdsl.graph.typecheck`,
+:mod:`symdsl.graph.propagate`) verifies site types and reports violations, inference
+(:mod:`symdsl.infer.unify`, :mod:`symdsl.infer.walk`) unites axis variables and records flags.
+So every op has one rule, written once (:mod:`symdsl.graph.ops`).
+
+A rule that meets a case it cannot follow raises :class:`Unsupported`; an op without a rule
+does the same. Both analyses then fail closed: the checker reports it if a site reaches the
+op, inference leaves every axis it touches unbound.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from .capture_types import Ref
+from .shapes import Stacked, Unsupported
+
+Rule = Callable[["OpCall"], Any]
+OpRules = Mapping[str, Rule]
+
+# errors a rule raises when a node does not look like the op it expects: fail closed on them
+INTERPRET_ERRORS = (IndexError, TypeError, KeyError, AttributeError, ValueError, ZeroDivisionError)
+LEAF_OPS = ("input", "constant", "placeholder", "get_attr")
+
+
+class OpCall:
+    """What a rule sees of one node: its operands, and the semantic interface it states
+    the op's effect through. Analyses subclass it and implement the interface.
+
+    Operand access is shared: ``arg`` gives literal arguments (dims, sizes), ``value`` the
+    abstract value of a tensor argument, ``tensor`` a plain tensor's tuple of axes.
+    """
+
+    def __init__(self, walker: "GraphWalker", node):
+        self.walker, self.node = walker, node
+
+    # -- operands -------------------------------------------------------------------------
+    @property
+    def op(self) -> str:
+        return self.node.op
+
+    @property
+    def graph(self):
+        return self.walker.graph
+
+    @property
+    def shape(self):
+        """The output's concrete shape, as captured."""
+        return self.node.shape
+
+    def _raw(self, index: int, name: str | None):
+        if index < len(self.node.args):
+            return self.node.args[index], True
+        if name is not None and name in self.node.kwargs:
+            return self.node.kwargs[name], True
+        return None, False
+
+    def arg(self, index: int, default=None, name: str | None = None):
+        """Literal argument ``index`` (or keyword ``name``), ``default`` when absent."""
+        raw, found = self._raw(index, name)
+        return raw if found else default
+
+    def has_tensor(self, index: int, name: str | None = None) -> bool:
+        """Is argument ``index`` (or keyword ``name``) another node's output?"""
+        return isinstance(self._raw(index, name)[0], Ref)
+
+    def value(self, index: int, name: str | None = None):
+        """The abstract value of argument ``index`` (None for literals and absent ones)."""
+        return self.resolve(self._raw(index, name)[0])
+
+    def resolve(self, raw):
+        if isinstance(raw, Ref):
+            return self.walker.values.get(raw.name)
+        if isinstance(raw, (list, tuple)):
+            return [self.resolve(r) for r in raw if isinstance(r, Ref)]
+        return None
+
+    def tensor(self, index: int, name: str | None = None) -> tuple:
+        """Argument ``index`` as a plain tensor: a tuple with one axis per dimension."""
+        return self.as_tensor(self.value(index, name), f"argument {index}")
+
+    def as_tensor(self, value, what: str = "an operand") -> tuple:
+        if isinstance(value, Stacked):
+            raise Unsupported("a fused (q|k|v) tensor reshaped into parts reaches this op before it is "
+                              "split into its parts")
+        if not isinstance(value, tuple):
+            raise Unsupported(f"{what} is not a plain tensor")
+        return value
+
+    def tensors(self) -> list[tuple]:
+        """Every tensor operand, in order (positional, then keyword)."""
+        return [self.as_tensor(self.walker.values.get(r.name)) for r in self.node.refs()]
+
+    def param(self, index: int) -> str | None:
+        """The graph node name of argument ``index`` when it is a model parameter."""
+        raw = self._raw(index, None)[0]
+        return raw.name if isinstance(raw, Ref) and self.graph.node(raw.name).op == "param" else None
+
+    # -- the semantic interface: what rules say about axes (implemented per analysis) ------
+    def size(self, axis) -> int:
+        """The axis's length."""
+        raise NotImplementedError
+
+    def is_unit(self, axis) -> bool:
+        """Is this a size-1 axis that broadcasts (carries nothing)?"""
+        raise NotImplementedError
+
+    def new_axis(self, size: int, fixed: str | None = None, *, broadcast: str | None = None):
+        """A fresh axis no operand gave; ``fixed``: why no symmetry may move it; ``broadcast``:
+        it repeats a value (expand), so anything added along it is a constant shift."""
+        raise NotImplementedError
+
+    def same(self, a, b, what: str):
+        """Axes ``a`` and ``b`` are the same space (a bias and the axis it is added to)."""
+        raise NotImplementedError
+
+    def combine(self, a, b, what: str):
+        """Elementwise operands meet on axes ``a`` and ``b``: the same space."""
+        raise NotImplementedError
+
+    def contract(self, a, b, what: str) -> None:
+        """Axis ``a`` is summed against axis ``b``: ``b`` is the dual of ``a`` (primal with dual)."""
+        raise NotImplementedError
+
+    def nonlinear(self, axis, what: str | None = None) -> None:
+        """A coordinatewise nonlinear function (or product) acts along ``axis``."""
+        raise NotImplementedError
+
+    def shift(self, axis, what: str | None = None) -> None:
+        """A constant vector c·1 is added along ``axis``."""
+        raise NotImplementedError
+
+    def summed(self, axis) -> None:
+        """``axis`` is reduced by a sum or mean (read with the ones vector)."""
+        raise NotImplementedError
+
+    def fixed(self, axis, why: str) -> None:
+        """No symmetry may move ``axis`` (indexed by ids, mixed by the op, picked from);
+        ``why`` names it, e.g. "token axis of attention"."""
+        raise NotImplementedError
+
+    def normalize(self, axis, *, gain: int | None, bias: int | None, centred: bool) -> None:
+        """A norm over ``axis`` with gain/bias operand indices; ``centred``: subtracts the mean."""
+        raise NotImplementedError
+
+    def hint(self, axis, role: str) -> None:
+        """Evidence of the axis's role ('qk', 'ov', 'heads'): naming and orientation, no constraint."""
+
+    def reads(self, index: int, axis: int) -> None:
+        """Parameter operand ``index``'s axis ``axis`` is read (contracted against the input)."""
+
+    def writes(self, index: int, axis: int) -> None:
+        """Parameter operand ``index``'s axis ``axis`` is written into the output."""
+
+    def split_axis(self, axis, sizes: list[int], what: str) -> list:
+        """The pieces of ``axis`` cut into consecutive ``sizes`` (split, chunk)."""
+        raise NotImplementedError
+
+    def join_axes(self, pieces: list):
+        """The axis made by concatenating ``pieces`` (cat)."""
+        raise NotImplementedError
+
+    # -- the reshape algebra (see symdsl.graph.shapes.regroup) -------------------------------
+    def factors(self, axis) -> list:
+        """The axis's row-major factors, size-1 unbound ones dropped."""
+        raise NotImplementedError
+
+    def item_size(self, item) -> int:
+        raise NotImplementedError
+
+    def cut(self, item, outer: int, shape) -> list:
+        """Factor ``item`` cut into ``(outer, size // outer)``."""
+        raise NotImplementedError
+
+    def fused_parts(self, item, count: int, wanted: bool):
+        """The ``count`` parts of a fused factor when a reshape cuts it there (None: not fused)."""
+        raise NotImplementedError
+
+    def join(self, items: list):
+        """The axis made of these row-major factors."""
+        raise NotImplementedError
+
+
+class GraphWalker:
+    """Evaluate every node of ``graph`` in order with the rules of ``op_rules``.
+
+    Subclasses say what parameters, inputs and outputs are (:meth:`param`, :meth:`leaf`,
+    :meth:`output`), which :class:`OpCall` their rules get (``call_class``), and what a failed
+    op is worth (:meth:`failed`). :meth:`run` returns :meth:`finish`'s result object.
+    """
+
+    call_class = OpCall
+
+    def __init__(self, graph, op_rules: OpRules):
+        self.graph, self.op_rules = graph, op_rules
+        self.values: dict[str, Any] = {}
+
+    def run(self):
+        for node in self.graph.nodes:
+            self.values[node.name] = self.run_node(node)
+        return self.finish()
+
+    def run_node(self, node):
+        if node.op == "param":
+            return self.param(node)
+        if node.op in LEAF_OPS:
+            return self.leaf(node)
+        if node.op == "output":
+            self.output(node)
+            return None
+        return self.call_op(node)
+
+    def call_op(self, node):
+        call = self.call_class(self, node)
+        rule = self.op_rules.get(node.op)
+        try:
+            if rule is None:
+                raise Unsupported(f"no rule for op '{node.op}'", missing=True)
+            return rule(call)
+        except (Unsupported,) + INTERPRET_ERRORS as exc:
+            return self.failed(call, exc)
+
+    def input_values(self, node) -> list:
+        return [self.values.get(r.name) for r in node.refs()]
+
+    # -- for subclasses -----------------------------------------------------------------------
+    def param(self, node):
+        raise NotImplementedError
+
+    def leaf(self, node):
+        raise NotImplementedError
+
+    def output(self, node) -> None:
+        raise NotImplementedError
+
+    def failed(self, call: OpCall, exc: Exception):
+        raise exc
+
+    def finish(self):
+        return self.values

@@ -1,0 +1,139 @@
+"""Inference's side of the op-rule interface: statements about axes become unions and flags.
+
+Each axis is a variable of :class:`~symdsl.infer.variables.AxisVars`. :class:`InferCall`
+implements :class:`~symdsl.graph.walker.OpCall`'s interface for the shared rules of
+:mod:`symdsl.graph.ops`: ``same`` unites two variables, ``contract`` unites them as each
+other's dual, ``nonlinear``/``shift``/``summed``/``fixed`` record the flags that later limit
+the group (:mod:`symdsl.infer.groups`), ``normalize`` records the norm for folding, and
+``reads``/``writes``/``hint`` record evidence for orientation and names. Nothing here fails:
+a case a rule cannot follow raises :class:`~symdsl.graph.walker.Unsupported` and the walk
+goes conservative (:mod:`symdsl.infer.walk`).
+"""
+from __future__ import annotations
+
+from ..graph.walker import OpCall, Unsupported
+
+
+class InferCall(OpCall):
+    """One node seen by inference: ``walker.result`` is the :class:`~symdsl.infer.walk.Walk`."""
+
+    @property
+    def vars(self):
+        return self.walker.result.vars
+
+    @property
+    def where(self) -> str:
+        return f"{self.node.op} in {self.node.module}" if self.node.module else f"{self.node.op} ({self.node.name})"
+
+    def _why(self, what: str | None) -> str:
+        return self.where if what is None else f"{what} ({self.where})"
+
+    def param(self, index: int) -> str | None:
+        # persistent parameters only: non-persistent buffers are constants of the model
+        name = super().param(index)
+        return name if name in self.walker.result.param_axes else None
+
+    def fresh(self, shape, reason: str | None = None):
+        """New variables for an output of ``shape`` (flagged fixed with ``reason``)."""
+        if shape is None:
+            return None
+        if shape and isinstance(shape[0], tuple):
+            return [self.fresh(s, reason) for s in shape]
+        return tuple(self.vars.new(int(s), "fixed" if reason else None, reason or "") for s in shape)
+
+    # -- axes ------------------------------------------------------------------------------
+    def size(self, axis) -> int:
+        return self.vars.size(axis)
+
+    def is_unit(self, axis) -> bool:
+        return self.vars.size(axis) == 1
+
+    def new_axis(self, size, fixed=None, *, broadcast=None):
+        if broadcast:
+            return self.vars.new(size, "shift", self._why(broadcast))
+        return self.vars.new(size, "fixed" if fixed else None, self._why(fixed) if fixed else "")
+
+    def same(self, a, b, what):
+        self.vars.union(a, b, why=self.where)
+        return a
+
+    combine = same
+
+    def contract(self, a, b, what):
+        self.vars.union(a, b, flip=True, why=self.where)
+
+    def nonlinear(self, axis, what=None):
+        self.vars.flag(axis, "nonlinear", self._why(what))
+
+    def shift(self, axis, what=None):
+        self.vars.flag(axis, "shift", f"a constant is added along this axis ({self.where})")
+
+    def summed(self, axis):
+        self.vars.flag(axis, "shift", f"summed over ({self.where})")
+
+    def fixed(self, axis, why):
+        self.vars.flag(axis, "fixed", self._why(why))
+
+    def normalize(self, axis, *, gain, bias, centred):
+        kind = "ln" if centred else "rms"
+        params = {}
+        for label, index in (("weight", gain), ("bias", bias)):
+            if index is not None:
+                self.vars.union(self.tensor(index)[-1], axis, why=self.where)
+                params[label] = self.param(index) or "?"
+        self.vars.flag(axis, kind, self.where)
+        self.walker.result.norms.append((self.node.name, kind, axis, params.get("weight"), params.get("bias")))
+
+    def hint(self, axis, role):
+        self.vars.flag(axis, role, self.where)
+        if role == "qk":
+            self.vars.vote(axis, strong=True)      # queries are written primal, keys dual
+
+    def _use(self, index: int, axis: int, role: str) -> None:
+        name = self.param(index)
+        if name is not None:
+            self.walker.result.uses.append((self.node.name, name, axis, role, self.node.module))
+
+    def reads(self, index, axis):
+        self._use(index, axis, "read")
+
+    def writes(self, index, axis):
+        if self.param(index) is not None:
+            self.vars.vote(self.walker.result.param_axes[self.param(index)][axis])
+        self._use(index, axis, "write")
+
+    def split_axis(self, axis, sizes, what):
+        if len(sizes) == 1:
+            return [axis]
+        parts = self.vars.expand(axis, "sum", list(sizes))
+        if parts is None:
+            raise Unsupported(f"{what} of an axis that is already split differently")
+        return parts
+
+    def join_axes(self, pieces):
+        pieces = [p for p in pieces if self.vars.size(p) > 0]
+        return pieces[0] if len(pieces) == 1 else self.vars.new_sum(pieces)
+
+    # -- reshape algebra: factors are the leaves of product variables; sums stay whole ----------
+    def factors(self, axis) -> list:
+        return [a for a in self.vars.factors(axis) if self.vars.size(a) != 1]
+
+    def item_size(self, item) -> int:
+        return self.vars.size(item)
+
+    def cut(self, item, outer, shape):
+        pieces = self.vars.expand(item, "prod", [outer, self.vars.size(item) // outer])
+        if pieces is None:
+            raise Unsupported(f"reshape to {shape} splits an axis that is already split differently")
+        return pieces
+
+    def fused_parts(self, item, count, wanted):
+        if not wanted:
+            return None
+        parts = self.vars.expand(item, "sum", [self.vars.size(item) // count] * count)
+        if parts is None:
+            raise Unsupported("a fused axis is cut in a way that does not match its parts")
+        return parts
+
+    def join(self, items):
+        return items[0] if len(items) == 1 else self.vars.new_product(items)
