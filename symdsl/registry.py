@@ -184,7 +184,8 @@ def replace_field(registries: Registries, attribute: str, value: Registry) -> Re
     """``registries`` with one category replaced (a frozen dataclass copy)."""
     if attribute not in {f.name for f in fields(Registries)}:
         raise AttributeError(attribute)
-    return replace(registries, **{attribute: value})
+    changes: dict[str, Any] = {attribute: value}
+    return replace(registries, **changes)
 
 
 __all__ = ["CATEGORIES", "Contribution", "Registries", "Registry", "describe"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import symdsl_builtins.matchers.weight as weight_module
+import symdsl_builtins.matchers.weight_problem as weight_problem
 from conftest import canonical_example, relative_distance
 from symdsl.act import act_state_dict, random_transform
 from symdsl.canon import canonicalize
@@ -75,13 +75,13 @@ def test_constant_terms_from_float32_tensors_in_chunks_match_float64(monkeypatch
     """Single-site tensors larger than their (n, n) term (wte, lm_head) are read chunk by chunk from float32."""
     resolved, a32, b32 = _pair("hf-gpt2", torch.float32)
     a64, b64 = ({k: v.double() for k, v in s.items()} for s in (a32, b32))
-    monkeypatch.setattr(weight_module, "_CHUNK", 100)        # many chunks even for tiny embeddings
-    problem = weight_module._Problem(resolved, a32, b32, "cpu", False, "float64", None)
+    monkeypatch.setattr(weight_problem, "_CHUNK", 100)        # many chunks even for tiny embeddings
+    problem = weight_problem.Problem(resolved, a32, b32, "cpu", False, "float64", None)
     assert {"transformer.wte.weight", "lm_head.weight"} <= set(problem.const)
     assert "transformer.wpe.weight" not in problem.const      # 16 x 32: smaller than its 32 x 32 term
     assert "transformer.wte.weight" not in problem.a          # no float64 copy of the embeddings
     chunked = REGISTRIES.matchers.lookup("weight").match(resolved, a32, b32, max_iter=2, precision="float64")
-    monkeypatch.setattr(weight_module, "_CHUNK", 1 << 22)
+    monkeypatch.setattr(weight_problem, "_CHUNK", 1 << 22)
     whole = REGISTRIES.matchers.lookup("weight").match(resolved, a64, b64, max_iter=2, precision="float64")
     assert chunked.objective == pytest.approx(whole.objective, rel=1e-11)
     assert chunked.objective[-1] == pytest.approx(_distance(resolved, a64, b64, chunked.elements), rel=1e-9)

@@ -50,7 +50,7 @@ def _act_axis(x: torch.Tensor, binding: TensorBinding, axis_index: int, axis: Bo
         y = chunk.reshape(*lead, *[f.size for f in part], *trail)
         for j, f in enumerate(part):
             site = sites.get(f.site) if f.site else None
-            if site is None or f.site not in elements or (site.per is not None) != per_pass:
+            if site is None or f.site is None or f.site not in elements or (site.per is not None) != per_pass:
                 continue
             batch_dim = _parent_dim(binding, axis_index, part, site, len(part)) if per_pass else None
             y = site.kind.apply(elements[f.site], y, axis_index + j, dual=f.dual, batch_dim=batch_dim)

@@ -45,7 +45,7 @@ def check(spec: Spec | str | None = None, model: torch.nn.Module | None = None, 
     registries = registries or default_registries()
     if spec is None and model is None:
         raise ValueError("check needs a spec, a model, or both")
-    spec = spec_for(spec, model, registries)
+    spec = spec if isinstance(spec, Spec) else spec_for(spec, model or torch.nn.Module(), registries)
     return CheckReport(static_check(spec, model, registries=registries, backend=backend, seed=seed) if static else None,
                        numeric_check(spec, model, registries=registries, seed=seed, tolerance=tolerance)
                        if numeric else None)

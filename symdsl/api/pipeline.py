@@ -92,7 +92,7 @@ def match(prepared: Prepared, index: int, matcher: str = "weight", *, data=None,
         if data is None:
             raise UsageError(f"matcher '{matcher}' looks at activations or the task loss: give it data "
                              "(data='digits', a symdsl.data.Dataset, ...; command line: --data)")
-        dataset = dataset_for(data, registries)
+        dataset = load_dataset(data, datasets=registries.datasets)
         model = prepared.models[0]
         if getattr(chosen, "data_mode", "activations") == "dataset":
             return chosen.match(prepared.resolved, prepared.states[0], prepared.states[index], seed=seed,

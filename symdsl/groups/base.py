@@ -70,7 +70,7 @@ def tolerance(atol: float, dtype: torch.dtype, n: int) -> float:
     return max(atol, 10 * max(n, 1) * torch.finfo(dtype).eps)
 
 
-def all_close(a: Tensor, b: Tensor, tol: float) -> bool:
+def all_close(a: Tensor, b: Tensor | float, tol: float) -> bool:
     """``|a - b| <= tol`` everywhere (broadcasting; NaN counts as far)."""
     return bool(((a - b).abs() <= tol).all())
 

@@ -250,7 +250,8 @@ class CayleyOrthogonal(Parametrization):
     def rotation(self) -> Tensor:
         generator = skew(self.generator)
         if self.preserve_ones:
-            generator = self.basis @ generator @ self.basis.mT       # (n, n), zero on the ones vector
+            basis: Tensor = self.get_buffer("basis")                    # (n, n-1)
+            generator = basis @ generator @ basis.mT                    # (n, n), zero on the ones vector
         return cayley(generator)
 
     def dense(self):

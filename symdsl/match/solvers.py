@@ -59,12 +59,13 @@ class Gram:
         ab = sum(a @ b.mT for a, b in pairs)
         bb = sum(b @ b.mT for _, b in pairs)
         aa = sum(a @ a.mT for a, _ in pairs) if with_aa else None
-        norm = aa.diagonal(dim1=-2, dim2=-1).sum() if with_aa else sum((a * a).sum() for a, _ in pairs)
+        norm = aa.diagonal(dim1=-2, dim2=-1).sum() if aa is not None else sum((a * a).sum() for a, _ in pairs)
         return Gram(ab, bb, aa, norm)
 
     def to(self, device) -> "Gram":
         """The same Gram matrices on ``device``."""
-        return Gram(*(None if t is None else t.to(device) for t in (self.ab, self.bb, self.aa, self.norm)))
+        aa = None if self.aa is None else self.aa.to(device)
+        return Gram(self.ab.to(device), self.bb.to(device), aa, self.norm.to(device))
 
 
 def gram_objective(primal: Gram | None, dual: Gram | None):

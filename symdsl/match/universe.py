@@ -115,7 +115,7 @@ def _distance2(x: State, y: State, names: Sequence[str]) -> float:
 
 
 def _mean(states: Sequence[State], names: Sequence[str]) -> dict[str, torch.Tensor]:
-    return {n: sum(s[n] for s in states) / len(states) for n in names}
+    return {n: torch.stack([s[n] for s in states]).mean(dim=0) for n in names}
 
 
 def universe_objective(aligned: Sequence[State], names: Sequence[str]) -> float:

@@ -23,7 +23,7 @@ class SiteDef:
     @property
     def batch(self) -> tuple[int, ...]:
         """Leading batch shape of this site's group elements."""
-        return (self.per_size,) if self.per else ()
+        return (self.per_size,) if self.per and self.per_size is not None else ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,240 @@
+"""Weight matching's working state: both models' tensors, the current elements, cached partial
+products and correlations (see :mod:`symdsl_builtins.matchers.weight` for the algorithm)."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from symdsl.act.engine import act_tensor
+from symdsl.act.transform import identity_transform
+from symdsl.match.solvers import maximize_trace
+from symdsl.match.unfold import Occurrence, occurrences, unfold
+
+F64 = torch.float64
+PRECISIONS = {"mixed": torch.float32, "float64": torch.float64}   # dtype of correlations that feed assignments
+_OFF = nullcontext()
+_CHUNK = 1 << 22   # elements per float64 chunk when a constant correlation is formed from a lower dtype
+
+
+class Problem:
+    """A and B on one device, the current elements, and cached partial products.
+
+    ``a``/``b``: float64 copies of the tensors whose correlation changes during the descent;
+    ``const``: for every other tensor (a single self-dual site on a whole axis, contracted
+    over at least as many entries as the site has), its constant correlation term and norms.
+    """
+
+    def __init__(self, resolved, state_a, state_b, device, permutations_only, precision, profile):
+        self.r = resolved
+        self.sites = resolved.sites
+        self.device = torch.device(device)
+        self.profile = profile
+        self.fast = PRECISIONS[precision]
+        self.permutations_only = permutations_only
+        self.occ = {s: occurrences(resolved, s) for s in self.sites}
+        self.sites_of = {n: frozenset(b.sites()) for n, b in resolved.tensors.items()}
+        self.elements = identity_transform(resolved, dtype=F64, device=self.device)
+        self.is_identity = dict.fromkeys(self.sites, True)
+        self.version = dict.fromkeys(self.sites, 0)   # bumped whenever a site's element changes
+        self._clock = 0
+        self.unit: frozenset[str] = frozenset()      # sites of the unit being solved
+        self.only: set[str] | None = None    # restrict correlations to these tensors (anchor phase)
+        self.invertible_steps = 0             # L-BFGS iterations refining invertible sites (0: closed forms only)
+        self.cache: dict[str, float] = {}     # tensor -> ||A - act(g, B)||^2 for the current elements
+        self._base: dict[str, tuple] = {}     # tensor -> (key, B with the sites outside the unit applied)
+        self.a: dict[str, torch.Tensor] = {}
+        self.b: dict[str, torch.Tensor] = {}
+        self.const: dict[str, tuple] = {}     # tensor -> (site, term (n, n) float64, ||A||^2, ||B||^2)
+        self.norm_a: dict[str, float] = {}
+        for name in resolved.tensors:
+            occ = self._constant_occurrence(name, state_a[name])
+            if occ is not None:
+                term, norm_a, norm_b = self._constant_term(occ, state_a[name].detach(), state_b[name].detach())
+                self.const[name] = (self._site_at(occ), term, norm_a, norm_b)
+                self.norm_a[name] = norm_a
+                continue
+            with self.phase("convert"):
+                self.a[name] = state_a[name].detach().to(device=self.device, dtype=F64)
+                self.b[name] = state_b[name].detach().to(device=self.device, dtype=F64)
+                self.norm_a[name] = float((self.a[name] ** 2).sum())
+
+    # -- instrumentation (free when no profile is given) ------------------------------------------
+    def phase(self, name: str):
+        return _OFF if self.profile is None else self.profile.phase(name)
+
+    def note(self, event: str, **data) -> None:
+        if self.profile is not None and hasattr(self.profile, "note"):
+            self.profile.note(event, **data)
+
+    def correlate(self, a: torch.Tensor, b: torch.Tensor, dtype=F64) -> torch.Tensor:
+        """a @ b^T (batched), the matmul every site's solve reduces to, in ``dtype``."""
+        with self.phase("correlate"):
+            if a.dtype != dtype:
+                a, b = a.to(dtype), b.to(dtype)
+            self.note("matmul", a=a, b=b.mT)
+            return a @ b.mT
+
+    # -- constant tensors -------------------------------------------------------------------------
+    def _site_at(self, occ: Occurrence) -> str:
+        return self.r.tensors[occ.tensor].axes[occ.axis].parts[occ.part][occ.factor].site
+
+    def _constant_occurrence(self, name: str, tensor: torch.Tensor) -> Occurrence | None:
+        """The one occurrence of the only site of ``name`` if its correlation never changes (else None)."""
+        if len(self.sites_of[name]) != 1:
+            return None
+        (site,) = self.sites_of[name]
+        info = self.sites[site]
+        occs = [o for o in self.occ[site] if o.tensor == name]
+        if len(occs) != 1 or not (info.kind.self_dual and info.kind.square) or info.per is not None:
+            return None
+        if len(self.r.tensors[name].axes[occs[0].axis].parts) != 1:
+            return None
+        # worth keeping only if the (n, n) term is no larger than the tensor it summarises
+        return occs[0] if tensor.numel() >= info.size * info.size else None
+
+    def _constant_term(self, occ: Occurrence, a: torch.Tensor, b: torch.Tensor):
+        """(A B^T unfolded along the site, ||A||^2, ||B||^2) in float64, without a float64 copy of A or B."""
+        binding = self.r.tensors[occ.tensor]
+        a, b = unfold(a, binding, occ), unfold(b, binding, occ)          # (n, rest), source dtype
+        step = max(1, _CHUNK // max(a.shape[0], 1))
+        term = None
+        norms = torch.zeros(2, dtype=F64, device=self.device)      # ||A||^2, ||B||^2 (one sync at the end)
+        for start in range(0, a.shape[1], step):
+            with self.phase("convert"):
+                ca = a[:, start:start + step].to(device=self.device, dtype=F64)
+                cb = b[:, start:start + step].to(device=self.device, dtype=F64)
+            part = self.correlate(ca, cb)
+            term = part if term is None else term.add_(part)
+            with self.phase("score"):
+                norms += torch.stack([(ca * ca).sum(), (cb * cb).sum()])
+        norm_a, norm_b = norms.tolist()
+        return term, norm_a, norm_b
+
+    def const_terms(self, site: str):
+        """(tensor, term, ||A||^2, ||B||^2) of the constant tensors of ``site`` (respecting ``only``)."""
+        for name, (s, term, norm_a, norm_b) in self.const.items():
+            if s == site and (self.only is None or name in self.only):
+                yield name, term, norm_a, norm_b
+
+    def const_error(self, name: str) -> float:
+        site, term, norm_a, norm_b = self.const[name]
+        return norm_a + norm_b - 2.0 * float((self.matrix(site) * term).sum())
+
+    def matrix(self, site: str) -> torch.Tensor:
+        g = self.elements[site]
+        return g if g.is_floating_point() else self.sites[site].kind.to_matrix(g, dtype=F64).to(g.device)
+
+    # -- elements ---------------------------------------------------------------------------------
+    def set(self, site: str, g: torch.Tensor, identity: bool = False) -> None:
+        """Make ``g`` the element of ``site``; cached products that used the old one become stale."""
+        old = self.elements[site]
+        if (identity == self.is_identity[site] and old.shape == g.shape and old.dtype == g.dtype
+                and torch.equal(old, g)):
+            return
+        self.elements[site] = g
+        self.is_identity[site] = identity
+        self._clock += 1
+        self.version[site] = self._clock
+
+    def active(self, sites) -> dict:
+        """The elements of ``sites`` that do something (a square kind's identity is skipped)."""
+        return {s: self.elements[s] for s in sites
+                if not (self.is_identity[s] and self.sites[s].kind.square)}
+
+    # -- moving B ---------------------------------------------------------------------------------
+    def touched(self, sites) -> list[str]:
+        return sorted({o.tensor for s in sites for o in self.occ[s]})
+
+    def base(self, name: str) -> torch.Tensor:
+        """B[name] with the current elements of every site outside the unit applied (cached)."""
+        inside = self.unit & self.sites_of[name]
+        outside = sorted(self.sites_of[name] - inside)
+        key = (inside, tuple(self.version[s] for s in outside))
+        hit = self._base.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        elements = self.active(outside)
+        x = self.b[name]
+        if elements:
+            with self.phase("apply"):
+                x = act_tensor(x, self.r.tensors[name], elements, self.sites)
+        self._base[name] = (key, x)
+        return x
+
+    def moved(self, name: str, exclude=frozenset()) -> torch.Tensor:
+        """B[name] with every current element applied except those of ``exclude``.
+
+        Sites outside the unit come from the cached :meth:`base`; the unit's own (cheap:
+        permutations and per-head maps, or one site) are applied on top. A unit holds a parent
+        together with its ``per`` children, so the order the engine needs (parent first) holds.
+        """
+        exclude = frozenset(exclude)
+        if not exclude <= self.unit:       # not a unit's question: move from scratch
+            elements = self.active(self.sites_of[name] - exclude)
+            with self.phase("apply"):
+                return act_tensor(self.b[name], self.r.tensors[name], elements, self.sites)
+        x = self.base(name)
+        elements = self.active((self.unit - exclude) & self.sites_of[name])
+        if elements:
+            with self.phase("apply"):
+                x = act_tensor(x, self.r.tensors[name], elements, self.sites)
+        return x
+
+    def errors(self, names) -> dict[str, float]:
+        """||A_t - act(g, B)_t||^2 per tensor for the current elements."""
+        out = {}
+        for n in names:
+            if n in self.const:
+                out[n] = self.const_error(n)
+                continue
+            x = self.moved(n)
+            with self.phase("score"):
+                out[n] = float(((self.a[n] - x) ** 2).sum())
+        return out
+
+    def unfolded_pairs(self, site: str, exclude: set[str]):
+        """(occurrence, A unfolded, B unfolded with every site but ``exclude`` applied); constant tensors excluded."""
+        parent = self.sites[site].per
+        by_tensor: dict[str, list[Occurrence]] = {}
+        for o in self.occ[site]:
+            by_tensor.setdefault(o.tensor, []).append(o)
+        for name, occs in by_tensor.items():
+            if name in self.const or (self.only is not None and name not in self.only):
+                continue
+            binding = self.r.tensors[name]
+            # occurrences in different parts of one fused axis (q | k of c_attn) touch disjoint slices:
+            # each is linear in g on its own
+            disjoint = len({(o.axis, o.part) for o in occs}) == len(occs) and len({o.axis for o in occs}) == 1
+            if len(occs) == 1 or disjoint:
+                moved_b = self.moved(name, exclude)
+                for o in occs:
+                    yield o, unfold(self.a[name], binding, o, parent), unfold(moved_b, binding, o, parent)
+                continue
+            kind = self.sites[site].kind
+            if not kind.self_dual or parent is not None:
+                continue   # several occurrences of a non-self-dual site in one tensor: not linear in g; skip it
+            moved_b = self.moved(name, set(exclude) - {site})
+            undo = kind.inverse(self.elements[site])
+            for o in occs:  # linearise: current g on the other occurrences, undone on this one
+                with self.phase("apply"):
+                    undone = kind.apply(undo, unfold(moved_b, binding, o), 0)
+                yield o, unfold(self.a[name], binding, o), undone
+
+    def solving_kind(self, site: str):
+        """The kind ``site`` is solved as: its own, or with ``permutations_only`` its kind's
+        permutation restriction (None: the site keeps its current element)."""
+        info = self.sites[site]
+        return info.kind.permutation_restriction(info.options) if self.permutations_only else info.kind
+
+    def solving_options(self, site: str, kind) -> dict:
+        """The site's options for its own kind; a restriction is used without options."""
+        return self.sites[site].options if kind is self.sites[site].kind else {}
+
+    def solve(self, kind, c: torch.Tensor, options) -> torch.Tensor:
+        """argmax_g tr(g^T C) for ``kind``, timed as an assignment or an SVD; matrices in float64."""
+        with self.phase("assign" if kind.discrete else "svd"):
+            self.note("maximize_trace", kind=kind, c=c, options=options)
+            g = maximize_trace(kind, c, options).to(c.device)
+        # a discrete kind solved from a float32 correlation returns float32 matrices
+        return g.to(F64) if g.is_floating_point() else g
