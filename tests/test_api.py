@@ -134,3 +134,11 @@ def test_barrier_and_merge_through_the_api():
             for lam, l in zip(report.curves["vanilla"].lambdas, report.curves["vanilla"].loss)), abs=1e-9)
     merged = symdsl.merge([a, b], max_iter=2)
     assert type(merged.model) is type(a) and merged.record["method"] == "pairwise"
+
+
+def test_the_api_document_s_examples_run():
+    import doctest
+
+    result = doctest.testfile(str(README.parent / "docs" / "api.md"), module_relative=False,
+                              optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 20 and result.failed == 0
