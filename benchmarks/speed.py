@@ -236,14 +236,14 @@ def build_pair(config, kind: str, device: torch.device):
 
 # -- one measurement (in a fresh process, so that its peak memory is its own) --------------------
 def measure(job: dict) -> dict:
-    from symdsl.match import get_matcher
+    from symdsl.plugins import default_registries
 
     torch.set_num_threads(job["threads"])
     device = torch.device(job["device"])
     layers, width = job["size"]
     config = gpt2_config(layers, width, job["vocab"], job["positions"])
     resolved, a, b, params = build_pair(config, job["pair"], device)
-    matcher = get_matcher("weight")
+    matcher = default_registries().matchers["weight"]
     label = f"{layers}x{width} {job['pair']}"
     say = _progress(label)
 

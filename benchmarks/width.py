@@ -28,7 +28,7 @@ from symdsl.evaluate import barrier, evaluate, loss_curve
 from symdsl.models import load_model, save_model
 from symdsl.api.pipeline import match
 from symdsl.experiments.train import DIGITS_VIT, small_vit, train
-from symdsl.width import LIFT_LAM, align_widths
+from symdsl.api.widths import LIFT_LAM, align_widths
 
 
 def trained(dataset, embed_dim: int, num_heads: int, seed: int, cache: str | None = None):
