@@ -22,7 +22,7 @@ def build_hf(spec_name: str, class_name: str, **overrides) -> torch.nn.Module:
     cls = getattr(transformers, class_name)
     torch.manual_seed(0)
     with quiet_transformers():
-        model = cls(cls.config_class(**{**spec.model.example.config, **overrides}))
+        model = cls(cls.config_class(**{**spec.document.example.config, **overrides}))
     return perturb_parameters(model).eval()
 
 

@@ -126,7 +126,7 @@ def test_canonical_vit_round_trips_through_torch_save(tmp_path):
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     expected = model(x)
     torch.save(model.state_dict(), tmp_path / "vit.pt")
-    fresh = timm.models.vision_transformer.VisionTransformer(**spec.model.example.config).double().eval()
+    fresh = timm.models.vision_transformer.VisionTransformer(**spec.document.example.config).double().eval()
     fresh.load_state_dict(torch.load(tmp_path / "vit.pt", weights_only=True))
     torch.testing.assert_close(fresh(x), expected, rtol=1e-12, atol=1e-12)
 

@@ -267,7 +267,7 @@ def test_align_refuses_to_write_circuit_models(tmp_path, capsys):
     spec = find_spec("timm-vit")
     for seed in (0, 1):
         model = build_example(spec, seed=seed)
-        model.symdsl_config = dict(spec.model.example.config)
+        model.symdsl_config = dict(spec.document.example.config)
         save_model(model, tmp_path / f"m{seed}")
     code = main(["align", str(tmp_path / "m0"), str(tmp_path / "m1"), "--spec", "timm-vit-circuits",
                  "-o", str(tmp_path / "out")])

@@ -151,7 +151,7 @@ def test_custom_rmsnorm_swiglu_transformer_draft_passes_both_checks(llama_draft)
     for norm in ('"layers.${i}.norm1"', '"layers.${i}.norm2"', '"norm"'):
         assert f"fold_layernorm: {{norm: {norm}" in llama_draft.text
     assert "center_writers" not in llama_draft.text        # RMSNorm does not remove the mean
-    counts = Counter(s.kind.name for s in resolve(spec, tiny_llama(**spec.model.example.config), registries=REGISTRIES).sites.values())
+    counts = Counter(s.kind.name for s in resolve(spec, tiny_llama(**spec.document.example.config), registries=REGISTRIES).sites.values())
     assert counts == {"orthogonal": 1, "permutation": 4, "invertible": 4}
 
 

@@ -52,7 +52,7 @@ def test_align_refuses_to_write_a_changed_architecture_as_a_standard_checkpoint(
     spec = find_spec("timm-vit")
     for seed in (0, 1):
         model = build_example(spec, seed=seed)
-        model.symdsl_config = dict(spec.model.example.config)
+        model.symdsl_config = dict(spec.document.example.config)
         from symdsl.models import save_model
 
         save_model(model, tmp_path / f"m{seed}")

@@ -14,7 +14,7 @@ from ..match import MatchResult
 from ..models import save_model
 from ..spec import ResolvedSpec
 from ..spec.load import Spec
-from ..spec.resolve import detect_ties
+from ..spec.coverage import detect_ties
 from .pipeline import Prepared
 
 

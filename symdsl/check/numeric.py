@@ -19,7 +19,8 @@ from ..models.build import build_example, make_inputs, perturb_parameters, selec
 from ..spec.load import Spec
 from ..spec.cache import resolve_cached
 from ..registry import Registries
-from ..spec.resolve import detect_ties, model_config
+from ..spec.config import model_config
+from ..spec.coverage import detect_ties
 
 DEFAULT_TOLERANCE = 1e-9
 
@@ -88,7 +89,7 @@ def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, registrie
     resolved = resolve_cached(spec, model, registries)
     names = {**model_config(model), **resolved.dims}
     inputs = make_inputs(spec, names, seed=seed)
-    primary = spec.model.example.output if spec.model.example else None
+    primary = spec.document.example.output if spec.document.example else None
     extra = list(resolved.outputs)
 
     def run(state=None) -> dict[str, torch.Tensor]:

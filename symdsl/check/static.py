@@ -19,7 +19,7 @@ from ..models.build import build_example, make_inputs
 from ..spec.load import Spec
 from ..spec.cache import resolve_cached
 from ..registry import Registries
-from ..spec.resolve import model_config
+from ..spec.config import model_config
 
 
 @dataclass

@@ -19,8 +19,8 @@ def add_parsers(sub) -> None:
 def run_specs(args) -> int:
     entries = list_specs(args.registries)
     rows = [{"name": e.name, "file": str(e.file), "origin": e.origin,
-             "matches": {k: v for k, v in e.spec.model.matches.model_dump().items() if v},
-             "description": e.spec.model.description or ""} for e in entries]
+             "matches": {k: v for k, v in e.spec.document.matches.model_dump().items() if v},
+             "description": e.spec.document.description or ""} for e in entries]
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()

@@ -85,7 +85,7 @@ def build_example(spec: Spec, *, seed: int = 0, perturb: bool = True) -> torch.n
     >>> from symdsl.plugins import load
     >>> # model = build_example(find_spec("hf-gpt2", load()))
     """
-    example = spec.model.example
+    example = spec.document.example
     if example is None:
         raise UsageError(f"spec '{spec.name}' ({spec.file}) has no 'example' section; pass --model REF")
     torch.manual_seed(seed)
@@ -133,7 +133,7 @@ def _timm_class(name: str):
 def make_inputs(spec: Spec, names: Mapping[str, Any], *, seed: int = 0, dtype=torch.float64,
                 device=None) -> dict[str, torch.Tensor]:
     """Random forward() keyword arguments from the spec's ``example.inputs`` (dims and config in ``names``)."""
-    example = spec.model.example
+    example = spec.document.example
     if example is None or not example.inputs:
         raise UsageError(f"spec '{spec.name}' declares no example.inputs to run the model on")
     generator = torch.Generator().manual_seed(seed)

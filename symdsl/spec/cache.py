@@ -9,7 +9,9 @@ import torch
 from .binding import ResolvedSpec
 from .load import Spec
 from ..registry import Registries
-from .resolve import detect_ties, model_config, resolve
+from .config import model_config
+from .coverage import detect_ties
+from .resolve import resolve
 
 _CACHE: dict[tuple, ResolvedSpec] = {}
 _MAX_ENTRIES = 64
@@ -21,7 +23,7 @@ def _fingerprint(spec: Spec, model: torch.nn.Module, registries: Registries) -> 
     shapes = tuple((name, tuple(t.shape)) for name, t in state.items())
     ties = tuple(tuple(group) for group in detect_ties(state))
     # id(spec): another Spec object with the same content may sit at other lines of another file
-    return (id(spec), id(registries), spec.model.model_dump_json(), json.dumps(config, sort_keys=True, default=str), shapes, ties)
+    return (id(spec), id(registries), spec.document.model_dump_json(), json.dumps(config, sort_keys=True, default=str), shapes, ties)
 
 
 def resolve_cached(spec: Spec, model: torch.nn.Module, registries: Registries) -> ResolvedSpec:

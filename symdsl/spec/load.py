@@ -17,12 +17,12 @@ class Spec:
     'tiny'
     """
 
-    model: SpecModel
-    source: SpecSource
+    document: SpecModel     # the parsed, structure-checked YAML document
+    source: SpecSource      # the text with each key path's file:line:col, for error messages
 
     @property
     def name(self) -> str:
-        return self.model.name
+        return self.document.name
 
     @property
     def file(self) -> str:

@@ -64,7 +64,7 @@ def _library(model: torch.nn.Module) -> str:
 def spec_matches(spec: Spec, model: torch.nn.Module) -> bool:
     """Does ``spec.matches`` name this model's class (or timm model name)?"""
     library = _library(model)
-    patterns = list(getattr(spec.model.matches, library)) + list(spec.model.matches.torch)
+    patterns = list(getattr(spec.document.matches, library)) + list(spec.document.matches.torch)
     names = [type(model).__name__]
     pretrained = getattr(model, "pretrained_cfg", None) or {}
     if library == "timm" and pretrained.get("architecture"):

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import UsageError
+from ..spec.config import model_config
 
 ScoreScale = Callable[[torch.nn.Module, str, int], float]
 Builder = Callable[[torch.nn.Module], torch.nn.Module]
@@ -97,14 +98,24 @@ def get_adapter(spec_name: str) -> WidthAdapter:
     return adapter
 
 
-def model_config(model: torch.nn.Module) -> dict[str, Any] | None:
-    """The constructor configuration of a model: a transformers config as a dict, the keyword
-    arguments symdsl recorded (``symdsl_config``, ``symdsl_timm``), or None when none is known."""
+def constructor_config(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The configuration a model was built from, to compare two models' configurations; None when
+    none is recorded (then there is nothing to compare).
+
+    It is :func:`symdsl.spec.model_config` where that finds a record (a transformers config or
+    ``symdsl_config``), else the keyword arguments of the timm model the loader recorded in
+    ``symdsl_timm``; unlike ``model_config`` it tells "no record" (None) from an empty one ({}).
+
+    >>> net = torch.nn.Linear(3, 4)
+    >>> constructor_config(net) is None
+    True
+    >>> net.symdsl_timm = {"name": "vit_tiny_patch16_224", "kwargs": {"num_classes": 10}}
+    >>> constructor_config(net)
+    {'num_classes': 10}
+    """
     config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        return config.to_dict()
-    if getattr(model, "symdsl_config", None) is not None:
-        return dict(model.symdsl_config)
+    if (config is not None and hasattr(config, "to_dict")) or getattr(model, "symdsl_config", None) is not None:
+        return model_config(model)
     timm_record = getattr(model, "symdsl_timm", None)
     if timm_record is not None:
         return dict(timm_record.get("kwargs", {}))

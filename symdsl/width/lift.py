@@ -35,7 +35,7 @@ from ..spec import resolve
 from ..spec.binding import BoundAxis, ResolvedSpec, SiteDef, TensorBinding
 from ..spec.load import Spec
 from ..registry import Registries
-from .adapters import IGNORED_CONFIG_KEYS, WidthAdapter, get_adapter, model_config
+from .adapters import IGNORED_CONFIG_KEYS, WidthAdapter, constructor_config, get_adapter
 from .maps import LIFT, copy_map, copy_pair, embedding_pair, residual_embedding, residual_pair
 
 EMBEDDINGS = ("identity", "random")
@@ -223,7 +223,7 @@ def _canonical_copy(model: torch.nn.Module, spec: Spec, registries: Registries) 
 
 def _check_compatible(narrow: torch.nn.Module, wide: torch.nn.Module, adapter: WidthAdapter) -> None:
     """Same configuration except the width keys, same modules, same norm eps and activations."""
-    config_n, config_w = model_config(narrow), model_config(wide)
+    config_n, config_w = constructor_config(narrow), constructor_config(wide)
     if config_n is not None and config_w is not None:
         for key in sorted(set(config_n) | set(config_w)):
             if key in adapter.width_keys or key in IGNORED_CONFIG_KEYS:

@@ -1,0 +1,134 @@
+"""What a spec's expressions may read: the model's configuration, its tensors and modules.
+
+Dims (``dims: {d: n_embd}``), template ranges (``repeat: {i: n_layer}``) and site sizes are
+expressions over the model's configuration values and the dims above them, with the functions
+``shape``, ``attr`` and ``len`` reading the model itself.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..errors import suggest
+from .context import ResolveContext
+from .expr import ExprError, evaluate
+
+
+def model_config(model: torch.nn.Module) -> dict[str, Any]:
+    """The configuration values a spec's expressions may read: a transformers config as a dict,
+    else the ``symdsl_config`` a model records (the keyword arguments it was built with), else {}.
+
+    >>> net = torch.nn.Linear(3, 4)
+    >>> model_config(net)
+    {}
+    >>> net.symdsl_config = {"in_features": 3, "out_features": 4}
+    >>> model_config(net)
+    {'in_features': 3, 'out_features': 4}
+    """
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        return config.to_dict()
+    return dict(getattr(model, "symdsl_config", {}) or {})
+
+
+def expression_functions(model: torch.nn.Module | None, state: Mapping[str, torch.Tensor],
+                         prefixes: list[str]) -> dict[str, Callable]:
+    """The functions a dim expression may call: ``shape(name, axis)``, ``attr('module.path.attribute')``
+    and ``len('module.path')``. Names are looked up under each of the spec's ``prefixes`` in turn.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
+    >>> functions = expression_functions(net, net.state_dict(), [""])
+    >>> functions["shape"]("0.weight", 1), functions["attr"]("0.out_features"), functions["len"]("")
+    (3, 4, 2)
+    >>> functions["shape"]("1.weight", 0)
+    Traceback (most recent call last):
+    ...
+    symdsl.spec.expr.ExprError: no tensor '1.weight' in the model; did you mean '0.weight'?
+    """
+    def find(name: str) -> str:
+        if not isinstance(name, str):
+            raise ExprError(f"expected a tensor name in quotes, got {name!r}")
+        for prefix in prefixes or [""]:
+            if prefix + name in state:
+                return prefix + name
+        raise ExprError(f"no tensor '{name}' in the model{suggest(name, state)}")
+
+    def module(path: str):
+        if not isinstance(path, str):
+            raise ExprError(f"expected a module path in quotes, got {path!r}")
+        if model is None:
+            raise ExprError("needs the model itself, not only a state dict")
+        for prefix in prefixes or [""]:
+            try:
+                return model.get_submodule((prefix + path).rstrip("."))
+            except AttributeError:
+                continue
+        names = [n for n, _ in model.named_modules() if n]
+        raise ExprError(f"no module '{path}' in the model{suggest(path, names)}")
+
+    def shape(name: str, axis: int) -> int:
+        tensor = state[find(name)]
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise ExprError(f"shape('{name}', axis): the axis must be an integer, got {axis!r}")
+        if not -tensor.dim() <= axis < tensor.dim():
+            raise ExprError(f"shape('{name}', {axis}): the tensor has {tensor.dim()} axes (shape {tuple(tensor.shape)})")
+        return int(tensor.shape[axis])
+
+    def attr(path: str):
+        if not isinstance(path, str):
+            raise ExprError(f"expected 'module.path.attribute' in quotes, got {path!r}")
+        owner, _, attribute = path.rpartition(".")
+        if attribute.startswith("__"):
+            raise ExprError(f"attr('{path}'): special attributes such as '{attribute}' cannot be read")
+        target = module(owner) if owner else model
+        if target is None or not hasattr(target, attribute):
+            raise ExprError(f"module '{owner}' has no attribute '{attribute}'"
+                            f"{suggest(attribute, [a for a in vars(target) if not a.startswith('_')]) if target is not None else ''}")
+        value = getattr(target, attribute)
+        if callable(value):
+            raise ExprError(f"attr('{path}') is a method or module, not a value")
+        return value
+
+    def length(path: str) -> int:
+        target = module(path)
+        if not hasattr(target, "__len__"):
+            raise ExprError(f"len('{path}'): module '{path}' ({type(target).__name__}) has no length; "
+                            "len() counts the entries of a ModuleList or Sequential")
+        return len(target)
+
+    return {"shape": shape, "attr": attr, "len": length}
+
+
+def eval_expr(context: ResolveContext, expr, path):
+    """The value of one expression, or None after reporting why it has none at ``path``."""
+    try:
+        return evaluate(expr, {**context.config, **context.dims}, context.functions)
+    except ExprError as exc:
+        context.problem(path, str(exc), "expressions read the model config and the dims above; "
+                        "functions: shape, attr, len, min, max")
+        return None
+
+
+def resolve_dims(context: ResolveContext) -> None:
+    """Evaluate the 'dims' and 'repeat' sections into ``context.dims`` and ``context.ranges``.
+
+    A dim may read the dims above it, so they are evaluated in the order written; any problem
+    stops the resolution here, since everything after reads these values.
+    """
+    document = context.document
+    context.functions = expression_functions(context.model, context.state, list(document.prefix))
+    for name, expr in document.dims.items():
+        value = eval_expr(context, expr, ("dims", name))
+        if value is not None:
+            if value < 0:
+                context.problem(("dims", name), f"dimension '{name}' = {expr!r} is {value}, a negative size")
+                continue
+            context.dims[name] = value
+    for var, expr in document.repeat.items():
+        value = eval_expr(context, expr, ("repeat", var))
+        if value is not None:
+            if value < 0:
+                context.problem(("repeat", var), f"range {value} is negative")
+            context.ranges[var] = max(value, 0)
+    context.fail_if_problems()
