@@ -75,15 +75,15 @@ def expand_keys(context: ResolveContext, mapping: Mapping[str, Any], section: tu
                 not check_template(context, value, origin, bound={**fixed, **dict.fromkeys(names)}, key=key):
             context.dropped.append((section, key, fixed))
             continue
-        for env in combos(names, context.ranges):
-            env = {**fixed, **env}
+        for combo in combos(names, context.ranges):
+            env: dict[str, Any] = {**fixed, **combo}
             out.append((substitute(key, env), value, origin, env))
     return out
 
 
 def expand_items(context: ResolveContext, items: list, section: tuple) -> list[tuple[Any, tuple]]:
     """(expanded item, origin path) for each entry of a list section (invariant names, tie groups)."""
-    out = []
+    out: list[tuple[Any, tuple]] = []
     for index, item in enumerate(items):
         origin = section + (index,)
         if check_template(context, item, origin):

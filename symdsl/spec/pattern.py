@@ -82,7 +82,7 @@ def parse_pattern(text: str) -> tuple[AxisPattern, ...]:
     >>> [str(a) for a in parse_pattern("resid' [heads qk | heads qk' | heads ov]")]
     ["resid'", "[heads qk | heads qk' | heads ov]"]
     """
-    tokens = []
+    tokens: list[re.Match] = []
     pos = 0
     stripped_end = len(text.rstrip())
     while pos < stripped_end:

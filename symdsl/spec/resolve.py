@@ -140,7 +140,8 @@ def _resolve_form(context: ResolveContext, form: str = "single", steps: list[Can
     resolve_dims(context)
     context.used_sites = set()
     backbone = expand_keys(context, document.tensors, ("tensors",))
-    extra = expand_keys(context, document.canonical.tensors, ("canonical", "tensors")) if form == "canonical" else []
+    extra = (expand_keys(context, document.canonical.tensors, ("canonical", "tensors"))
+             if form == "canonical" and document.canonical is not None else [])
     prefix = context.prefix = _choose_prefix(context, [name for name, *_ in (extra or backbone)])
     fixed = {"prefix": prefix}
     # list sections of heads (invariant, tied, canonicalize) with ${prefix} filled in; keys are
@@ -159,7 +160,7 @@ def _resolve_form(context: ResolveContext, form: str = "single", steps: list[Can
         entries, invariant_src = _overlay(context, entries, invariant_src, extra)
     given_steps = steps
     steps = expand_steps(context, document.canonicalize, prefix, ("canonicalize",)) if given_steps is None else []
-    outputs_src = [(n, v, ("outputs", n)) for n, v in document.outputs.items()]
+    outputs_src: list[tuple[str, str, tuple]] = [(n, v, ("outputs", n)) for n, v in document.outputs.items()]
     head_steps: list[CanonStep] = []
     for head in heads:
         h = context.head_models[head]
@@ -196,13 +197,14 @@ def _choose_prefix(context: ResolveContext, names: list[str]) -> str:
     if not document.prefix:
         context.problem(("prefix",), "'prefix' lists no prefix", "write prefix: [\"\"] (or leave it out) for none")
         context.fail_if_problems()
-    best = None
+    best: tuple[str, list[str]] | None = None
     for prefix in document.prefix:
         missing = [n for n in names if prefix + n not in state]
         if not missing:
             return prefix
         if best is None or len(missing) < len(best[1]):
             best = (prefix, missing)
+    assert best is not None         # the prefix list is not empty (checked above)
     prefix, missing = best
     if 2 * len(missing) <= len(names) or not names:
         return prefix  # a few names are wrong: each is reported where it is written
@@ -242,6 +244,7 @@ def _in_canonical_form(context: ResolveContext) -> bool:
     resolve_dims(context)
     document = context.document
     section = document.canonical
+    assert section is not None, "only specs with a 'canonical' section have two forms"
     original = {n for n, *_ in expand_keys(context, document.tensors, ("tensors",))}
     original |= {n for n, _ in expand_items(context, list(document.invariant), ("invariant",)) if isinstance(n, str)}
     new = [n for n, *_ in expand_keys(context, section.tensors, ("canonical", "tensors"))]
@@ -256,7 +259,9 @@ def _overlay(context: ResolveContext, entries: list, invariant_src: list, extra:
     canonicalization, then the 'canonical' section's, which take precedence on the same name."""
     prefix = context.prefix
     new = [(prefix + n, substitute(v, env), o) for n, v, o, env in extra]
-    new_invariant = [(prefix + n, o) for n, o in expand_items(context, list(context.document.canonical.invariant),
+    canonical = context.document.canonical
+    assert canonical is not None, "the overlay is made only for specs with a 'canonical' section"
+    new_invariant = [(prefix + n, o) for n, o in expand_items(context, list(canonical.invariant),
                                                              ("canonical", "invariant"))]
     override = {n for n, *_ in new} | {n for n, _ in new_invariant}
     kept = [e for e in entries if e[0] in context.state and e[0] not in override]

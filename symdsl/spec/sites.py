@@ -30,7 +30,7 @@ def resolve_sites(context: ResolveContext, heads: list[str]) -> dict[str, SiteDe
     >>> site.kind.name, site.size, site.per, site.batch
     ('invertible', 3, 'heads', (2,))
     """
-    raw = {}
+    raw: dict[str, tuple] = {}
     declared = expand_keys(context, context.document.sites, ("sites",))
     for head in heads:
         declared += expand_keys(context, context.document.heads[head].sites, ("heads", head, "sites"),

@@ -73,7 +73,8 @@ def _expand_step(context: ResolveContext, step: Any, prefix: str, path: tuple) -
             return []
     if not check_template(context, args, path):
         return []
-    out, absent = [], {}
+    out: list[CanonStep] = []
+    absent: dict[str, list[str]] = {}
     for concrete in expand_list([args], context.ranges):
         try:
             prepared = canon.prepare(concrete, prefix)
@@ -90,10 +91,10 @@ def _expand_step(context: ResolveContext, step: Any, prefix: str, path: tuple) -
     # one problem per field, however many expansions name something absent
     for field, items in absent.items():
         more = f" (and {len(items) - 1} more from this step)" if len(items) > 1 else ""
-        known = list(context.state) + sorted(context.module_names())
+        names = list(context.state) + sorted(context.module_names())
         context.problem(path + ((field,) if isinstance(args, dict) else ()),
                         f"{name}: '{items[0]}' ({field}) is neither a tensor nor a module of the model"
-                        f"{suggest(items[0], known)}{more}",
+                        f"{suggest(items[0], names)}{more}",
                         f"names here are looked up under the prefix '{prefix}'" if prefix else "")
     return out
 

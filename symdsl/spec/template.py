@@ -21,7 +21,7 @@ def variables(text: str) -> list[str]:
     return seen
 
 
-def substitute(text: str, env: Mapping[str, int]) -> str:
+def substitute(text: str, env: Mapping[str, Any]) -> str:
     """Replace ``${v}`` by its value for every v in env; leave others untouched."""
     return _VAR.sub(lambda m: str(env[m.group(1)]) if m.group(1) in env else m.group(0), text)
 
@@ -40,7 +40,7 @@ def _scalar_vars(value: Any) -> list[str]:
     return []
 
 
-def substitute_all(value: Any, env: Mapping[str, int]) -> Any:
+def substitute_all(value: Any, env: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         return substitute(value, env)
     if isinstance(value, list):
