@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..groups.base import GroupKind, Tensor, apply_matrix, normalize_axes
+from ..groups.base import GroupKind
+from ..groups.plumbing import Tensor, apply_matrix, normalize_axes
 
 
 def pair(primal: Tensor, dual: Tensor) -> Tensor:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from symdsl.groups.base import (MatrixGroupKind, Tensor, batch_shape, expand_batch,
-                                generator_device, is_float_matrix)
+from symdsl.groups.base import MatrixGroupKind
+from symdsl.groups.plumbing import (Tensor, batch_shape, expand_batch,
+                                    generator_device, is_float_matrix)
 from symdsl.groups.orthogonal import haar_orthogonal
 from symdsl.groups.parametrizations import Parametrization
 

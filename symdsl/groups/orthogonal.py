@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from symdsl.groups.base import (MatrixGroupKind, Tensor, all_close, batch_shape,
-                                expand_batch, generator_device, is_float_matrix, tolerance)
+from symdsl.groups.base import MatrixGroupKind
+from symdsl.groups.plumbing import (Tensor, all_close, batch_shape,
+                                    expand_batch, generator_device, is_float_matrix, tolerance)
 from symdsl.groups.parametrizations import Parametrization, cayley, skew
 from symdsl.groups.permutation import PermutationMatrix
 

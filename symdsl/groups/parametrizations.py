@@ -23,7 +23,8 @@ from typing import Mapping
 
 import torch
 
-from symdsl.groups.base import GroupKind, Tensor
+from symdsl.groups.base import GroupKind
+from symdsl.groups.plumbing import Tensor
 
 
 class Parametrization(torch.nn.Module):

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from symdsl.groups.base import (IndexGroupKind, MatrixGroupKind, Tensor, all_close, batch_shape,
-                                expand_batch, is_float_matrix, is_index_array, random_permutation, tolerance)
+from symdsl.groups.base import IndexGroupKind, MatrixGroupKind
+from symdsl.groups.plumbing import (Tensor, all_close, batch_shape,
+                                    expand_batch, is_float_matrix, is_index_array, random_permutation, tolerance)
 from symdsl.groups.parametrizations import StraightThrough
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from symdsl.groups.base import (IndexGroupKind, Tensor, batch_shape, expand_batch,
-                                generator_device, is_index_array, random_permutation)
+from symdsl.groups.base import IndexGroupKind
+from symdsl.groups.plumbing import (Tensor, batch_shape, expand_batch,
+                                    generator_device, is_index_array, random_permutation)
 from symdsl.groups.parametrizations import StraightThrough
 
 

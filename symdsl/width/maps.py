@@ -19,7 +19,7 @@ import math
 import torch
 
 from ..act.pairs import PairKind, pair
-from ..groups.base import Tensor
+from ..groups.plumbing import Tensor
 from ..groups.orthogonal import Orthogonal
 from ..groups.semi_permutation import SemiPermutation, copy_counts
 from ..groups.stiefel import Stiefel

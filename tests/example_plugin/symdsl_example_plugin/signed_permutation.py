@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from symdsl.groups.base import MatrixGroupKind, Tensor, batch_shape, expand_batch, generator_device
+from symdsl.groups.base import MatrixGroupKind
+from symdsl.groups.plumbing import Tensor, batch_shape, expand_batch, generator_device
 from symdsl.groups.parametrizations import StraightThrough
 from symdsl.groups.permutation import Permutation, PermutationMatrix
 
