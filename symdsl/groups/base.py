@@ -23,7 +23,8 @@ from typing import Mapping
 import torch
 
 from symdsl.errors import suggest
-from symdsl.groups.plumbing import Tensor, apply_index, apply_matrix, is_index_array, normalize_axes
+from symdsl.groups.plumbing import (Tensor, apply_index, apply_matrix, batch_shape, expand_batch, is_index_array,
+                                    normalize_axes)
 
 
 
@@ -246,6 +247,18 @@ class MatrixGroupKind(GroupKind):
     """Shared behaviour of kinds whose elements are float matrices ``(..., n_out, n_in)``."""
 
     matrix_based = True
+
+    def identity(self, n_out: int, n_in: int | None = None, batch=(), *, options=None,
+                 dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+        """The identity matrix ``(*batch, n, n)`` (square kinds; a rectangular kind overrides this).
+
+        >>> from symdsl.groups import get_group_kind
+        >>> get_group_kind("invertible").identity(2, batch=(3,)).shape
+        torch.Size([3, 2, 2])
+        """
+        self.validate_options(options)
+        n, _ = self._sizes(n_out, n_in)
+        return expand_batch(torch.eye(n, dtype=dtype, device=device), batch_shape(batch))
 
     def _check_element(self, g: Tensor, x: Tensor, dim: int, batch_dim: int | None) -> None:
         rank = 2 if batch_dim is None else 3

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from symdsl.groups.base import MatrixGroupKind
-from symdsl.groups.plumbing import (Tensor, batch_shape, expand_batch,
+from symdsl.groups.plumbing import (Tensor, batch_shape,
                                     generator_device, is_float_matrix)
 from symdsl.groups.orthogonal import haar_orthogonal
 from symdsl.groups.parametrizations import Parametrization
@@ -53,17 +53,6 @@ class Invertible(MatrixGroupKind):
     def lift_rule(self, options=None, *, per: bool = False) -> str:
         """``"embed"``: a per-head map widens by an orthonormal embedding on both of its sides."""
         return "embed"
-
-    def identity(self, n_out, n_in=None, batch=(), *, options=None,
-                 dtype=torch.float64, device=None) -> Tensor:
-        """The identity matrix ``(*batch, n, n)``.
-
-        >>> Invertible().identity(2, batch=(3,)).shape
-        torch.Size([3, 2, 2])
-        """
-        self.validate_options(options)
-        n, _ = self._sizes(n_out, n_in)
-        return expand_batch(torch.eye(n, dtype=dtype, device=device), batch_shape(batch))
 
     def random(self, n_out, n_in=None, batch=(), *, options=None, generator=None,
                dtype=torch.float64, device=None) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 
 from symdsl.groups.base import MatrixGroupKind
 from symdsl.groups.plumbing import (Tensor, all_close, batch_shape,
-                                    expand_batch, generator_device, is_float_matrix, tolerance)
+                                    generator_device, is_float_matrix, tolerance)
 from symdsl.groups.parametrizations import Parametrization, cayley, skew
 from symdsl.groups.permutation import PermutationMatrix
 
@@ -117,18 +117,6 @@ class Orthogonal(MatrixGroupKind):
         if per:
             return "embed"
         return "residual" if preserves_ones(options) else None
-
-    def identity(self, n_out, n_in=None, batch=(), *, options=None,
-                 dtype=torch.float64, device=None) -> Tensor:
-        """The identity matrix ``(*batch, n, n)`` (it also preserves ones).
-
-        >>> Orthogonal().identity(2, dtype=torch.float32)
-        tensor([[1., 0.],
-                [0., 1.]])
-        """
-        self.validate_options(options)
-        n, _ = self._sizes(n_out, n_in)
-        return expand_batch(torch.eye(n, dtype=dtype, device=device), batch_shape(batch))
 
     def random(self, n_out, n_in=None, batch=(), *, options=None, generator=None,
                dtype=torch.float64, device=None) -> Tensor:

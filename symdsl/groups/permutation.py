@@ -153,17 +153,6 @@ class PermutationMatrix(MatrixGroupKind):
     self_dual = True
     options: dict[str, tuple] = {}
 
-    def identity(self, n_out, n_in=None, batch=(), *, options=None,
-                 dtype=torch.float64, device=None) -> Tensor:
-        """The identity matrix ``(*batch, n, n)``.
-
-        >>> PermutationMatrix().identity(2).tolist()
-        [[1.0, 0.0], [0.0, 1.0]]
-        """
-        self.validate_options(options)
-        n, _ = self._sizes(n_out, n_in)
-        return expand_batch(torch.eye(n, dtype=dtype, device=device), batch_shape(batch))
-
     def random(self, n_out, n_in=None, batch=(), *, options=None, generator=None,
                dtype=torch.float64, device=None) -> Tensor:
         """The matrix of a uniformly random permutation per batch entry.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from symdsl.groups.base import MatrixGroupKind
-from symdsl.groups.plumbing import Tensor, batch_shape, expand_batch, generator_device
+from symdsl.groups.plumbing import Tensor, batch_shape, generator_device
 from symdsl.groups.parametrizations import StraightThrough
 from symdsl.groups.permutation import Permutation, PermutationMatrix
 
@@ -52,17 +52,6 @@ class SignedPermutation(MatrixGroupKind):
     square = True
     self_dual = True                 # g^-T = g for an orthogonal g
     options: dict[str, tuple] = {}
-
-    def identity(self, n_out, n_in=None, batch=(), *, options=None,
-                 dtype=torch.float64, device=None) -> Tensor:
-        """The identity matrix ``(*batch, n, n)``.
-
-        >>> SignedPermutation().identity(2).tolist()
-        [[1.0, 0.0], [0.0, 1.0]]
-        """
-        self.validate_options(options)
-        n, _ = self._sizes(n_out, n_in)
-        return expand_batch(torch.eye(n, dtype=dtype, device=device), batch_shape(batch))
 
     def random(self, n_out, n_in=None, batch=(), *, options=None, generator=None,
                dtype=torch.float64, device=None) -> Tensor:
