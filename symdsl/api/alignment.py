@@ -37,7 +37,7 @@ class Alignment:
     result: MatchResult
     aligned_b: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    _notes: list[str] = field(default_factory=list)
     original_b: torch.nn.Module | None = field(default=None, repr=False)   # B as given (None after a width lift)
     _model: torch.nn.Module | None = field(default=None, repr=False)
 
@@ -55,6 +55,12 @@ class Alignment:
         return self.result.elements
 
     @property
+    def notes(self) -> list[str]:
+        """Where ``model`` differs from B's own parametrisation, and why (one line each)."""
+        self.model                  # building the model is what finds them
+        return list(self._notes)
+
+    @property
     def model(self) -> torch.nn.Module:
         """B aligned, as a model of B's class (built once, on first use)."""
         if self._model is None:
@@ -62,7 +68,7 @@ class Alignment:
             model.load_state_dict(self.aligned_b)
             if self.original_b is not None:
                 context = RestoreContext(self.original_b, self.result.elements, self.resolved)
-                self.notes.extend(restore(model, self.resolved, context))
+                self._notes.extend(restore(model, self.resolved, context))
             self._model = model
         return self._model
 
@@ -74,7 +80,7 @@ class Alignment:
 
     def record(self) -> dict[str, Any]:
         """A JSON-serialisable summary: spec, matcher result, notes, extra information."""
-        return {"spec": self.spec.name, **self.result.to_record(), "notes": list(self.notes), **self.info}
+        return {"spec": self.spec.name, **self.result.to_record(), "notes": self.notes, **self.info}
 
     def save(self, folder: str | Path, provenance: dict[str, Any] | None = None) -> Path:
         """Write ``model`` as a standard checkpoint, ``transform.safetensors`` and ``symdsl.json``."""

@@ -117,9 +117,9 @@ def run_align(args) -> int:
     with progress_bar(f"align ({args.matcher})") as bar:
         alignment = align(a, b, args.spec, args.matcher, **_common_kwargs(args, bar))
     seconds = time.perf_counter() - start
-    for note in alignment.notes:
-        print(f"note: {note}", file=sys.stderr)
     out = alignment.save(args.output, {"command": "align", "a": args.a, "b": args.b, "seconds": seconds})
+    for note in alignment.notes:          # known once the model is built (it is, to be saved)
+        print(f"note: {note}", file=sys.stderr)
     objective = alignment.result.objective
     progress = f"objective {objective[0]:.4g} -> {objective[-1]:.4g}, " if objective else ""
     print(f"aligned {args.b} to {args.a} with spec {alignment.spec.name}, matcher {args.matcher}: "

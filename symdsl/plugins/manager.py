@@ -69,8 +69,8 @@ def load(*, blocked: Iterable[str] = (), plugins: Mapping[str, Any] | None = Non
     known = [*BUILTIN_PLUGINS, *(_entry_point_names() if entry_points else []), *plugins]
     for name in sorted(blocked):
         if name not in known:
-            raise UsageError(f"cannot block plugin '{name}': no plugin has that name{suggest(name, known)}; "
-                             f"plugins: {', '.join(known)}")
+            raise UsageError(f"cannot block plugin '{name}': no plugin has that name{suggest(name, known)} "
+                             f"(plugins: {', '.join(known)})")
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     for name in blocked:
