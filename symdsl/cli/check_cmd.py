@@ -54,6 +54,9 @@ def _report_text(report: NumericReport, file: str) -> str:
                      f"{'ok' if s.ok else 'FAILED'}")
     verdict = "ok" if report.ok else f"FAILED: {len(report.failed_sites)} site(s) broke invariance"
     lines.append(f"  {verdict}; {len(report.sites) - 1} sites, tolerance {report.tolerance:g}")
+    if report.requested_tolerance is not None:
+        lines.append(f"  (tolerance raised from {report.requested_tolerance:g}: run in float64, the model still "
+                     f"computes in {report.precision} inside, first in '{report.precision_source}')")
     return "\n".join(lines)
 
 
