@@ -142,3 +142,23 @@ def test_the_api_document_s_examples_run():
     result = doctest.testfile(str(README.parent / "docs" / "api.md"), module_relative=False,
                               optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 20 and result.failed == 0
+
+
+def test_a_spec_that_fails_its_check_is_refused_unless_told(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMDSL_CACHE", str(tmp_path / "cache"))
+    a, b = gpt2(0), gpt2(1)
+    good = symdsl.find_spec("hf-gpt2")
+    text = Path(good.file).read_text()
+    wrong_text = text.replace("heads.${i} qk.${i}' | heads.${i} ov.${i}]\"", "heads.${i} qk.${i} | heads.${i} ov.${i}]\"")
+    assert wrong_text != text                                   # keys bound primal: not a symmetry
+    wrong = symdsl.load_spec_text(wrong_text, "wrong.yaml")
+    with pytest.raises(symdsl.SymdslError, match=r"fails the (static|numeric) check.*--no-verify"):
+        symdsl.align(a, b, wrong, max_iter=1)
+    assert not list((tmp_path / "cache" / "checks").glob("*.json"))          # a failure is never cached
+    symdsl.align(a, b, wrong, max_iter=1, verify=False)                        # told to: it runs
+    from symdsl.api.verify import verify_spec
+
+    registries = symdsl.plugins.default_registries()
+    assert verify_spec(good, a, registries) == "checked"
+    assert verify_spec(good, b, registries) == "cached"                       # same architecture: seconds once
+    assert len(list((tmp_path / "cache" / "checks").glob("*.json"))) == 1

@@ -20,6 +20,7 @@ from ..spec.load import Spec
 from ..width import needs_lift, wide_and_narrow
 from .alignment import Alignment
 from .pipeline import match, prepare, spec_for
+from .verify import verify_spec
 from .widths import align_widths
 
 
@@ -35,7 +36,7 @@ def refuse_architecture_change(spec: Spec, model: torch.nn.Module, registries: R
 
 def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str | None = None,
           matcher: str = "weight", *, data=None, seed: int = 0, device=None, standard: bool = True,
-          progress=None, registries: Registries | None = None, **options: Any) -> Alignment:
+          verify: bool = True, progress=None, registries: Registries | None = None, **options: Any) -> Alignment:
     """Align ``model_b`` to ``model_a`` modulo the symmetries of their spec.
 
     ``spec``: a spec name, a ``.yaml`` path, a :class:`~symdsl.spec.Spec`, or None (the one
@@ -44,7 +45,9 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     :class:`~symdsl.data.Dataset` ...), or a plugin's. ``options`` go to the matcher
     (``max_iter``, ``permutations_only``, ``steps`` ...). A narrower B is lifted into A's
     configuration first (same function), so the result lives in A's space. With ``standard``
-    (the default) a spec that changes the architecture is refused.
+    (the default) a spec that changes the architecture is refused. With ``verify`` (the default)
+    the spec's static and numeric checks must pass on A first (cached per architecture; see
+    :mod:`symdsl.api.verify`).
 
     >>> import symdsl, torch
     >>> from symdsl.experiments.train import small_vit
@@ -59,6 +62,8 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     spec = spec_for(spec, model_a, registries)
     if standard:
         refuse_architecture_change(spec, model_a, registries, "the aligned model")
+    if verify:
+        verify_spec(spec, model_a, registries, seed=seed)
     if needs_lift(model_a, model_b):
         if wide_and_narrow(model_a, model_b, spec, registries)[2]:
             raise UsageError("B is wider than A: the narrow model is lifted into the wide one's configuration and the "

@@ -21,6 +21,7 @@ from ..width import needs_lift
 from .align import align, refuse_architecture_change
 from .pipeline import merge_models, spec_for
 from .universe_merge import merge_universe
+from .verify import verify_spec
 
 UNIVERSE_OPTIONS = ("max_iter", "tol", "permutations_only", "invertible_steps", "weight_max_iter", "weight_tol")
 
@@ -41,16 +42,19 @@ class Merged:
 def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, matcher: str = "weight", *,
           weights: Sequence[float] | None = None, merger: str = "average", data=None, refine: bool = False,
           pairwise: bool = False, plot: str | Path | None = None, seed: int = 0, device=None,
-          standard: bool = True, progress=None, registries: Registries | None = None, **options: Any) -> Merged:
+          standard: bool = True, verify: bool = True, progress=None, registries: Registries | None = None,
+          **options: Any) -> Merged:
     """Align ``models[1:]`` to ``models[0]`` and merge them with ``merger`` (default: weighted average).
 
     Three or more models use universe matching unless ``pairwise``; ``refine`` (or
     ``matcher="learned"``) trains the universe transforms on ``data``; ``plot`` (three models)
-    writes the loss over the simplex as a PNG. ``options`` go to the matcher.
+    writes the loss over the simplex as a PNG. ``options`` go to the matcher. ``verify``: as in
+    :func:`symdsl.align` (the spec must pass its checks on the first model).
 
     >>> import symdsl, torch
     >>> nets = [torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)) for _ in range(2)]
     >>> spec = symdsl.load_spec_text('symdsl: 1\\nname: mlp\\nsites: {u: {group: permutation, size: 8}}\\n'
+    ...                              'example: {inputs: {input: {randn: true, shape: [4, 3]}}}\\n'
     ...                              'tensors: {0.weight: "u _", 0.bias: u, 2.weight: "_ u\\'"}\\ninvariant: [2.bias]\\n')
     >>> merged = symdsl.merge(nets, spec)
     >>> type(merged.model).__name__, merged.record["method"]
@@ -62,6 +66,8 @@ def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, mat
     spec = spec_for(spec, models[0], registries)
     if standard:
         refuse_architecture_change(spec, models[0], registries, "the merged model")
+    if verify:
+        verify_spec(spec, models[0], registries, seed=seed)
     started = time.perf_counter()
     if len(models) >= 3 and not pairwise:
         return _universe(models, spec, matcher, weights, merger, data, refine, plot, seed, device, progress,
@@ -71,7 +77,7 @@ def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, mat
     chosen = registries.mergers.lookup(merger)
     if len(models) == 2 and needs_lift(*models):
         alignment = align(models[0], models[1], spec, matcher, data=data, seed=seed, device=device, standard=standard,
-                          progress=progress, registries=registries, **options)
+                          verify=False, progress=progress, registries=registries, **options)
         merged = alignment.prepared.models[0]
         merged.load_state_dict(chosen.merge([alignment.prepared.states[0], alignment.aligned_b], weights))
         return Merged(merged, {"method": "width lift", "weights": weights, "merger": merger,

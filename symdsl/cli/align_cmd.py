@@ -30,6 +30,9 @@ def _common(p, *, data_required=False) -> None:
     add_text_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the spec's static and numeric checks on A (they run once per architecture and are "
+                        "cached; a spec that fails them is refused)")
 
 
 def add_parsers(sub) -> None:
@@ -108,6 +111,7 @@ def _load(args, ref):
 
 def _common_kwargs(args, bar) -> dict:
     return dict(data=_data(args), seed=args.seed, device=_device(args.device), registries=args.registries,
+                verify=args.verify,
                 progress=lambda phase, done, total: bar(done, total), **_options(args))
 
 
