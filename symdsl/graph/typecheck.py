@@ -9,6 +9,13 @@ order). Group kinds are asked for capabilities, never for names:
 * ``nonlinear`` (GELU, an elementwise product, dropout in training): ``elementwise_equivariant``;
 * ``shift`` and ``summed`` (a constant added, a mean/sum): ``elementwise_equivariant`` or
   ``fixes_ones(site.options)``;
+* ``square`` (``x ** 2``, ``x * x``): ``elementwise_equivariant`` kinds keep the axis; any other
+  site's factor becomes *squared* (``resid^2``), which only ``summed`` accepts, and only for
+  ``isometric`` kinds (||g x||^2 = ||x||^2: the sum is invariant, its axis carries no site);
+  any other statement about a squared factor is a violation;
+* ``gain`` (a per-feature parameter scaling an axis): a gain bound to the axis's sites is an
+  elementwise product (``nonlinear``); an unbound gain must be constant (the parameter's actual
+  value, e.g. 1 after ``fold_layernorm``): c·1 scales every coordinate alike;
 * ``normalize``: ``elementwise_equivariant`` kinds pass (gain and bias carry the site);
   otherwise the kind must be ``isometric`` and square, the gain constant, and a centred norm
   (LayerNorm) needs ``fixes_ones(site.options)``;
@@ -64,6 +71,14 @@ class CheckCall(OpCall):
     def _keeps_ones(self, site) -> bool:
         return site.kind.elementwise_equivariant or site.kind.fixes_ones(site.options)
 
+    def _pending(self, axis, what: str | None = None) -> None:
+        """Squares of a site (``resid^2``) may reach only a sum over their axis."""
+        squared = next((a for a in atoms_of(axis) if a.squared), None)
+        if squared is not None:
+            self.fail(f"{what or self.op} acts on the squares of {self.describe(squared.site)} before they are summed "
+                      "over their axis; only a sum or mean of the squares over that axis (a norm) is invariant",
+                      squared.site)
+
     # -- axes ---------------------------------------------------------------------------------
     def size(self, axis) -> int:
         return axis_size(axis)
@@ -96,6 +111,8 @@ class CheckCall(OpCall):
         primal against dual unless the kind is self-dual; bound never meets unbound."""
         if not axis_typed(a) and not axis_typed(b):
             return
+        self._pending(a, what)
+        self._pending(b, what)
         if isinstance(a, SplitAxis) or isinstance(b, SplitAxis):
             if not (isinstance(a, SplitAxis) and isinstance(b, SplitAxis) and len(a.parts) == len(b.parts)):
                 self.fail(f"{what} contracts a fused axis with an axis of another structure: "
@@ -115,21 +132,51 @@ class CheckCall(OpCall):
                           f"be dual (g^-T), e.g. write {x.site}' on the reader's input axis or on the key side", x.site)
 
     def nonlinear(self, axis, what=None):
+        self._pending(axis, what)
         for name, site in self._kinds(axis):
             if not site.kind.elementwise_equivariant:
                 self.fail(f"{self.describe(name)} reaches {what or self.op}, which commutes only with permutations",
                           name)
 
+    def square(self, axis):
+        if isinstance(axis, SplitAxis):
+            return SplitAxis(tuple(self.square(p) for p in axis.parts))
+        self._pending(axis, f"{self.op} (a square of squares)")
+        return tuple(Atom(a.size, a.site, a.dual, True) if a.site and not self.sites[a.site].kind.elementwise_equivariant
+                     else a for a in axis)
+
     def shift(self, axis, what=None):
-        for name, site in self._kinds(axis):
-            if not self._keeps_ones(site):
-                self.fail(f"{what or self.op} adds a constant to {self.describe(name)}; only permutations and "
-                          "rotations fixing the ones vector keep a constant vector fixed", name)
+        for atom in atoms_of(axis):
+            if atom.site and not self._keeps_ones(self.sites[atom.site]):
+                self._pending(axis, what)
+                self.fail(f"{what or self.op} adds a constant to {self.describe(atom.site)}; only permutations and "
+                          "rotations fixing the ones vector keep a constant vector fixed", atom.site)
 
     def summed(self, axis):
-        for name, site in self._kinds(axis):
-            if not self._keeps_ones(site):
-                self.fail(f"{self.op} over an axis carrying {self.describe(name)} is not invariant", name)
+        for atom in atoms_of(axis):
+            if not atom.site:
+                continue
+            site = self.sites[atom.site]
+            if atom.squared:
+                if not site.kind.isometric:
+                    self.fail(f"{self.op} of the squares of {self.describe(atom.site)} is not invariant: only isometric "
+                              "kinds (rotations, permutations) keep a sum of squares ||g x||^2 = ||x||^2", atom.site)
+            elif not self._keeps_ones(site):
+                self.fail(f"{self.op} over an axis carrying {self.describe(atom.site)} is not invariant", atom.site)
+
+    def gain(self, axis, gain_axis, index, what):
+        if axis_typed(gain_axis) or not axis_typed(axis):
+            out = self.combine(axis, gain_axis, what)        # a gain bound to the sites moves with them
+            self.nonlinear(axis, f"an elementwise product ({what})")
+            return out
+        source = self.param_source(index)
+        if source is not None and _constant(self.walker.parameter(source[0])):
+            return axis                                      # c·1: every coordinate scaled alike
+        site = _first_site(axis)
+        gain_name = self.graph.params.get(source[0], [source[0]])[0] if source else f"argument {index}"
+        self.fail(f"{self.describe(site)} is scaled by the per-feature gain {gain_name} ({what}), which is neither "
+                  f"bound to the site nor constant: fold it into the readers (fold_layernorm with 'site: {site}'; "
+                  "its value is then 1), or bind it to the site (permutations only)", site)
 
     def fixed(self, axis, why):
         if axis_typed(axis):
@@ -137,6 +184,7 @@ class CheckCall(OpCall):
 
     def normalize(self, axis, *, gain, bias, centred):
         what = self.op
+        self._pending(axis, what)
         gain_type = self.tensor(gain) if gain is not None else None
         bias_type = self.tensor(bias) if bias is not None else None
         kinds = self._kinds(axis)

@@ -1,12 +1,15 @@
 """Symmetry types of tensor axes: the abstract values the static check propagates.
 
 An axis is a row-major tuple of :class:`Atom` factors, each carrying a site and variance or
-nothing. A fused axis (q | k | v) is a :class:`SplitAxis`. A tensor type is a tuple of axes.
+nothing; a factor may be *squared* (``resid^2``: the coordinates of a site-carrying vector,
+squared, not yet summed over the axis; a sum or mean over it is invariant under an isometry). A fused axis (q | k | v) is a :class:`SplitAxis`. A tensor type is a tuple of axes.
 Reshaping a fused axis into (parts, ...) yields a :class:`~symdsl.graph.shapes.Stacked` value
 whose parts axis selects a part (timm's ``qkv.reshape(B, N, 3, h, k)``) until it is unbound.
 
 >>> show((untyped_axis(2), (Atom(4, "resid"),), SplitAxis(((Atom(4, "qk"),), (Atom(4, "qk", True),)))))
 "[_2 resid [qk | qk']]"
+>>> show(((Atom(4, "resid", squared=True),),))
+'[resid^2]'
 """
 from __future__ import annotations
 
@@ -23,9 +26,12 @@ class Atom:
     size: int
     site: str | None = None
     dual: bool = False
+    squared: bool = False      # squared coordinates of the site, awaiting a sum over this axis
 
     def __str__(self) -> str:
-        return f"{self.site}{chr(39) if self.dual else ''}" if self.site else f"_{self.size}"
+        if not self.site:
+            return f"_{self.size}"
+        return f"{self.site}{chr(39) if self.dual else ''}{'^2' if self.squared else ''}"
 
 
 AxisType = tuple  # tuple[Atom, ...]

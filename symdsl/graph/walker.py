@@ -5,7 +5,8 @@
 table (a ``Mapping`` from canonical op name to rule, passed in) gives for it. A rule is
 ``rule(call) -> value``: it reads its operands through an :class:`OpCall` and states what the
 op does to their axes through the call's *semantic interface* (``same``, ``contract``,
-``nonlinear``, ``shift``, ``summed``, ``fixed``, ``normalize``, the reshape algebra, ...). Each
+``nonlinear``, ``square``, ``shift``, ``summed``, ``gain``, ``fixed``, ``normalize``, the reshape
+algebra, ...). Each
 analysis subclasses both: the checker (:mod:`symdsl.graph.typecheck`,
 :mod:`symdsl.graph.propagate`) verifies site types and reports violations, inference
 (:mod:`symdsl.infer.unify`, :mod:`symdsl.infer.walk`) unites axis variables and records flags.
@@ -20,7 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from .capture_types import Ref
-from .shapes import Stacked, Unsupported
+from .shapes import PASS_THROUGH, Stacked, Unsupported
 
 Rule = Callable[["OpCall"], Any]
 OpRules = Mapping[str, Rule]
@@ -28,6 +29,8 @@ OpRules = Mapping[str, Rule]
 # errors a rule raises when a node does not look like the op it expects: fail closed on them
 INTERPRET_ERRORS = (IndexError, TypeError, KeyError, AttributeError, ValueError, ZeroDivisionError)
 LEAF_OPS = ("input", "constant", "placeholder", "get_attr")
+# ops through which a parameter stays a function of itself alone (casts, arithmetic with a number)
+SOURCE_OPS = PASS_THROUGH + ("neg", "positive", "add", "sub", "rsub", "mul", "div")
 
 
 class OpCall:
@@ -103,6 +106,27 @@ class OpCall:
         raw = self._raw(index, None)[0]
         return raw.name if isinstance(raw, Ref) and self.graph.node(raw.name).op == "param" else None
 
+    def param_source(self, index: int) -> tuple[str, bool] | None:
+        """``(param node, direct)`` when argument ``index`` is computed from one model parameter
+        alone, through casts and arithmetic with numbers (``weight.float()``, ``1 + weight``);
+        ``direct``: through casts only, so the operand *is* the parameter. None otherwise.
+
+        The value of such an operand is constant whenever the parameter's is."""
+        raw, direct = self._raw(index, None)[0], True
+        for _ in range(8):
+            if not isinstance(raw, Ref):
+                return None
+            node = self.graph.node(raw.name)
+            if node.op == "param":
+                return node.name, direct
+            refs = node.refs()
+            if len(refs) != 1 or node.op not in SOURCE_OPS or (node.op not in PASS_THROUGH and not all(
+                    isinstance(a, (Ref, int, float)) for a in node.args[:2])):
+                return None
+            direct = direct and node.op in PASS_THROUGH
+            raw = refs[0]
+        return None
+
     # -- the semantic interface: what rules say about axes (implemented per analysis) ------
     def size(self, axis) -> int:
         """The axis's length."""
@@ -131,6 +155,16 @@ class OpCall:
 
     def nonlinear(self, axis, what: str | None = None) -> None:
         """A coordinatewise nonlinear function (or product) acts along ``axis``."""
+        raise NotImplementedError
+
+    def square(self, axis):
+        """Coordinates along ``axis`` are squared (``x ** 2``, ``x * x``): the output's axis. Only a
+        sum or mean over this axis makes the squares invariant under an isometry (a norm)."""
+        raise NotImplementedError
+
+    def gain(self, axis, gain_axis, index: int, what: str):
+        """``axis`` is scaled coordinate by coordinate by operand ``index`` (a parameter, see
+        :meth:`param_source`) along ``gain_axis``: a per-feature gain. The output's axis."""
         raise NotImplementedError
 
     def shift(self, axis, what: str | None = None) -> None:

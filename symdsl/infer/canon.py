@@ -125,7 +125,7 @@ def plan_fold(walk: Walk, record: tuple) -> FoldPlan:
     if bias is not None and graph.params[bias] != [plan.norm + ".bias"]:
         return _fail(plan, f"its bias {graph.params[bias]} is not '{plan.norm}.bias'")
     for param in (weight, bias):
-        if param is not None and [u.name for u in graph.users(param)] != [node]:
+        if param is not None and not _only_feeds(graph, param, node):
             return _fail(plan, "its gain or bias is also used elsewhere")
 
     readers: dict[str, list] = {}          # param node -> reader op nodes
@@ -166,6 +166,19 @@ def plan_fold(walk: Walk, record: tuple) -> FoldPlan:
             plan.untied_ops.update(u.name for u in ops)   # after untie they read the copy
         plan.readers.append(reader_alias)
     return plan
+
+
+def _only_feeds(graph, param: str, node: str) -> bool:
+    """Is ``node`` the only use of ``param`` (through casts: ``weight.to(x.dtype) * x``)?"""
+    current = param
+    for _ in range(8):
+        users = [u for u in graph.users(current) if u.op not in _IGNORED]
+        if [u.name for u in users] == [node]:
+            return True
+        if len(users) != 1 or users[0].op not in PASS_THROUGH:
+            return False
+        current = users[0].name
+    return False
 
 
 def _fail(plan: FoldPlan, why: str) -> FoldPlan:

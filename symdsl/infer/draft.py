@@ -126,15 +126,18 @@ class _Builder:
         for plan in self.folds:
             folds_by_root.setdefault(vars.root(plan.var), []).append(plan)
         self.decisions: dict[int, Decision] = {}
-        bound = any(f.kind == "rms" and f.norm for f in self.folds) and not fold_accepts_unbound_gain(self.registries)
+        bound = any(f.kind in ("rms", "gain") and f.norm for f in self.folds) and \
+            not fold_accepts_unbound_gain(self.registries)
         for root in self.tensors_of:
             flags = self.eff.get(root, {})
             if "touched" in flags and "fixed" not in flags and vars.size(root) > 1:
                 self.decisions[root] = decide(root, vars.size(root), flags, folds_by_root.get(root, []),
                                               gain_stays_bound=bound)
-        # folded RMSNorm gains on a full rotation site stay unbound (1 commutes with every rotation)
-        self.unbound_gains = {f.norm + ".weight" for d in self.decisions.values() if d.level == "orthogonal"
-                              for f in d.folds if f.kind == "rms" and f.norm}
+        # folded RMSNorm gains on a full rotation site stay unbound (1 commutes with every rotation);
+        # so do folded per-feature gains (a bound one would multiply coordinatewise)
+        self.unbound_gains = {f.norm + ".weight" for d in self.decisions.values()
+                              for f in d.folds if f.norm and (f.kind == "rms" and d.level == "orthogonal" or
+                                                              f.kind == "gain" and d.group == "orthogonal")}
         assign_per(self.decisions, occurrences)
         self.orient = {root: vars.orientation(root) for root in self.decisions}
         self.folds_by_root = folds_by_root

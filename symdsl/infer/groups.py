@@ -2,7 +2,8 @@
 
 From largest to smallest: ``invertible`` (the space is only read and written linearly: a
 head's query/key or value/output basis), ``orthogonal`` (it is read by RMS norms whose gains
-fold away), ``orthogonal`` with ``preserve: ones`` (LayerNorms subtract the mean; a constant is
+fold away, or a sum of its squares is taken: a hand-written norm, invariant under isometries;
+a per-feature parameter gain that folds away leaves it orthogonal too), ``orthogonal`` with ``preserve: ones`` (LayerNorms subtract the mean; a constant is
 added or the space is summed over), ``permutation`` (an elementwise nonlinearity, the head
 axis of attention, an elementwise product, or a norm whose gain cannot be folded). A
 component that touches a model input or output, or an op the walk could not interpret, is
@@ -63,7 +64,12 @@ def decide(root: int, size: int, flags: dict[str, list[str]], folds: list, *, ga
     elif "nonlinear" in flags:
         d.level = "permutation"
         d.why.append(f"reaches an elementwise nonlinearity or product{_first(flags['nonlinear'])}")
-    for kind, name, cap in (("ln", "LayerNorm", "orthogonal_ones"), ("rms", "RMSNorm", "orthogonal")):
+    if "isometric" in flags and LEVELS.index(d.level) > LEVELS.index("orthogonal"):
+        d.level = "orthogonal"
+        d.why.append(f"a sum of its squares is taken (a norm){_first(flags['isometric'])}: only isometries keep "
+                     "||x||^2")
+    for kind, name, cap in (("ln", "LayerNorm", "orthogonal_ones"), ("rms", "RMSNorm", "orthogonal"),
+                            ("gain", "per-feature gain", "orthogonal")):
         mine = [f for f in folds if f.kind == kind]
         if not mine:
             continue
@@ -80,6 +86,10 @@ def decide(root: int, size: int, flags: dict[str, list[str]], folds: list, *, ga
                 d.why.append(f"read through {len(mine)} {name}(s) whose gains fold into the linear layers that read "
                              f"them{extra}")
             d.level = level
+            if kind == "gain" and gain_stays_bound and any(f.norm for f in mine):
+                d.level = "permutation"
+                d.why.append("fold_layernorm needs the folded gain bound to the site, and a bound per-feature gain "
+                             "multiplies coordinatewise: only permutations")
             if kind == "rms" and gain_stays_bound and any(f.norm for f in mine) and \
                     LEVELS.index(d.level) > LEVELS.index("orthogonal_ones"):
                 d.level = "orthogonal_ones"

@@ -4,7 +4,12 @@ Each axis is a variable of :class:`~symdsl.infer.variables.AxisVars`. :class:`In
 implements :class:`~symdsl.graph.walker.OpCall`'s interface for the shared rules of
 :mod:`symdsl.graph.ops`: ``same`` unites two variables, ``contract`` unites them as each
 other's dual, ``nonlinear``/``shift``/``summed``/``fixed`` record the flags that later limit
-the group (:mod:`symdsl.infer.groups`), ``normalize`` records the norm for folding, and
+the group (:mod:`symdsl.infer.groups`), ``normalize`` records the norm for folding, ``gain``
+records a per-feature parameter gain for folding (a hand-written norm's ``weight * x``),
+``square`` gives a fresh variable for the squares (:attr:`~symdsl.infer.walk.Walk.squares`):
+summed over, it flags its source ``isometric`` (a norm: rotations and permutations keep it);
+any other statement about it flags the source ``nonlinear`` (like the checker, which accepts
+squares only under a sum over their axis), and unites it with its source. And
 ``reads``/``writes``/``hint`` record evidence for orientation and names. Nothing here fails:
 a case a rule cannot follow raises :class:`~symdsl.graph.walker.Unsupported` and the walk
 goes conservative (:mod:`symdsl.infer.walk`).
@@ -53,28 +58,65 @@ class InferCall(OpCall):
             return self.vars.new(size, "shift", self._why(broadcast))
         return self.vars.new(size, "fixed" if fixed else None, self._why(fixed) if fixed else "")
 
+    def settle(self, *axes) -> None:
+        """Squares (see :meth:`square`) used by anything but a sum over their axis: the source
+        meets a coordinatewise nonlinearity, and the squares are the source's space."""
+        squares = self.walker.result.squares
+        for axis in axes:
+            if isinstance(axis, int) and axis in squares:
+                source = squares[axis]
+                self.vars.flag(source, "nonlinear", f"its squares reach {self.where} before a sum over their axis")
+                self.vars.union(source, axis, why=self.where)
+
     def same(self, a, b, what):
+        self.settle(a, b)
         self.vars.union(a, b, why=self.where)
         return a
 
     combine = same
 
     def contract(self, a, b, what):
+        self.settle(a, b)
         self.vars.union(a, b, flip=True, why=self.where)
 
     def nonlinear(self, axis, what=None):
+        self.settle(axis)
         self.vars.flag(axis, "nonlinear", self._why(what))
 
+    def square(self, axis):
+        self.settle(axis)                   # squares of squares: not a norm
+        var = self.vars.new(self.vars.size(axis))
+        self.vars.flag(var, "touched")
+        self.walker.result.squares[var] = axis
+        return var
+
     def shift(self, axis, what=None):
+        self.settle(axis)
         self.vars.flag(axis, "shift", f"a constant is added along this axis ({self.where})")
 
     def summed(self, axis):
+        squares = self.walker.result.squares
+        if axis in squares:
+            self.vars.flag(squares[axis], "isometric", f"a sum of its squares, a norm ({self.where})")
+            self.vars.union(squares[axis], axis, why=self.where)
+            return
         self.vars.flag(axis, "shift", f"summed over ({self.where})")
 
+    def gain(self, axis, gain_axis, index, what):
+        self.settle(axis, gain_axis)
+        self.vars.union(gain_axis, axis, why=self.where)
+        source = self.param_source(index)
+        name = source[0] if source and source[1] and source[0] in self.walker.result.param_axes else "?"
+        self.vars.flag(axis, "gain", self.where)
+        self.walker.result.norms.append((self.node.name, "gain", axis, name, None))
+        return axis
+
     def fixed(self, axis, why):
+        self.settle(axis)
         self.vars.flag(axis, "fixed", self._why(why))
 
     def normalize(self, axis, *, gain, bias, centred):
+        self.settle(axis)
         kind = "ln" if centred else "rms"
         params = {}
         for label, index in (("weight", gain), ("bias", bias)):
@@ -85,6 +127,7 @@ class InferCall(OpCall):
         self.walker.result.norms.append((self.node.name, kind, axis, params.get("weight"), params.get("bias")))
 
     def hint(self, axis, role):
+        self.settle(axis)
         self.vars.flag(axis, role, self.where)
         if role == "qk":
             self.vars.vote(axis, strong=True)      # queries are written primal, keys dual
@@ -103,6 +146,7 @@ class InferCall(OpCall):
         self._use(index, axis, "write")
 
     def split_axis(self, axis, sizes, what):
+        self.settle(axis)
         if len(sizes) == 1:
             return [axis]
         parts = self.vars.expand(axis, "sum", list(sizes))
@@ -111,11 +155,13 @@ class InferCall(OpCall):
         return parts
 
     def join_axes(self, pieces):
+        self.settle(*pieces)
         pieces = [p for p in pieces if self.vars.size(p) > 0]
         return pieces[0] if len(pieces) == 1 else self.vars.new_sum(pieces)
 
     # -- reshape algebra: factors are the leaves of product variables; sums stay whole ----------
     def factors(self, axis) -> list:
+        self.settle(axis)
         return [a for a in self.vars.factors(axis) if self.vars.size(a) != 1]
 
     def item_size(self, item) -> int:

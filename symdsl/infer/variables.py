@@ -10,7 +10,8 @@ side of a contraction carries over to the other.
 
 Classes also collect *flags*, the facts that limit which group may act on the space
 (``fixed``: touches a model input/output or an op we cannot interpret; ``nonlinear``: reaches an
-elementwise nonlinearity; ``ln``/``rms``: reaches a norm; ``shift``: a constant vector is
+elementwise nonlinearity; ``ln``/``rms``: reaches a norm; ``gain``: scaled by a per-feature
+parameter; ``isometric``: a sum of its squares is taken; ``shift``: a constant vector is
 added to it or it is summed over ...), each with a few evidence strings for the comments of
 the draft, and orientation *votes* (which side of a class is written primal in the spec).
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 # flags that restrict every factor of a composite space, so leaves inherit them from the
 # composite classes they are part of (see AxisVars.effective_flags)
-INHERITED = ("fixed", "nonlinear", "shift", "self_dual")
+INHERITED = ("fixed", "nonlinear", "shift", "self_dual", "isometric")
 MAX_EVIDENCE = 4
 
 
@@ -225,8 +226,8 @@ class AxisVars:
     def effective_flags(self) -> dict[int, dict[str, list[str]]]:
         """Flags of every class root including those inherited from composite classes above it.
 
-        A norm over a composite axis limits its factors to permutations: 'ln'/'rms' on a
-        structured class become 'nonlinear' for the leaves below it.
+        A norm (or a per-feature gain) over a composite axis limits its factors to permutations:
+        'ln'/'rms'/'gain' on a structured class become 'nonlinear' for the leaves below it.
         """
         parents: dict[int, set[int]] = {}
         for root, s in self.struct.items():
@@ -247,7 +248,7 @@ class AxisVars:
                 above = inherited(parent, depth + 1)
                 for name, evidence in above.items():
                     target = name if name in INHERITED + ("touched",) else \
-                        "nonlinear" if name in ("ln", "rms") and parent in self.struct else None
+                        "nonlinear" if name in ("ln", "rms", "gain") and parent in self.struct else None
                     if target:
                         mine = out.setdefault(target, [])
                         mine.extend(e for e in evidence if e not in mine and len(mine) < MAX_EVIDENCE)

@@ -41,6 +41,7 @@ class Walk:
     norms: list[tuple] = field(default_factory=list)
     uses: list[tuple] = field(default_factory=list)
     opaque: list[tuple[str, str]] = field(default_factory=list)
+    squares: dict[int, int] = field(default_factory=dict)
     low_precision: list[str] = field(default_factory=list)   # op nodes computed below float64
 
 
@@ -81,6 +82,7 @@ class Inference(GraphWalker):
         return InferCall(self, node).fresh(node.shape, what) if node.shape is not None else None
 
     def output(self, node) -> None:
+        InferCall(self, node).settle(*self._inputs(node))
         for var in self._inputs(node):
             self.result.vars.flag(var, "fixed", "returned by the model")
 
@@ -97,6 +99,7 @@ class Inference(GraphWalker):
     def failed(self, call, exc):
         reason = f"{call.where}: {exc.message}" if isinstance(exc, Unsupported) else \
             f"{call.where}: could not interpret ({type(exc).__name__}: {exc})"
+        call.settle(*self._inputs(call.node))
         for var in self._inputs(call.node):
             self.result.vars.flag(var, "fixed", reason)
         self.result.opaque.append((call.node.name, reason))

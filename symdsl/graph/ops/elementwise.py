@@ -3,16 +3,20 @@
 - ``add``/``sub``: operands meet axis by axis (one space); an axis along which an operand is
   constant (missing, size 1, or a number) gets a constant vector added: ``shift``.
 - ``mul``/``div``: scaling by a number or by a factor constant along an axis is linear there;
-  where both operands vary it is an elementwise product: ``nonlinear``.
-- GELU, tanh, ... (and dropout in training mode): ``nonlinear`` on every axis.
+  where both operands vary it is an elementwise product: ``nonlinear``; where one of them is a
+  parameter (through casts and arithmetic with numbers: ``weight``, ``1 + weight``) it is a
+  per-feature ``gain`` (a norm's gain, a layer scale); ``x * x`` squares.
+- ``pow(x, 2)``, ``square``: ``square`` on every axis (a sum or mean of squares is a norm).
+- GELU, tanh, ``pow`` with another exponent, ... (and dropout in training mode): ``nonlinear``
+  on every axis.
 - ``mean``/``sum``: the reduced axes are ``summed``.
 """
 from __future__ import annotations
 
 from .base import op_rule
 
-NONLINEAR = ("gelu", "tanh", "relu", "silu", "sigmoid", "exp", "log", "sqrt", "rsqrt", "pow", "abs", "erf",
-             "square", "reciprocal", "sin", "cos", "elu", "leaky_relu", "softplus", "hardtanh", "mish", "sign",
+NONLINEAR = ("gelu", "tanh", "relu", "silu", "sigmoid", "exp", "log", "sqrt", "rsqrt", "abs", "erf",
+             "reciprocal", "sin", "cos", "elu", "leaky_relu", "softplus", "hardtanh", "mish", "sign",
              "log_sigmoid", "hardswish", "hardsigmoid", "relu6", "clamp", "clamp_min", "clamp_max")
 
 
@@ -66,11 +70,53 @@ def add_rule(call):
 @op_rule("mul", "div")
 def mul_rule(call):
     # x * y: by a number, or a factor constant along an axis, commutes with any linear map of
-    # that axis; an elementwise product of two varying operands only with coordinate moves
+    # that axis; an elementwise product of two varying operands only with coordinate moves;
+    # x * x squares; weight * x (or x / weight) scales x by a per-feature gain
     tensors = [call.tensor(i) for i in (0, 1) if call.has_tensor(i)]
     if not tensors:
         raise ValueError("product of two numbers")
+    if call.op == "mul" and len(tensors) == 2 and call.node.args[0] == call.node.args[1]:
+        return tuple(call.square(axis) for axis in tensors[0])
+    gain = _gain_operand(call) if len(tensors) == 2 else None
+    if gain is not None:
+        return _scaled(call, call.tensor(1 - gain), call.tensor(gain), gain)
     return broadcast(call, tensors, call.op, product=True)
+
+
+def _gain_operand(call) -> int | None:
+    """The operand that is a parameter-derived gain scaling an activation (None: no such pair)."""
+    sources = [call.param_source(i) for i in (0, 1)]
+    candidates = (0, 1) if call.op == "mul" else (1,)      # x / gain; gain / x is not a scaling
+    found = [i for i in candidates if sources[i] is not None and sources[1 - i] is None]
+    return found[0] if found else None
+
+
+def _scaled(call, x: tuple, g: tuple, index: int) -> tuple:
+    # right-aligned broadcast of x with the gain g: where both vary, g scales x coordinatewise
+    out = []
+    for i in range(1, max(len(x), len(g)) + 1):
+        xa, ga = x[-i] if i <= len(x) else None, g[-i] if i <= len(g) else None
+        if ga is None or call.is_unit(ga):
+            out.append(xa)
+        elif xa is None or call.is_unit(xa):
+            out.append(ga)
+        else:
+            out.append(call.gain(xa, ga, index, call.op))
+    return tuple(reversed(out))
+
+
+@op_rule("square")
+def square_rule(call):
+    # x ** 2 coordinate by coordinate: a sum or mean of it over an axis is a squared norm
+    return tuple(call.square(axis) for axis in call.tensor(0))
+
+
+@op_rule("pow")
+def pow_rule(call):
+    # x ** 2 squares (see square_rule); any other exponent, or a tensor exponent, is nonlinear
+    if call.has_tensor(0) and not call.has_tensor(1) and call.arg(1, name="exponent") == 2:
+        return square_rule(call)
+    return nonlinear_rule(call)
 
 
 @op_rule("neg", "positive")

@@ -1,9 +1,14 @@
-"""Rules for normalisation layers: ``layer_norm`` (centred) and ``rms_norm``.
+"""Rules for normalisation layers: ``layer_norm`` (centred) and ``rms_norm``; vector norms.
 
 A norm over the last axis with a gain and a bias: ``call.normalize`` says so, and each analysis
 decides what may act on that axis (checker: coordinate moves, or isometries when the gain is
 constant and, for LayerNorm, the ones vector is fixed; inference: flags 'ln'/'rms' and records
 the norm for folding).
+
+``linalg_vector_norm``/``norm`` with p = 2 is the square root of a sum of squares: ``square``
+every axis, ``summed`` over the reduced ones (invariant under isometries of those axes), and the
+square root acts ``nonlinear``ly on the others. Hand-written RMSNorms (``x.pow(2).mean(-1)``,
+``rsqrt``, a gain multiply) are proved op by op by the elementwise rules.
 """
 from __future__ import annotations
 
@@ -32,3 +37,24 @@ def layer_norm_rule(call):
 @op_rule("rms_norm")
 def rms_norm_rule(call):
     return _norm(call, None, centred=False)
+
+
+@op_rule("linalg_vector_norm", "norm")
+def vector_norm_rule(call):
+    # ||x||_2 over dims: sqrt(sum of squares); keepdim keeps size-1 axes
+    x = call.tensor(0)
+    p = call.arg(1, 2, name="ord" if call.op == "linalg_vector_norm" else "p")
+    if p != 2:
+        raise Unsupported(f"{call.op} with p = {p} has no rule (only the Euclidean norm is invariant)")
+    dims = call.arg(2, None, name="dim")
+    keep = call.arg(3, False, name="keepdim")
+    dims = list(range(len(x))) if dims is None or dims == [] else \
+        [d % len(x) for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
+    squares = [call.square(axis) for axis in x]
+    for d in dims:
+        call.summed(squares[d])
+    out = tuple(call.new_axis(1) if i in dims else axis for i, axis in enumerate(squares) if keep or i not in dims)
+    for i, axis in enumerate(out):
+        if not (keep and i in dims):
+            call.nonlinear(axis, f"the square root of {call.op}")
+    return out
