@@ -262,6 +262,17 @@ def test_weight_matching_recovers_a_hidden_rotary_element(pairs):
         torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)   # B computes what A does
 
 
+def test_activation_matching_fits_rotary_sites_within_the_group():
+    model, resolved, a = _pair("interleaved", seed=0)
+    b = act_state_dict(resolved, a, random_transform(resolved, seed=21))
+    generator = gen(31)
+    batches = ({"x": torch.randn(4, 6, 8, dtype=F64, generator=generator)} for _ in range(5))
+    result = REGISTRIES.matchers["activation"].match(resolved, a, b, model=model, batches=batches)
+    assert KIND.contains(result.elements["qk"], {"pairs": "interleaved"})
+    assert "within the group" in result.info["methods"]["qk"]
+    assert relative_distance(resolved, act_state_dict(resolved, b, result.elements), a) < 1e-6
+
+
 def test_weight_matching_on_unrelated_models_ends_in_the_group_and_lowers_the_distance():
     _, resolved, a = _pair("half", seed=1)
     _, _, b = _pair("half", seed=2)
