@@ -12,7 +12,7 @@ import torch
 from symdsl.groups import BUILTIN_GROUP_KINDS as GROUP_KINDS, GroupKind, get_group_kind
 
 F64 = torch.float64
-NAMES = ["permutation", "semi_permutation", "orthogonal", "stiefel", "invertible"]
+NAMES = ["permutation", "semi_permutation", "orthogonal", "stiefel", "invertible", "rotary"]
 
 
 @pytest.fixture(params=NAMES)
@@ -61,7 +61,9 @@ def test_registry_holds_builtins_with_contract_flags():
     assert flags["stiefel"] == (False, True, True)    # dual(g) = pinv(g)^T = g
     assert flags["invertible"] == (True, False, True)
     assert GROUP_KINDS["orthogonal"].options == {"preserve": ("ones",)}
-    assert all(GROUP_KINDS[n].options == {} for n in NAMES if n != "orthogonal")
+    assert flags["rotary"] == (True, False, True)
+    assert GROUP_KINDS["rotary"].options == {"pairs": ("half", "interleaved")}
+    assert all(GROUP_KINDS[n].options == {} for n in NAMES if n not in ("orthogonal", "rotary"))
 
 
 def test_identity_acts_as_identity(kind):

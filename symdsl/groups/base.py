@@ -105,6 +105,24 @@ class GroupKind(abc.ABC):
         """
         return self.project(c, options=options or {})
 
+    def least_squares_solve(self, primal, dual, start: Tensor, *,
+                            options: Mapping[str, object] | None = None) -> list[Tensor] | None:
+        """Candidates for ``min_g sum_p ||A_p - g B_p||^2 + sum_d ||A_d - g^-T B_d||^2``, or None.
+
+        Asked by weight matching for a :attr:`least_squares_fit` kind whose elements are a
+        subgroup of GL(n). ``primal``/``dual`` (either may be None) carry the sums of the unfolded
+        pairs' Gram matrices, each ``(..., n, n)`` batched like ``start``: ``ab`` = sum A B^T,
+        ``bb`` = sum B B^T and, on the dual side, ``aa`` = sum A A^T; ``start`` is the current
+        element. A kind returns elements of itself (the caller scores them, with ``start``, on the
+        pairs themselves and keeps the best). Default None: the site is fitted over all of GL(n)
+        (closed forms refined by L-BFGS), which only suits a kind that is all of GL(n).
+
+        >>> from symdsl.groups.invertible import Invertible
+        >>> Invertible().least_squares_solve(None, None, torch.eye(2)) is None
+        True
+        """
+        return None
+
     def permutation_restriction(self, options: Mapping[str, object] | None = None) -> "GroupKind | None":
         """The kind to solve and learn this kind's sites with when only permutations are wanted.
 

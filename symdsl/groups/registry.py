@@ -9,10 +9,11 @@ from symdsl.groups.base import GroupKind
 from symdsl.groups.invertible import Invertible
 from symdsl.groups.orthogonal import Orthogonal
 from symdsl.groups.permutation import Permutation
+from symdsl.groups.rotary import Rotary
 from symdsl.groups.semi_permutation import SemiPermutation
 from symdsl.groups.stiefel import Stiefel
 
-BUILTIN_KINDS = (Permutation, SemiPermutation, Orthogonal, Stiefel, Invertible)
+BUILTIN_KINDS = (Permutation, SemiPermutation, Orthogonal, Stiefel, Invertible, Rotary)
 BUILTIN_GROUP_KINDS = MappingProxyType({cls.name: cls() for cls in BUILTIN_KINDS})
 
 

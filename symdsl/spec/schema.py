@@ -64,11 +64,13 @@ class Example(_Strict):
 class Site(_Strict):
     """A vector space on which a group acts."""
 
-    group: str = Field(description="group kind: permutation, semi_permutation, orthogonal, stiefel, invertible, or a plugin kind")
+    group: str = Field(description="group kind: permutation, semi_permutation, orthogonal, stiefel, invertible, rotary, or a plugin kind")
     size: Expr = Field(description="dimension of the space (output side for rectangular kinds)")
     size_in: Expr | None = Field(default=None, description="input-side size, rectangular kinds only")
     per: str | None = Field(default=None, description="one element per index of this site (a permutation site) or dimension")
     preserve: str | None = Field(default=None, description="orthogonal only: 'ones' keeps the all-ones vector fixed (LayerNorm-safe)")
+    pairs: str | None = Field(default=None, description="rotary only: the RoPE pair layout, 'half' (rotate_half, i with i + n/2; "
+                              "the default) or 'interleaved' (2i with 2i + 1, GPT-J)")
     doc: str | None = Field(default=None, description="free text shown in reports")
 
 

@@ -44,11 +44,14 @@ def resolve_sites(context: ResolveContext, heads: list[str]) -> dict[str, SiteDe
         except UnknownNameError as exc:
             context.problem(origin + ("group",), str(exc))
             continue
-        options = {"preserve": site.preserve} if site.preserve is not None else {}
-        try:
-            kind.validate_options(options)
-        except ValueError as exc:
-            context.problem(origin + ("preserve",), str(exc), "'preserve: ones' is an option of orthogonal sites")
+        options = {key: value for key, value in (("preserve", site.preserve), ("pairs", site.pairs)) if value is not None}
+        for key, value in options.items():
+            try:
+                kind.validate_options({key: value})
+            except ValueError as exc:
+                hint = ("'preserve: ones' is an option of orthogonal sites" if key == "preserve"
+                        else "'pairs: half' or 'pairs: interleaved' is an option of rotary sites")
+                context.problem(origin + (key,), str(exc), hint)
         size = eval_expr(context, substitute_all(site.size, env), origin + ("size",))
         size_in = (eval_expr(context, substitute_all(site.size_in, env), origin + ("size_in",))
                    if site.size_in is not None else size)

@@ -26,6 +26,8 @@ Solvers (element h acts on B; A ≈ h·B is the aim; C has A's coordinates as ro
 - orthogonal (``preserve: ones`` included), stiefel and other self-dual matrix kinds:
   Procrustes on the raw cross second moment E[a b^T] summed over nodes (raw, not centred, so
   that means are aligned as well: it is the least-squares fit of the activations);
+- a non-self-dual kind with its own ``least_squares_solve`` (rotary): its candidates from the
+  same second moments, the one with the lowest least-squares loss (identity included);
 - invertible and other non-self-dual kinds: least-squares regression of A's activations on
   B's, h = E[a b^T] E[b b^T]^-1, per head for a ``per`` site, from the nodes where the site
   is primal (for ``qk`` the queries, for ``ov`` the values and the attention output); with
@@ -48,6 +50,7 @@ does a site declared ``per`` a plain dimension, whose index activations do not n
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Iterable, Mapping
 
 import torch
@@ -354,6 +357,18 @@ class _Solver:
         def usable(g: torch.Tensor | None) -> bool:
             return g is not None and bool(torch.isfinite(g).all()) and kind.contains(g, options)
 
+        # a subgroup of GL(n) (rotary) fits itself from the same second moments
+        eye_start = eye.expand_as(terms[0][1]).clone()
+        own = kind.least_squares_solve(
+            SimpleNamespace(ab=sums(primal, 0), bb=sums(primal, 1), aa=sums(primal, 2)) if primal else None,
+            SimpleNamespace(ab=sums(dual, 0), bb=sums(dual, 1), aa=sums(dual, 2)) if dual else None,
+            eye_start, options=options)
+        if own is not None:
+            candidates = [g for g in [*own, eye_start] if usable(g)]
+            with torch.no_grad():
+                scores = [float(loss(g)) for g in candidates]
+            self.methods[site] = f"least-squares fit within the group ({kind.name}) of A's activations on B's"
+            return candidates[min(range(len(scores)), key=scores.__getitem__)]
         fits = []                                             # primal first: the specified side
         if primal:
             fits.append(fit(primal))

@@ -11,7 +11,9 @@ site needs is asked of its group kind, never of its name:
   g^-T on Y, the circuit X^T Y is invariant, so heads are assigned on  <X_A^T Y_A, X_B^T Y_B>;
 - sites of a kind with ``least_squares_fit`` (invertible: g on some tensors, g^-T on others) are
   fitted by least squares: closed forms, then L-BFGS on the objective written in Gram
-  matrices (k x k per head);
+  matrices (k x k per head); a kind that is a subgroup of GL(n) answers
+  ``kind.least_squares_solve`` from the same Gram matrices instead (rotary: one complex scalar
+  per RoPE frequency pair);
 - with ``permutations_only`` every site is solved as ``kind.permutation_restriction(options)``
   (orthogonal sites as permutation matrices); a kind without one keeps its site at the identity.
 A site's new element is kept only if J does not increase, so J is monotone; the sweep
@@ -292,15 +294,17 @@ def _solve_invertible(problem: Problem, site: str) -> None:
 
     with problem.phase("invertible"):
         problem.note("invertible", primal=gram_p, dual=gram_d)
-        candidates = [current, *least_squares_candidates(gram_p, gram_d)]
+        # a subgroup of GL(n) (rotary) brings its own fit; the kind's candidates are final
+        own = kind.least_squares_solve(gram_p, gram_d, current, options=problem.sites[site].options)
+        candidates = [current, *(least_squares_candidates(gram_p, gram_d) if own is None else own)]
     with problem.phase("score"):
         scores = [exact(c) if torch.isfinite(c).all() else float("inf") for c in candidates]
     index = min(range(len(scores)), key=scores.__getitem__)
     best, best_score = candidates[index], scores[index]
     scale = float(sum(g.norm for g in (gram_p, gram_d) if g is not None))
-    if best_score <= 1e-24 * scale or not (primal and dual) or problem.invertible_steps <= 0:
+    if own is not None or best_score <= 1e-24 * scale or not (primal and dual) or problem.invertible_steps <= 0:
         # exact already, or one-sided (then the closed form is the least-squares optimum)
-        if kind.contains(best):
+        if kind.contains(best, problem.sites[site].options):
             problem.set(site, best.detach())
         return
     with problem.phase("invertible"):
@@ -311,5 +315,5 @@ def _solve_invertible(problem: Problem, site: str) -> None:
         with problem.phase("score"):
             if exact(refined) < best_score:
                 best = refined
-    if kind.contains(best):
+    if kind.contains(best, problem.sites[site].options):
         problem.set(site, best.detach())
