@@ -26,6 +26,7 @@ SHIPPED = {"hf-gpt2": "hf-gpt2.yaml", "timm-vit": "timm-vit.yaml", "hf-bert": "h
 PAPER_ROUTE = {"hf-gpt2-rmsnorm": "hf-gpt2-rmsnorm.yaml", "timm-vit-rmsnorm": "timm-vit-rmsnorm.yaml",
                "hf-gpt2-backbone": "hf-gpt2-backbone.yaml", "hf-gpt2-circuits": "hf-gpt2-circuits.yaml",
                "timm-vit-circuits": "timm-vit-circuits.yaml"}   # variants: paper route, bare GPT2Model
+DECODERS = {"hf-llama": "hf-llama.yaml"}                          # checked in tests/test_llama.py
 
 
 # --------------------------------------------------------------------------- models
@@ -549,9 +550,9 @@ def test_registry_finds_exactly_the_shipped_specs(monkeypatch):
     from symdsl.spec import registry
 
     entries = [e for e in registry.list_specs(REGISTRIES) if e.origin == "symdsl-builtins"]  # the built-in plugin's folder
-    assert sorted(e.name for e in entries) == sorted({**SHIPPED, **PAPER_ROUTE})
+    assert sorted(e.name for e in entries) == sorted({**SHIPPED, **PAPER_ROUTE, **DECODERS})
     for e in entries:
-        assert e.file.name == {**SHIPPED, **PAPER_ROUTE}[e.name]
+        assert e.file.name == {**SHIPPED, **PAPER_ROUTE, **DECODERS}[e.name]
     assert registry.find_spec("hf-gpt2", REGISTRIES).name == "hf-gpt2"
 
 
