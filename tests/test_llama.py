@@ -79,3 +79,22 @@ def test_align_gives_b_back_as_a_llama_with_b_s_function():
         error = (aligned.model(ids).logits - b(ids).logits).abs().max() / b(ids).logits.abs().max()
     assert type(aligned.model) is type(b) and float(error) < 1e-5
     assert not aligned.model.config.tie_word_embeddings and any("untied" in n for n in aligned.notes)
+
+
+def test_symdsl_check_on_a_saved_folder_finds_the_spec_and_passes(tmp_path, capsys):
+    from symdsl.cli.main import main
+
+    llama(tie_word_embeddings=True).save_pretrained(tmp_path / "tiny-llama")
+    assert main(["check", "--model", str(tmp_path / "tiny-llama")]) == 0
+    out = capsys.readouterr().out
+    assert "spec hf-llama" in out and "static check" in out and "ok: every op respects" in out
+    assert "computes in float32 inside" in out and "result: OK" in out
+
+
+def test_the_draft_for_a_llama_finds_a_rotation_residual_and_passes_its_check():
+    from symdsl.infer import check_draft
+
+    draft = symdsl.infer(llama(num_key_value_heads=4))
+    groups = {s.key: s.group for s in draft.sites}
+    assert groups.get("resid") == "orthogonal" or "orthogonal" in groups.values(), groups
+    assert check_draft(draft.text, registries=REGISTRIES, tolerance=1e-5).ok

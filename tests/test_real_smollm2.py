@@ -16,6 +16,7 @@ from conftest import REGISTRIES
 from symdsl.act import act_state_dict, random_transform
 from symdsl.canon import canonicalize
 from symdsl.check.numeric import numeric_check
+from symdsl.check.static import static_check
 from symdsl.models.build import quiet_transformers
 from symdsl.spec import resolve
 
@@ -47,7 +48,11 @@ def test_the_real_model_is_what_the_issue_says(smollm2):
 
 
 def test_hf_llama_holds_on_the_real_weights(smollm2):
-    report = numeric_check(symdsl.find_spec("hf-llama"), smollm2, registries=REGISTRIES)
+    spec = symdsl.api.pipeline.spec_for(None, smollm2, REGISTRIES)         # found from the class
+    assert spec.name == "hf-llama"
+    static = static_check(spec, smollm2, registries=REGISTRIES)            # its hand-written RMSNorm included
+    assert static.ok, static.findings[:3]
+    report = numeric_check(spec, smollm2, registries=REGISTRIES)
     assert report.ok, report.failed
     assert report.precision == "float32" and max(s.relative_error for s in report.sites) < 1e-5
     assert len(report.sites) == 1 + 1 + 3 * 30                       # resid, kv/ov/mlp per layer, all at once
