@@ -1,5 +1,6 @@
-"""LLaMA-family decoders (hf-llama): RMSNorm folded under a full rotation, grouped-query heads,
-SwiGLU units; numeric invariance in float64 (to the float32 the model computes in) and recovery."""
+"""LLaMA-family decoders (hf-llama, hf-qwen2): RMSNorm folded under a full rotation, grouped-query
+heads, SwiGLU units, Qwen2's q/k/v biases; numeric invariance in float64 (to the float32 the model
+computes in) and recovery."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,16 +34,21 @@ def llama(cls_name: str = "LlamaForCausalLM", seed: int = 0, **overrides):
     return model
 
 
-@pytest.mark.parametrize("cls_name, overrides", [
-    ("LlamaForCausalLM", {}),
-    ("LlamaForCausalLM", {"num_key_value_heads": 4}),                      # plain multi-head attention
-    ("LlamaForCausalLM", {"tie_word_embeddings": True}),                   # SmolLM2 / Llama 3.2 style
-    ("MistralForCausalLM", {}),
-])
-def test_the_spec_matches_and_its_symmetries_hold_to_the_model_s_own_precision(cls_name, overrides):
+FAMILIES = [
+    ("LlamaForCausalLM", {}, "hf-llama"),
+    ("LlamaForCausalLM", {"num_key_value_heads": 4}, "hf-llama"),          # plain multi-head attention
+    ("LlamaForCausalLM", {"tie_word_embeddings": True}, "hf-llama"),       # SmolLM2 / Llama 3.2 style
+    ("MistralForCausalLM", {}, "hf-llama"),
+    ("Qwen2ForCausalLM", {}, "hf-qwen2"),                                  # q/k/v biases
+    ("Qwen2ForCausalLM", {"tie_word_embeddings": True}, "hf-qwen2"),       # Qwen2-0.5B style
+]
+
+
+@pytest.mark.parametrize("cls_name, overrides, spec_name", FAMILIES)
+def test_the_spec_matches_and_its_symmetries_hold_to_the_model_s_own_precision(cls_name, overrides, spec_name):
     model = llama(cls_name, **overrides)
-    spec = symdsl.find_spec("hf-llama")
-    assert symdsl.api.pipeline.spec_for(None, model, REGISTRIES).name == "hf-llama"
+    spec = symdsl.find_spec(spec_name)
+    assert symdsl.api.pipeline.spec_for(None, model, REGISTRIES).name == spec_name
     report = numeric_check(spec, model, registries=REGISTRIES)
     # transformers' RMSNorm computes in float32 even in a float64 run: the check says so and asks
     # for what float32 can show (100 rounding units), not 1e-9
@@ -59,9 +65,10 @@ def test_a_wrong_binding_fails_even_at_float32_tolerance():
     assert not report.ok and {"ov.0", "ov.1"} <= set(report.failed_sites)
 
 
-def test_weight_matching_recovers_a_hidden_element():
-    spec = symdsl.find_spec("hf-llama")
-    model = llama().double()
+@pytest.mark.parametrize("cls_name, spec_name", [("LlamaForCausalLM", "hf-llama"), ("Qwen2ForCausalLM", "hf-qwen2")])
+def test_weight_matching_recovers_a_hidden_element(cls_name, spec_name):
+    spec = symdsl.find_spec(spec_name)
+    model = llama(cls_name).double()
     resolved = resolve(spec, model, registries=REGISTRIES)
     canonicalize(model, resolved)
     a = {k: v.clone() for k, v in model.state_dict().items()}
@@ -81,13 +88,14 @@ def test_align_gives_b_back_as_a_llama_with_b_s_function():
     assert not aligned.model.config.tie_word_embeddings and any("untied" in n for n in aligned.notes)
 
 
-def test_symdsl_check_on_a_saved_folder_finds_the_spec_and_passes(tmp_path, capsys):
+@pytest.mark.parametrize("cls_name, spec_name", [("LlamaForCausalLM", "hf-llama"), ("Qwen2ForCausalLM", "hf-qwen2")])
+def test_symdsl_check_on_a_saved_folder_finds_the_spec_and_passes(cls_name, spec_name, tmp_path, capsys):
     from symdsl.cli.main import main
 
-    llama(tie_word_embeddings=True).save_pretrained(tmp_path / "tiny-llama")
-    assert main(["check", "--model", str(tmp_path / "tiny-llama")]) == 0
+    llama(cls_name, tie_word_embeddings=True).save_pretrained(tmp_path / "tiny")
+    assert main(["check", "--model", str(tmp_path / "tiny")]) == 0
     out = capsys.readouterr().out
-    assert "spec hf-llama" in out and "static check" in out and "ok: every op respects" in out
+    assert f"spec {spec_name}" in out and "static check" in out and "ok: every op respects" in out
     assert "computes in float32 inside" in out and "result: OK" in out
 
 
