@@ -9,19 +9,20 @@ from ..models import save_model
 from .progress import progress_bar
 from .text_data import add_text_options, text_options
 
-RECIPES = ("vit-digits", "gpt2-text")
+RECIPES = ("vit-digits", "gpt2-text", "llama-text")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a small ViT on digits or a small GPT-2 on a text corpus")
+    p = sub.add_parser("train", help="train a small ViT on digits, or a small GPT-2 or Llama (GQA, RoPE) on a text corpus")
     p.add_argument("recipe", choices=RECIPES)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", default=None, help="for gpt2-text: stdlib-text (default) or text:PATH")
+    p.add_argument("--data", default=None, help="for gpt2-text and llama-text: stdlib-text (default) or text:PATH")
     add_text_options(p)
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--width", type=int, default=64, help="residual width (default 64)")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2, help="llama-text: key/value heads shared by the query heads")
     p.add_argument("--device", default=None)
     p.add_argument("-o", "--output", required=True, metavar="OUT")
     p.set_defaults(run=run)
@@ -29,12 +30,12 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..data import load_dataset
-    from ..experiments.train import CHAR_GPT2, DIGITS_VIT, small_gpt2, small_vit, train
+    from ..experiments.train import CHAR_GPT2, CHAR_LLAMA, DIGITS_VIT, small_gpt2, small_llama, small_vit, train
     from ..experiments.train.recipes import with_steps
 
     if args.recipe == "vit-digits":
         if args.tokenizer or args.max_chars is not None:
-            raise UsageError("--tokenizer and --max-chars apply to gpt2-text")
+            raise UsageError("--tokenizer and --max-chars apply to gpt2-text and llama-text")
         if args.data not in (None, "digits"):
             raise UsageError("vit-digits trains on digits only")
         dataset = load_dataset("digits")
@@ -43,8 +44,13 @@ def run(args) -> int:
     else:
         data = args.data or "stdlib-text"
         dataset = load_dataset(data, **text_options(args, data))
-        model = small_gpt2(dataset, n_embd=args.width, n_layer=args.layers, n_head=args.heads, seed=args.seed)
-        recipe = CHAR_GPT2
+        if args.recipe == "llama-text":
+            model = small_llama(dataset, hidden_size=args.width, num_hidden_layers=args.layers,
+                                num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, seed=args.seed)
+            recipe = CHAR_LLAMA
+        else:
+            model = small_gpt2(dataset, n_embd=args.width, n_layer=args.layers, n_head=args.heads, seed=args.seed)
+            recipe = CHAR_GPT2
     options = with_steps(recipe, args.steps)
     start = time.perf_counter()
     with progress_bar(f"train {args.recipe} seed {args.seed}") as bar:

@@ -1,4 +1,5 @@
-"""Seeded factories for the benchmark architectures, sized from a dataset: a timm ViT and an HF GPT-2."""
+"""Seeded factories for the benchmark architectures, sized from a dataset: a timm ViT, an HF GPT-2 and an
+HF Llama (RMSNorm, RoPE, grouped-query attention, SwiGLU)."""
 from __future__ import annotations
 
 import torch
@@ -61,4 +62,39 @@ def small_gpt2(dataset: Dataset, *, n_embd: int = 64, n_layer: int = 2, n_head: 
     with torch.random.fork_rng(devices=[]), quiet_transformers():
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
+    return model
+
+
+def small_llama(dataset: Dataset, *, hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_heads: int = 4,
+                num_key_value_heads: int = 2, intermediate_size: int | None = None, tie_word_embeddings: bool = True,
+                seed: int = 0) -> torch.nn.Module:
+    """A ``transformers.LlamaForCausalLM`` for ``dataset``: its vocabulary, grouped-query attention
+    (``num_key_value_heads`` shared by the query heads), RoPE, SwiGLU units (``intermediate_size``,
+    default 8/3 of the width rounded to 8), tied embeddings like SmolLM2, no KV cache, from ``seed``.
+
+    >>> from symdsl.data import text_dataset
+    >>> llama = small_llama(text_dataset("to be or not to be " * 30, block_size=16), seed=0)
+    >>> llama(input_ids=torch.zeros(2, 16, dtype=torch.long)).logits.shape, llama.config.num_key_value_heads
+    (torch.Size([2, 16, 7]), 2)
+    """
+    if dataset.task != "language_model":
+        raise UsageError(f"small_llama needs a language-model dataset; '{dataset.name}' is {dataset.task}")
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        raise UsageError("small_llama needs transformers: pip install 'symdsl[hf]'") from None
+    from ...models.build import quiet_transformers
+
+    if num_attention_heads % num_key_value_heads:
+        raise UsageError(f"num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads "
+                         f"({num_key_value_heads})")
+    units = intermediate_size or 8 * ((8 * hidden_size // 3 + 7) // 8)
+    config = LlamaConfig(vocab_size=dataset.vocab_size, max_position_embeddings=dataset.block_size,
+                         hidden_size=hidden_size, intermediate_size=units, num_hidden_layers=num_hidden_layers,
+                         num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+                         tie_word_embeddings=tie_word_embeddings, use_cache=False, bos_token_id=None,
+                         eos_token_id=None, pad_token_id=None)
+    with torch.random.fork_rng(devices=[]), quiet_transformers():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
     return model
