@@ -1,6 +1,6 @@
 """LLaMA-family decoders (hf-llama, hf-qwen2): RMSNorm folded under a full rotation, grouped-query
-heads, SwiGLU units, Qwen2's q/k/v biases; numeric invariance in float64 (to the float32 the model
-computes in) and recovery."""
+heads, per-head query/key maps that commute with RoPE (group 'rotary'), SwiGLU units, Qwen2's q/k/v
+biases; numeric invariance in float64 (to the float32 the model computes in) and recovery."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,6 +13,7 @@ from conftest import REGISTRIES, relative_distance
 from symdsl.act import act_state_dict, random_transform
 from symdsl.canon import canonicalize
 from symdsl.check.numeric import numeric_check
+from symdsl.check.static import static_check
 from symdsl.models.build import perturb_parameters, quiet_transformers
 from symdsl.spec import resolve
 
@@ -58,6 +59,47 @@ def test_the_spec_matches_and_its_symmetries_hold_to_the_model_s_own_precision(c
     assert max(s.relative_error for s in report.sites) < 1e-6
 
 
+@pytest.mark.parametrize("cls_name, overrides", [
+    ("LlamaForCausalLM", {"tie_word_embeddings": True}),                   # grouped-query, tied
+    ("LlamaForCausalLM", {"num_key_value_heads": 4}),
+    ("MistralForCausalLM", {}),
+])
+def test_the_static_check_follows_rope_with_rotary_query_key_maps(cls_name, overrides):
+    spec = symdsl.find_spec("hf-llama")
+    assert {"qk.0", "qk.1"} <= set(resolve(spec, llama(cls_name, **overrides), registries=REGISTRIES).sites)
+    report = static_check(spec, llama(cls_name, **overrides), registries=REGISTRIES)
+    assert report.ok, [str(f) for f in report.findings]
+
+
+def _with_qk(group: str):
+    text = Path(symdsl.find_spec("hf-llama").file).read_text()
+    edited = text.replace('qk.${i}:    {group: rotary,', f'qk.${{i}}:    {{group: {group},')
+    assert edited != text
+    return symdsl.load_spec_text(edited)
+
+
+def test_an_invertible_query_key_map_fails_statically_at_the_rotary_embedding():
+    report = static_check(_with_qk("invertible"), llama(tie_word_embeddings=True), registries=REGISTRIES)
+    assert not report.ok
+    assert {f.op for f in report.findings} == {"mul", "cat"}
+    assert {f.site for f in report.findings} == {"qk.0"}          # layer 1 lies downstream of the break
+    for f in report.findings:
+        assert "the rotary position embedding turns each coordinate pair (i with i + n/2)" in f.message
+        assert "an invertible map does not commute with it" in f.message
+        assert "declare the site 'group: rotary'" in f.message
+        assert f.op != "mul" or f.message.startswith("mul by a rotary cos/sin table")
+        assert f.op != "cat" or f.message.startswith("rotate_half (the rotary position embedding)")
+
+
+def test_the_interleaved_pair_layout_is_not_llama_s_and_both_checks_say_so():
+    spec = symdsl.load_spec_text(Path(symdsl.find_spec("hf-llama").file).read_text().replace(
+        'qk.${i}:    {group: rotary,', 'qk.${i}:    {group: rotary, pairs: interleaved,'))
+    report = static_check(spec, llama(), registries=REGISTRIES)
+    assert not report.ok and all("set 'pairs: half'" in f.message for f in report.findings)
+    numeric = numeric_check(spec, llama(), registries=REGISTRIES)
+    assert not numeric.ok and {"qk.0", "qk.1"} <= set(numeric.failed_sites)
+
+
 def test_a_wrong_binding_fails_even_at_float32_tolerance():
     wrong = Path(symdsl.find_spec("hf-llama").file).read_text().replace(
         '"resid (kv.${i} g ov.${i}\')"', '"resid (kv.${i} g ov.${i})"')        # o_proj primal: not a symmetry
@@ -70,6 +112,7 @@ def test_weight_matching_recovers_a_hidden_element(cls_name, spec_name):
     spec = symdsl.find_spec(spec_name)
     model = llama(cls_name).double()
     resolved = resolve(spec, model, registries=REGISTRIES)
+    assert {"qk.0", "qk.1"} <= set(resolved.sites)
     canonicalize(model, resolved)
     a = {k: v.clone() for k, v in model.state_dict().items()}
     b = act_state_dict(resolved, a, random_transform(resolved, seed=3))

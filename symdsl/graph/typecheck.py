@@ -19,7 +19,10 @@ order). Group kinds are asked for capabilities, never for names:
 * ``normalize``: ``elementwise_equivariant`` kinds pass (gain and bias carry the site);
   otherwise the kind must be ``isometric`` and square, the gain constant, and a centred norm
   (LayerNorm) needs ``fixes_ones(site.options)``;
-* ``contract``: primal against dual unless the kind is ``self_dual``.
+* ``contract``: primal against dual unless the kind is ``self_dual``;
+* ``rotary`` (RoPE's ``rotate_half``, a product with a pair-constant cos/sin table): the axis
+  must be one site alone whose kind's ``rotary_layout(site.options)`` is the model's layout
+  (its elements are one scaled rotation per pair, which commute with those maps).
 """
 from __future__ import annotations
 
@@ -178,6 +181,31 @@ class CheckCall(OpCall):
                   f"bound to the site nor constant: fold it into the readers (fold_layernorm with 'site: {site}'; "
                   "its value is then 1), or bind it to the site (permutations only)", site)
 
+    def rotary(self, axis, layout, what, table=None):
+        if table is not None and axis_typed(table):
+            # the table moves with a site: an elementwise product of two varying operands
+            self.combine(axis, table, what)
+            self.nonlinear(axis, f"an elementwise product ({what})")
+            return
+        if not axis_typed(axis):
+            return
+        self._pending(axis, what)
+        pairs = "i with i + n/2" if layout == "half" else "2i with 2i + 1"
+        for name, site in self._kinds(axis):
+            have = site.kind.rotary_layout(site.options)
+            if have is None:
+                self.fail(f"{what} acts on {self.describe(name)}: the rotary position embedding turns each coordinate "
+                          f"pair ({pairs}) by a position-dependent angle, and {_article(site.kind.name)} {site.kind.name} map does not "
+                          f"commute "
+                          f"with it (only one scaled rotation per pair does): declare the site 'group: rotary'"
+                          + (f" with 'pairs: {layout}'" if layout != "half" else ""), name)
+            if have != layout:
+                self.fail(f"{what} acts on {self.describe(name)}, whose pairs are '{have}', but the model's rotary "
+                          f"position embedding pairs {pairs}: set 'pairs: {layout}'", name)
+        if isinstance(axis, SplitAxis) or len(normalize(axis)) != 1:
+            self.fail(f"{what} acts on the composite axis {show_axis(axis)}: the rotary position embedding's pairs "
+                      "line up with a rotary site only when it is alone on the axis", _first_site(axis))
+
     def fixed(self, axis, why):
         if axis_typed(axis):
             self.fail(f"{why}: no symmetry may move this axis, but it carries {show_axis(axis)}", _first_site(axis))
@@ -265,6 +293,10 @@ class CheckCall(OpCall):
             split = next(i for i in items if isinstance(i, SplitAxis))
             self.fail(f"reshape cuts the fused axis {split} across its parts")
         return tuple(items)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _constant(tensor) -> bool:

@@ -184,6 +184,14 @@ class OpCall:
         """A norm over ``axis`` with gain/bias operand indices; ``centred``: subtracts the mean."""
         raise NotImplementedError
 
+    def rotary(self, axis, layout: str, what: str, table=None) -> None:
+        """A fixed map acts on ``axis`` as one complex scalar per coordinate pair of ``layout``
+        (``"half"``: i with i + n/2), varying with the position: rotary position embeddings
+        (``rotate_half``, a product with a cos/sin table constant on each pair). Only maps of
+        the same form commute with it (``GroupKind.rotary_layout``). ``table``: the table's
+        axis, when the map is a product with one; it is fixed only if it carries no site."""
+        raise NotImplementedError
+
     def hint(self, axis, role: str) -> None:
         """Evidence of the axis's role ('qk', 'ov', 'heads'): naming and orientation, no constraint."""
 

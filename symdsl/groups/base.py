@@ -71,6 +71,18 @@ class GroupKind(abc.ABC):
         """
         return self.elementwise_equivariant
 
+    def rotary_layout(self, options: Mapping[str, object] | None = None) -> str | None:
+        """The coordinate pairs on which every element (with these options) acts as one complex
+        scalar (a scaled 2x2 rotation): ``"half"`` (i with i + n/2) or ``"interleaved"`` (2i with
+        2i + 1); None when the elements have no such form (the default).
+
+        Such elements commute with every map of that form, which is what rotary position
+        embeddings apply along the head dimension: ``rotate_half`` (a 90-degree turn of every
+        pair) and multiplication by cos/sin tables that are constant on each pair. The static
+        check lets a site through RoPE only when its kind answers the model's layout here.
+        """
+        return None
+
     @property
     def permutes_positions(self) -> bool:
         """Does every element move whole positions, one to one (never mixing nor copying them)?

@@ -109,6 +109,10 @@ class Rotary(MatrixGroupKind):
     # a scale changes the norm of what it acts on: fitted by least squares, like invertible maps
     least_squares_fit = True
 
+    def rotary_layout(self, options=None) -> str:
+        # one complex scalar per pair: commutes with rotate_half and with pair-constant scalings
+        return layout(options)
+
     def permutation_restriction(self, options=None) -> None:
         """None: a rotary map holds no permutation but the identity (a quarter turn is signed)."""
         return None

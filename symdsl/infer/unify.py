@@ -111,6 +111,14 @@ class InferCall(OpCall):
         self.walker.result.norms.append((self.node.name, "gain", axis, name, None))
         return axis
 
+    def rotary(self, axis, layout, what, table=None):
+        # only a 'rotary' kind commutes with RoPE; inference does not draft one yet
+        self.settle(axis)
+        if table is not None:
+            self.settle(table)
+        self.vars.flag(axis, "fixed", self._why(f"{what}; only a 'rotary' site (pairs: {layout}) commutes with it, "
+                                                "which inference does not draft yet"))
+
     def fixed(self, axis, why):
         self.settle(axis)
         self.vars.flag(axis, "fixed", self._why(why))

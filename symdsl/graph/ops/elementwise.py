@@ -5,7 +5,9 @@
 - ``mul``/``div``: scaling by a number or by a factor constant along an axis is linear there;
   where both operands vary it is an elementwise product: ``nonlinear``; where one of them is a
   parameter (through casts and arithmetic with numbers: ``weight``, ``1 + weight``) it is a
-  per-feature ``gain`` (a norm's gain, a layer scale); ``x * x`` squares.
+  per-feature ``gain`` (a norm's gain, a layer scale); ``x * x`` squares; where one of them is
+  constant on each coordinate pair of the last axis by construction (RoPE's cos/sin, see
+  :mod:`.rope`), it scales each pair by one number: ``rotary`` on that axis.
 - ``pow(x, 2)``, ``square``: ``square`` on every axis (a sum or mean of squares is a norm).
 - GELU, tanh, ``pow`` with another exponent, ... (and dropout in training mode): ``nonlinear``
   on every axis.
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 from .base import op_rule
+from .rope import pair_constant
 
 NONLINEAR = ("gelu", "tanh", "relu", "silu", "sigmoid", "exp", "log", "sqrt", "rsqrt", "abs", "erf",
              "reciprocal", "sin", "cos", "elu", "leaky_relu", "softplus", "hardtanh", "mish", "sign",
@@ -80,6 +83,16 @@ def mul_rule(call):
     gain = _gain_operand(call) if len(tensors) == 2 else None
     if gain is not None:
         return _scaled(call, call.tensor(1 - gain), call.tensor(gain), gain)
+    for i in ((0, 1) if call.op == "mul" else (1,)) if len(tensors) == 2 else ():
+        layout = pair_constant(call.graph, call.node.args[i])
+        x, c = call.tensor(1 - i), call.tensor(i)
+        if layout is not None and x and not call.is_unit(x[-1]) and not call.is_unit(c[-1]):
+            # x * cos: a table constant on each coordinate pair of the last axis scales every
+            # pair by one number (RoPE); the other axes broadcast as any product
+            rest = broadcast(call, [x[:-1], c[:-1]], call.op, product=True) if len(x) > 1 or len(c) > 1 else ()
+            call.rotary(x[-1], layout, f"{call.op} by a rotary cos/sin table (the rotary position embedding)",
+                        table=c[-1])
+            return rest + (x[-1],)
     return broadcast(call, tensors, call.op, product=True)
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 from ..shapes import Stacked, ndim
 from ..walker import Unsupported
 from .base import op_rule
+from .rope import HALF, rotate_half_source, rotate_half_uses
+
+ROTATE_HALF = "rotate_half (the rotary position embedding)"
 
 
 def _sizes(total: int, spec) -> list[int]:
@@ -77,6 +80,10 @@ def slice_rule(call):
     size = call.shape[dim]
     if size == call.size(x[dim]):
         return x
+    if rotate_half_uses(call.graph, call.node):
+        # a half of x used only (through a neg) to build rotate_half(x): the cat states what it
+        # does to x, and no other op sees this half
+        return x[:dim] + (call.new_axis(size),) + x[dim + 1:]
     call.fixed(x[dim], "slice takes part of this axis")
     return x[:dim] + (call.new_axis(size, "slice takes part of this axis"),) + x[dim + 1:]
 
@@ -92,7 +99,13 @@ def getitem_rule(call):
 
 @op_rule("cat", "concat", "concatenate")
 def cat_rule(call):
-    # cat([(b, t, d1), (b, t, d2)], -1) -> (b, t, [d1 | d2]): the other axes are one space
+    # cat([(b, t, d1), (b, t, d2)], -1) -> (b, t, [d1 | d2]): the other axes are one space;
+    # cat((-x[..., n/2:], x[..., :n/2]), -1) is rotate_half(x): a fixed map of x's last axis
+    rope = rotate_half_source(call.graph, call.node)
+    if rope is not None:
+        x = call.as_tensor(call.resolve(rope[0]))
+        call.rotary(x[rope[1]], HALF, ROTATE_HALF)
+        return x
     tensors = [call.as_tensor(t) for t in call.value(0)]
     if not tensors or len({len(t) for t in tensors}) != 1:
         raise Unsupported("cat of tensors of different ranks")
