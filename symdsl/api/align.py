@@ -6,7 +6,6 @@ narrower B into A's configuration first.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ from .widths import align_widths
 
 def refuse_architecture_change(spec: Spec, model: torch.nn.Module, registries: Registries, what: str) -> None:
     """A spec whose canonicalizers change the architecture cannot give a standard checkpoint: say so."""
-    resolved = resolve_cached(spec, copy.deepcopy(model), registries)
+    resolved = resolve_cached(spec, model, registries)       # binding reads the model, never changes it
     changed = sorted({s.name for s in resolved.canonicalize if s.canonicalizer.changes_architecture})
     if changed:
         raise UsageError(f"spec '{spec.name}' changes the architecture ({', '.join(changed)}): its models are not "

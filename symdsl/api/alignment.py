@@ -14,7 +14,6 @@ from ..match import MatchResult
 from ..models import save_model
 from ..spec import ResolvedSpec
 from ..spec.load import Spec
-from ..spec.coverage import detect_ties
 from .pipeline import Prepared
 
 
@@ -90,8 +89,3 @@ class Alignment:
         elements = {k: v.detach().contiguous().cpu() for k, v in self.transform.items()}
         save_file(elements, str(folder / "transform.safetensors"))
         return folder
-
-
-def tied_groups(model: torch.nn.Module) -> list[list[str]]:
-    """Names of parameters that share storage (for tests and notes)."""
-    return detect_ties(model.state_dict(keep_vars=True))

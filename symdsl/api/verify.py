@@ -9,10 +9,8 @@ shapes, plugins), so the check costs its seconds once per architecture, not per 
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -21,6 +19,7 @@ from .._version import __version__
 from ..check.numeric import numeric_check
 from ..check.static import static_check
 from ..errors import SymdslError
+from ..paths import cache_root
 from ..registry import Registries
 from ..spec.config import model_config
 from ..spec.load import Spec
@@ -28,9 +27,7 @@ from ..spec.load import Spec
 
 def checks_cache() -> Path:
     """Where passing checks are remembered: ``$SYMDSL_CACHE/checks`` (default ``~/.cache/symdsl/checks``)."""
-    root = os.environ.get("SYMDSL_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"),
-                                                          "symdsl")
-    return Path(root) / "checks"
+    return cache_root() / "checks"
 
 
 def fingerprint(spec: Spec, model: torch.nn.Module, registries: Registries) -> str:
@@ -66,14 +63,14 @@ def verify_spec(spec: Spec, model: torch.nn.Module, registries: Registries, *, s
         raise SymdslError(f"cannot verify spec '{spec.name}': it declares no example.inputs to run the model on; add "
                           "them (see docs/spec-language.md, 'example'), or align without the check: verify=False "
                           "(command line: --no-verify)")
-    static = static_check(spec, copy.deepcopy(model), registries=registries, seed=seed)
+    static = static_check(spec, model, registries=registries, seed=seed)        # checks a copy
     if not static.ok:
         first = static.findings[0]
         raise SymdslError(f"spec '{spec.name}' fails the static check on {type(model).__name__} "
                           f"({len(static.findings)} violation(s)); the first: {first.op} at node {first.node}: "
                           f"{first.message}. Run `symdsl check {spec.name} --model A` for the report; fix the spec, or "
                           "align anyway with verify=False (command line: --no-verify)")
-    numeric = numeric_check(spec, copy.deepcopy(model), registries=registries, seed=seed)
+    numeric = numeric_check(spec, model, registries=registries, seed=seed)      # perturbs a copy
     if not numeric.ok:
         broken = ", ".join(numeric.failed_sites[:5]) or "canonicalization"
         raise SymdslError(f"spec '{spec.name}' fails the numeric check on {type(model).__name__}: {broken} "

@@ -9,7 +9,6 @@ the interpolated model's loss, started from the weight-matching solution) likewi
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Callable
 import torch
 
 from ..act import act_state_dict
+from ..paths import cache_root
 from ..evaluate import barrier, loss_curve, plot_curves
 from ..models import load_model, save_model
 from ..api.pipeline import match, prepare
@@ -38,8 +38,7 @@ METHODS = [  # (label, matcher, options)
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SYMDSL_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "symdsl")
-    return Path(root) / "demo"
+    return cache_root() / "demo"
 
 
 @dataclass
