@@ -102,23 +102,46 @@ def test_the_interleaved_pair_layout_is_not_llama_s_and_both_checks_say_so():
 
 def test_a_wrong_binding_fails_even_at_float32_tolerance():
     wrong = Path(symdsl.find_spec("hf-llama").file).read_text().replace(
-        '"resid (kv.${i} g ov.${i}\')"', '"resid (kv.${i} g ov.${i})"')        # o_proj primal: not a symmetry
+        '"resid (kv.${i} qh.${i} ov.${i}\')"', '"resid (kv.${i} qh.${i} ov.${i})"')        # o_proj primal: not a symmetry
     report = numeric_check(symdsl.load_spec_text(wrong), llama(), registries=REGISTRIES)
     assert not report.ok and {"ov.0", "ov.1"} <= set(report.failed_sites)
 
 
-@pytest.mark.parametrize("cls_name, spec_name", [("LlamaForCausalLM", "hf-llama"), ("Qwen2ForCausalLM", "hf-qwen2")])
-def test_weight_matching_recovers_a_hidden_element(cls_name, spec_name):
+@pytest.mark.parametrize("cls_name, spec_name, overrides", [
+    ("LlamaForCausalLM", "hf-llama", {}),
+    ("Qwen2ForCausalLM", "hf-qwen2", {}),
+    # 4 query heads per key/value head: 4! orders inside each group, one per key/value head
+    ("LlamaForCausalLM", "hf-llama", {"num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 4}),
+])
+def test_weight_matching_recovers_a_hidden_element(cls_name, spec_name, overrides):
     spec = symdsl.find_spec(spec_name)
-    model = llama(cls_name).double()
+    model = llama(cls_name, **overrides).double()
     resolved = resolve(spec, model, registries=REGISTRIES)
-    assert {"qk.0", "qk.1"} <= set(resolved.sites)
+    assert {"qk.0", "qk.1", "qh.0", "qh.1"} <= set(resolved.sites)
     canonicalize(model, resolved)
     a = {k: v.clone() for k, v in model.state_dict().items()}
-    b = act_state_dict(resolved, a, random_transform(resolved, seed=3))
+    hidden = random_transform(resolved, seed=3)
+    identity = torch.arange(resolved.sites["qh.0"].size)
+    assert any(not torch.equal(row, identity) for row in hidden["qh.0"])    # query heads really reordered
+    b = act_state_dict(resolved, a, hidden)
     assert relative_distance(resolved, b, a) > 0.5
     result = REGISTRIES.matchers["weight"].match(resolved, a, b)
     assert relative_distance(resolved, act_state_dict(resolved, b, result.elements), a) < 1e-6
+
+
+def test_query_heads_move_inside_their_group_in_the_numeric_and_static_checks():
+    # moving query heads inside a group keeps the function (keys/values are shared copies) ...
+    model = llama(num_attention_heads=8, num_key_value_heads=2, head_dim=4)
+    report = numeric_check(symdsl.find_spec("hf-llama"), model, registries=REGISTRIES)
+    assert report.ok and {"qh.0", "qh.1"} <= {s.site for s in report.sites}
+    # ... only when the output projection's blocks move with them
+    text = Path(symdsl.find_spec("hf-llama").file).read_text()
+    wrong = text.replace('"resid (kv.${i} qh.${i} ov.${i}\')"', '"resid (kv.${i} g ov.${i}\')"')
+    assert wrong != text
+    static = static_check(symdsl.load_spec_text(wrong), model, registries=REGISTRIES)
+    assert not static.ok and any("o_proj" in str(f) and "qh.0" in str(f) for f in static.findings)
+    numeric = numeric_check(symdsl.load_spec_text(wrong), model, registries=REGISTRIES)
+    assert not numeric.ok and "qh.0" in numeric.failed_sites
 
 
 def test_align_gives_b_back_as_a_llama_with_b_s_function():

@@ -55,7 +55,7 @@ def test_hf_llama_holds_on_the_real_weights(smollm2):
     report = numeric_check(spec, smollm2, registries=REGISTRIES)
     assert report.ok, report.failed
     assert report.precision == "float32" and max(s.relative_error for s in report.sites) < 1e-5
-    assert len(report.sites) == 1 + 1 + 4 * 30                       # resid, kv/qk/ov/mlp per layer, all at once
+    assert len(report.sites) == 1 + 1 + 5 * 30                       # resid, kv/qh/qk/ov/mlp per layer, all at once
 
 
 def test_weight_matching_recovers_an_element_hidden_in_the_real_weights(smollm2):

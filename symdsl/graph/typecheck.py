@@ -26,7 +26,8 @@ order). Group kinds are asked for capabilities, never for names:
 """
 from __future__ import annotations
 
-from .types import Atom, SplitAxis, atoms_of, axis_size, axis_typed, normalize, show_axis, untyped, untyped_axis
+from .types import (Atom, SplitAxis, atoms_of, axis_size, axis_typed, normalize, same_atoms, show_axis, untyped,
+                    untyped_axis)
 from .walker import OpCall
 
 
@@ -90,16 +91,34 @@ class CheckCall(OpCall):
         return axis_size(axis) == 1 and not axis_typed(axis)
 
     def new_axis(self, size, fixed=None, *, broadcast=None):
-        return untyped_axis(size)
+        return (Atom(size, repeated=True),) if broadcast else untyped_axis(size)
 
     def same(self, a, b, what):
-        if normalize(a) != normalize(b):
+        if not self._same_space(a, b):
             self.fail(f"{what}: {show_axis(a)} does not match {show_axis(b)}", _first_site(a) or _first_site(b))
         return a
 
+    def _same_space(self, a, b) -> bool:
+        """Factor by factor the same sites; a factor of copies (``expand``: the tensor is constant
+        along it, e.g. grouped-query attention's keys repeated for the g query heads of their
+        key/value head) also matches a site whose elements fix the ones vector (``g 1 = 1``: a
+        permutation of the query heads inside each group leaves the copies as they are)."""
+        if isinstance(a, SplitAxis) or isinstance(b, SplitAxis):
+            return (isinstance(a, SplitAxis) and isinstance(b, SplitAxis) and len(a.parts) == len(b.parts)
+                    and all(self._same_space(x, y) for x, y in zip(a.parts, b.parts)))
+        la, lb = self._significant(a), self._significant(b)
+        return len(la) == len(lb) and all(same_atoms(x, y) or self._copies_fit(x, y) or self._copies_fit(y, x)
+                                          for x, y in zip(la, lb))
+
+    def _copies_fit(self, copies: Atom, other: Atom) -> bool:
+        if not copies.repeated or copies.site or other.site is None or copies.size != other.size:
+            return False
+        site = self.sites[other.site]
+        return site.kind.fixes_ones(site.options)
+
     def combine(self, a, b, what):
-        if normalize(a) == normalize(b):
-            return a
+        if self._same_space(a, b):
+            return a if axis_typed(a) else b
         typed, plain = (a, b) if axis_typed(a) else (b, a)
         site = _first_site(typed)
         if site is None:
@@ -123,7 +142,7 @@ class CheckCall(OpCall):
             for x, y in zip(a.parts, b.parts):
                 self.contract(x, y, what)
             return
-        la, ra = list(normalize(a)), list(normalize(b))
+        la, ra = self._significant(a), self._significant(b)
         if [x.size for x in la] != [y.size for y in ra] or [x.site for x in la] != [y.site for y in ra]:
             site = next((x.site for x in la + ra if x.site), None)
             self.fail(f"{what} contracts {show_axis(a)} with {show_axis(b)}: the same sites must meet factor by "
@@ -267,7 +286,16 @@ class CheckCall(OpCall):
     def factors(self, axis) -> list:
         if isinstance(axis, SplitAxis):
             return [axis]
-        return [a for a in normalize(axis) if not (a.site is None and a.size == 1)]
+        return self._significant(axis)
+
+    def _significant(self, axis) -> list:
+        """The axis's factors without those of size 1 that carry nothing or only the identity."""
+        return [a for a in normalize(axis) if not (a.size == 1 and (a.site is None or self._trivial(a.site)))]
+
+    def _trivial(self, site: str) -> bool:
+        # one position that only moves as a whole (a permutation of 1): its only element is the
+        # identity, so a reshape may put it on either side (e.g. one query head per key/value head)
+        return self.sites[site].kind.permutes_positions
 
     def item_size(self, item) -> int:
         return item.size
@@ -278,7 +306,7 @@ class CheckCall(OpCall):
         if item.site:
             self.fail(f"reshape to {shape} cuts factor {item} (size {item.size}) of {self.describe(item.site)}: "
                       "the factor order or sizes of this axis are wrong", item.site)
-        return [Atom(outer), Atom(item.size // outer)]
+        return [Atom(outer, repeated=item.repeated), Atom(item.size // outer, repeated=item.repeated)]
 
     def fused_parts(self, item, count, wanted):
         # a fused axis cut at its parts count, when the parts have one structure (q | k | v)

@@ -27,6 +27,7 @@ class Atom:
     site: str | None = None
     dual: bool = False
     squared: bool = False      # squared coordinates of the site, awaiting a sum over this axis
+    repeated: bool = False     # unbound copies of one value (expand): constant along this factor
 
     def __str__(self) -> str:
         if not self.site:
@@ -112,10 +113,16 @@ def normalize(axis: Axis) -> Axis:
             if atom.size == 1:
                 continue
             if out and out[-1].site is None:
-                out[-1] = Atom(out[-1].size * atom.size)
+                # copies of copies are copies; copies next to varying coordinates are not
+                out[-1] = Atom(out[-1].size * atom.size, repeated=out[-1].repeated and atom.repeated)
                 continue
         out.append(atom)
     return tuple(out) if out else (Atom(1),)
+
+
+def same_atoms(a: Atom, b: Atom) -> bool:
+    """Do two factors carry the same space (the repeated flag aside)?"""
+    return (a.size, a.site, a.dual, a.squared) == (b.size, b.site, b.dual, b.squared)
 
 
 def sites_in(value) -> list[str]:

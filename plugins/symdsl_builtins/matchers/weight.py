@@ -45,6 +45,7 @@ from symdsl.match.refine import refine_lbfgs
 from symdsl.match.solvers import Gram, gram_gradient, gram_objective, least_squares_candidates
 from symdsl.match.unfold import unfold
 
+from .weight_nested import assign_nested, child_scores, nested_child
 from .weight_problem import F64, PRECISIONS, Problem
 
 LBFGS_HISTORY = 100   # L-BFGS memory for invertible sites
@@ -153,8 +154,7 @@ def _update(problem: Problem, unit) -> None:
     saved = {s: (problem.elements[s], problem.is_identity[s]) for s in sites}
     scored: dict[str, float] = {}
     if kids:
-        _solve_parent(problem, parent, kids)
-        for kid in kids:
+        for kid in _solve_parent(problem, parent, kids):
             _solve_site(problem, kid)
     else:
         scored = _solve_site(problem, parent)
@@ -219,12 +219,20 @@ def _circuits(problem: Problem, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     return flat.reshape(p, k, p, k).permute(0, 2, 1, 3)
 
 
-def _solve_parent(problem: Problem, parent: str, kids: list[str]) -> None:
-    """Assign the parent (heads) on circuits its children cannot change, then reset the children."""
-    exclude = {parent, *kids}
-    n = problem.sites[parent].size
+def _solve_parent(problem: Problem, parent: str, kids: list[str]) -> list[str]:
+    """Assign the parent (heads) on circuits its children cannot change, then reset the children;
+    return the children in the order to solve them (a nested permutation last: see weight_nested)."""
     device = problem.device
-    cost = torch.zeros(n, n, dtype=problem.fast, device=device)
+    child = nested_child(problem, kids)
+    if child is not None:
+        assign_nested(problem, parent, child, child_scores(problem, parent, kids, child),
+                      _parent_only_cost(problem, parent, kids))
+        for kid in kids:
+            if kid != child:
+                _reset(problem, kid)
+        return [kid for kid in kids if kid != child] + [child]
+    exclude = {parent, *kids}
+    cost = torch.zeros(problem.sites[parent].size, problem.sites[parent].size, dtype=problem.fast, device=device)
     for kid in kids:
         solving = problem.solving_kind(kid)
         # a child kept at the identity acts alike on both sides: its dual occurrences count as primal
@@ -243,7 +251,21 @@ def _solve_parent(problem: Problem, parent: str, kids: list[str]) -> None:
         g2 = g1 if ya is xa else _circuits(problem, ya, yb)
         with problem.phase("correlate"):
             cost += (g1 * g2).sum((-1, -2))                                            # <X_A^T Y_A, X_B^T Y_B>
-    for occ in problem.occ[parent]:   # tensors where the parent appears without its children
+    cost += _parent_only_cost(problem, parent, kids)
+    solving = problem.solving_kind(parent)
+    if solving is not None:
+        problem.set(parent, problem.solve(solving, cost, problem.solving_options(parent, solving)).to(device))
+    for kid in kids:
+        _reset(problem, kid)
+    return kids
+
+
+def _parent_only_cost(problem: Problem, parent: str, kids: list[str]) -> torch.Tensor:
+    """(P, P): correlations of the tensors where the parent appears without its children."""
+    exclude = {parent, *kids}
+    n = problem.sites[parent].size
+    cost = torch.zeros(n, n, dtype=problem.fast, device=problem.device)
+    for occ in problem.occ[parent]:
         binding = problem.r.tensors[occ.tensor]
         if any(f.site in kids for ax in binding.axes for p in ax.parts for f in p):
             continue
@@ -252,13 +274,13 @@ def _solve_parent(problem: Problem, parent: str, kids: list[str]) -> None:
             continue
         moved = problem.moved(occ.tensor, exclude)
         cost += problem.correlate(unfold(problem.a[occ.tensor], binding, occ), unfold(moved, binding, occ), problem.fast)
-    solving = problem.solving_kind(parent)
-    if solving is not None:
-        problem.set(parent, problem.solve(solving, cost, problem.solving_options(parent, solving)).to(device))
-    for kid in kids:
-        site = problem.sites[kid]
-        problem.set(kid, site.kind.identity(site.size, site.size_in, site.batch, options=site.options,
-                                            dtype=F64, device=device), identity=True)
+    return cost
+
+
+def _reset(problem: Problem, site_name: str) -> None:
+    site = problem.sites[site_name]
+    problem.set(site_name, site.kind.identity(site.size, site.size_in, site.batch, options=site.options,
+                                              dtype=F64, device=problem.device), identity=True)
 
 
 def _solve_invertible(problem: Problem, site: str) -> None:

@@ -193,8 +193,9 @@ class Problem:
                 out[n] = float(((self.a[n] - x) ** 2).sum())
         return out
 
-    def unfolded_pairs(self, site: str, exclude: set[str]):
-        """(occurrence, A unfolded, B unfolded with every site but ``exclude`` applied); constant tensors excluded."""
+    def unfolded_pairs(self, site: str, exclude: set[str], inner: str | None = None):
+        """(occurrence, A unfolded, B unfolded with every site but ``exclude`` applied); constant tensors excluded.
+        ``inner``: a permutation site per the same parent kept as its own axis (see :func:`unfold`)."""
         parent = self.sites[site].per
         by_tensor: dict[str, list[Occurrence]] = {}
         for o in self.occ[site]:
@@ -209,7 +210,7 @@ class Problem:
             if len(occs) == 1 or disjoint:
                 moved_b = self.moved(name, exclude)
                 for o in occs:
-                    yield o, unfold(self.a[name], binding, o, parent), unfold(moved_b, binding, o, parent)
+                    yield o, unfold(self.a[name], binding, o, parent, inner), unfold(moved_b, binding, o, parent, inner)
                 continue
             kind = self.sites[site].kind
             if not kind.self_dual or parent is not None:
