@@ -86,6 +86,9 @@ def source_location(stack_trace: str | None) -> tuple[str | None, str | None]:
     ...                 '  File "' + _TORCH_DIR + 'nn/modules/linear.py", line 134, in forward\\n'
     ...                 '    return F.linear(input, self.weight, self.bias)')
     ('/m/model.py:3', 'return self.fc(x)')
+    >>> source_location('File "/m/model.py", line 9, in forward\\n    q = rope(q, cos, sin)\\n'
+    ...                 '  File "/lib/hub.py", line 5, in wrapper\\n    return func(*args, **kwargs)')
+    ('/m/model.py:9', 'q = rope(q, cos, sin)')
     """
     if not stack_trace:
         return None, None
@@ -93,9 +96,17 @@ def source_location(stack_trace: str | None) -> tuple[str | None, str | None]:
     if not frames:
         return None, None
     mine = [f for f in frames if not f["file"].startswith((_TORCH_DIR, _OWN_DIR, "<"))]
+    # a decorator that only forwards the call (``return func(*args, **kwargs)``) is not the model's line
+    mine = [f for f in mine if not _FORWARDER.fullmatch(_code(f))] or mine
     frame = (mine or frames)[-1]
-    code = frame["code"].strip() if frame["code"] else linecache.getline(frame["file"], int(frame["line"])).strip()
-    return f"{frame['file']}:{frame['line']}", code or None
+    return f"{frame['file']}:{frame['line']}", _code(frame) or None
+
+
+_FORWARDER = re.compile(r"return \w+\(\*args, \*\*kwargs\)")
+
+
+def _code(frame) -> str:
+    return frame["code"].strip() if frame["code"] else linecache.getline(frame["file"], int(frame["line"])).strip()
 
 
 def module_path(meta: Mapping[str, Any]) -> str | None:

@@ -83,6 +83,13 @@ class GroupKind(abc.ABC):
         """
         return None
 
+    def rotary_options(self, layout: str) -> Mapping[str, object] | None:
+        """The options under which this kind's elements are the maps that commute with rotary
+        position embeddings of ``layout`` (so that ``rotary_layout(options) == layout``), or None
+        when no options make them so (the default). ``symdsl infer`` drafts such a site for the
+        query/key basis of a RoPE model."""
+        return None
+
     @property
     def permutes_positions(self) -> bool:
         """Does every element move whole positions, one to one (never mixing nor copying them)?

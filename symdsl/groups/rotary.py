@@ -113,6 +113,12 @@ class Rotary(MatrixGroupKind):
         # one complex scalar per pair: commutes with rotate_half and with pair-constant scalings
         return layout(options)
 
+    def rotary_options(self, layout_name: str) -> dict | None:
+        """``{}`` for the default ``half`` layout, ``{"pairs": layout}`` otherwise."""
+        if layout_name not in LAYOUTS:
+            return None
+        return {} if layout_name == "half" else {"pairs": layout_name}
+
     def permutation_restriction(self, options=None) -> None:
         """None: a rotary map holds no permutation but the identity (a quarter turn is signed)."""
         return None

@@ -20,7 +20,7 @@ from .patterns import describe, leaves, tensor_text
 from .walk import Walk
 
 _ROLE_BASE = {"heads": "heads", "qk": "qk", "ov": "ov", "mlp": "mlp", "linear": "lin"}
-_DIM_OF_ROLE = {"resid": "d", "heads": "h", "qk": "k", "ov": "k", "mlp": "f"}
+_DIM_OF_ROLE = {"resid": "d", "heads": "h", "qk": "k", "ov": "k", "mlp": "f", "kv": "kvh", "qh": "g"}
 _GENERIC = {"dense", "proj", "linear", "fc", "out", "weight", "bias", "c_proj", "c_fc", "lin"}
 
 
@@ -37,6 +37,7 @@ class SiteEntry:
     count: int                 # how many concrete sites the entry declares
     size_value: int = 0
     per_size: int | None = None
+    options: dict = field(default_factory=dict)   # the kind's options (a rotary site's pair layout)
 
 
 @dataclass
@@ -133,6 +134,7 @@ class _Builder:
             if "touched" in flags and "fixed" not in flags and vars.size(root) > 1:
                 self.decisions[root] = decide(root, vars.size(root), flags, folds_by_root.get(root, []),
                                               gain_stays_bound=bound)
+        self._rotary_kinds()
         # folded RMSNorm gains on a full rotation site stay unbound (1 commutes with every rotation);
         # so do folded per-feature gains (a bound one would multiply coordinatewise)
         self.unbound_gains = {f.norm + ".weight" for d in self.decisions.values()
@@ -141,6 +143,36 @@ class _Builder:
         assign_per(self.decisions, occurrences)
         self.orient = {root: vars.orientation(root) for root in self.decisions}
         self.folds_by_root = folds_by_root
+
+    def _rotary_kinds(self) -> None:
+        """Components that rotary position embeddings act on: a query/key basis that is otherwise
+        free (invertible) takes a registered kind whose elements commute with RoPE's pairs
+        (``GroupKind.rotary_options``); anything else there is left unbound."""
+        layouts: dict[int, set[str]] = {}
+        for var, layout in self.w.rotary:
+            layouts.setdefault(self.vars.root(var), set()).add(layout)
+        kinds = self.registries.group_kinds if self.registries is not None else {}
+        for root, found in layouts.items():
+            d = self.decisions.get(root)
+            if d is None:
+                continue
+            where = (self.eff.get(root, {}).get("rotary") or ["the rotary position embedding"])[0]
+            choice = None
+            if d.level == "invertible" and len(found) == 1:
+                layout = next(iter(found))
+                choice = next(((name, dict(options)) for name, kind in kinds.items()
+                               for options in [kind.rotary_options(layout)] if options is not None), None)
+            if choice is None:
+                del self.decisions[root]
+                reason = (f"{where}: only a kind whose elements commute with its pair rotations may act here, and "
+                          + ("none is registered" if d.level == "invertible" and len(found) == 1 else
+                             f"this axis also needs a {d.group} site"))
+                self.eff.setdefault(root, {}).setdefault("fixed", []).insert(0, reason)
+                continue
+            d.kind, d.options = choice
+            pairs = "i with i + n/2" if found == {"half"} else "2i with 2i + 1"
+            d.why.append(f"rotary position embeddings turn each coordinate pair ({pairs}) by a position-dependent "
+                         f"angle ({where}): only one scaled rotation per pair commutes with that")
 
     def dual_of(self, alias: str):
         node = self.node_of[alias]
@@ -208,7 +240,7 @@ class _Builder:
         for i, roots in self.layer_roots.items():
             seen: set[str] = set()
             for root in roots:
-                base, n = _ROLE_BASE[self.decisions[root].role], 1
+                base, n = self._role_base(root), 1
                 while (base if n == 1 else f"{base}{n}") in seen or (base if n == 1 else f"{base}{n}") in taken:
                     n += 1
                 self.bases[root] = base if n == 1 else f"{base}{n}"
@@ -218,6 +250,17 @@ class _Builder:
         self.names = dict(names)
         for root, i in local.items():
             self.names[root] = f"{self.bases[root]}.{i}"
+
+    def _role_base(self, root: int) -> str:
+        """The name a site gets from its role; grouped-query attention's head axis has two
+        permutations: the key/value heads (``kv``) and, per key/value head, its query heads (``qh``)."""
+        d = self.decisions[root]
+        if d.role == "heads":
+            if d.per is not None and self.decisions[d.per].role == "heads":
+                return "qh"
+            if any(o.per == root and o.role == "heads" for o in self.decisions.values()):
+                return "kv"
+        return _ROLE_BASE[d.role]
 
     def tensors_in(self, alias: str) -> list[int]:
         return list(dict.fromkeys(f.root for parts in self.descs[alias] for part in parts for f in part
@@ -386,7 +429,7 @@ class _Builder:
         for key, root, count in entries:
             d = self.decisions[root]
             base = key.split(".")[0]
-            role = "resid" if root == self.resid else d.role
+            role = "resid" if root == self.resid else base if base in ("kv", "qh") else d.role
             plain = "n_" + re.sub(r"\W", "_", base)
             dim, n = _DIM_OF_ROLE.get(role, plain), 1
             while dim in dims and dims[dim][0] != d.size:   # the preferred letter holds another size
@@ -399,7 +442,7 @@ class _Builder:
             if d.per is not None:
                 per = (self.template_names if self.templated else self.names)[d.per]
             draft.sites.append(SiteEntry(key, d.group, dim, per, d.preserve, self.site_why(d), count, d.size,
-                                         self.decisions[d.per].size if d.per is not None else None))
+                                         self.decisions[d.per].size if d.per is not None else None, dict(d.options)))
         for dim, (value, source) in dims.items():
             if source:
                 draft.dims.append((dim, f'shape("{source[0]}", {source[1]})', f"= {value}"))

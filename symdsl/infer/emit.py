@@ -117,6 +117,8 @@ def render(draft: Draft, header: list[str] | None = None) -> str:
                 body += f", per: {quote(site.per)}"
             if site.preserve:
                 body += f", preserve: {site.preserve}"
+            for option, value in site.options.items():
+                body += f", {option}: {value}"
             out.append(f"  {key(site.key)}: {{{body}}}")
     if draft.tensors:
         out += ["", "tensors:"]

@@ -28,9 +28,13 @@ class Decision:
     why: list[str] = field(default_factory=list)
     folds: list = field(default_factory=list)    # FoldPlans of the norms to fold (orthogonal kinds)
     per: int | None = None                       # root of the permutation site it is per-index of
+    kind: str | None = None                      # a registered kind chosen by capability (rotary q/k)
+    options: dict = field(default_factory=dict)  # that kind's options
 
     @property
     def group(self) -> str:
+        if self.kind is not None:
+            return self.kind
         return "orthogonal" if self.level.startswith("orthogonal") else self.level
 
     @property
@@ -136,3 +140,14 @@ def assign_per(decisions: dict[int, Decision], occurrences: dict[int, list[tuple
         if decisions[parent].level != "permutation" or decisions[parent].per is not None:
             continue
         d.per = parent
+    # grouped-query attention: (kv qk') on keys, (kv qh qk) on queries. A component that follows
+    # a permutation site P or a permutation per P is still one element per index of P
+    for root, d in decisions.items():
+        before = set(occurrences.get(root, []))
+        if d.per is not None or len(before) < 2 or None in before or root in before:
+            continue
+        if not before <= set(decisions) or any(decisions[p].level != "permutation" for p in before):
+            continue
+        tops = {p if decisions[p].per is None else decisions[p].per for p in before}
+        if len(tops) == 1 and tops <= before:
+            d.per = tops.pop()

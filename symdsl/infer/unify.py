@@ -112,12 +112,14 @@ class InferCall(OpCall):
         return axis
 
     def rotary(self, axis, layout, what, table=None):
-        # only a 'rotary' kind commutes with RoPE; inference does not draft one yet
+        # only a kind whose elements commute with RoPE's pair rotations may act here: recorded,
+        # and the draft asks the registered kinds for one (symdsl.infer.draft)
         self.settle(axis)
         if table is not None:
             self.settle(table)
-        self.vars.flag(axis, "fixed", self._why(f"{what}; only a 'rotary' site (pairs: {layout}) commutes with it, "
-                                                "which inference does not draft yet"))
+            self.vars.flag(table, "fixed", self._why(f"{what}: the table"))
+        self.vars.flag(axis, "rotary", self._why(what))
+        self.walker.result.rotary.append((axis, layout))
 
     def fixed(self, axis, why):
         self.settle(axis)

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 # flags that restrict every factor of a composite space, so leaves inherit them from the
 # composite classes they are part of (see AxisVars.effective_flags)
-INHERITED = ("fixed", "nonlinear", "shift", "self_dual", "isometric")
+# flags a composite axis passes to its factors ('heads': the factors of grouped-query attention's
+# head axis (key/value head, query head inside its group) are head axes too)
+INHERITED = ("fixed", "nonlinear", "shift", "self_dual", "isometric", "heads")
 MAX_EVIDENCE = 4
 
 

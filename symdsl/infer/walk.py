@@ -31,7 +31,8 @@ class Walk:
     None. ``param_axes``: param node -> its axis variables. ``norms``: ``(node, 'ln'|'rms', var,
     weight param node, bias param node)`` per norm op. ``uses``: ``(op node, param node, axis,
     'read'|'write', module)`` per parameter axis a contraction reads or writes. ``opaque``:
-    ``(node, reason)`` for ops treated conservatively.
+    ``(node, reason)`` for ops treated conservatively. ``rotary``: ``(var, layout)`` for every axis
+    that rotary position embeddings act on (``"half"``: pairs i, i + n/2).
     """
 
     graph: CapturedGraph
@@ -43,6 +44,7 @@ class Walk:
     opaque: list[tuple[str, str]] = field(default_factory=list)
     squares: dict[int, int] = field(default_factory=dict)
     low_precision: list[str] = field(default_factory=list)   # op nodes computed below float64
+    rotary: list[tuple[int, str]] = field(default_factory=list)   # (var, pair layout) RoPE acts on
 
 
 _LOW = (torch.float32, torch.float16, torch.bfloat16)
