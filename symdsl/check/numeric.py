@@ -124,7 +124,7 @@ def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, registrie
             state.pop(alias)
     groups = [[name] for name in resolved.sites] + [list(resolved.sites)]
     for index, sites in enumerate(groups):
-        elements = random_transform(resolved, sites, seed=seed + 1 + index)
+        elements = random_transform(resolved, sites, seed=seed + 1 + index, nontrivial=True)
         moved = run(act_state_dict(resolved, state, elements))
         expected = act_outputs(resolved, canonical, elements)
         abs_err, rel_err = _relative(moved, expected)
