@@ -44,6 +44,16 @@ Solvers (element h acts on B; A ≈ h·B is the aim; C has A's coordinates as ro
   invertible map of the head's own coordinates leaves it unchanged, so the criterion is
   exactly invariant to what the children will absorb, uses every node the family reaches
   (q, k, v and the attention output) and needs no weights.
+- a permutation child of such a parent (grouped-query attention: ``qh.i``, the g query heads
+  of each key/value head ``kv.i``, reordered inside their group): once the parent is assigned,
+  the nodes whose head axis is (parent child) -- the query projection's output, the attention
+  output -- are read as P * g sub-heads, and the child at A's position a is the assignment on
+  the same subspace similarity between A's sub-head (a, j) and B's (parent[a], j') (see
+  :mod:`.activation_nested`). The parent's other children (``qk.i``, ``ov.i``) are then fitted
+  from the keys and values *and* from those nodes, each matched sub-head pair one more sample
+  of the per-parent map.
+Nodes holding squared coordinates (RMSNorm's ``x ** 2``, whose type carries the site only so
+that its sum can be a norm) are not read: a rotated x does not give a rotated x ** 2.
 A site that no readable node carries keeps the identity (``info["identity"]`` says why); so
 does a site declared ``per`` a plain dimension, whose index activations do not name.
 """
@@ -51,7 +61,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 
@@ -63,6 +73,8 @@ from symdsl.match.solvers import maximize_trace
 from symdsl.spec.binding import ResolvedSpec
 
 from .activation_graph import site_families
+from .activation_nested import (a_through_child, b_through_child, nested_child, reads_child, subhead_similarity,
+                                through_child)
 from .activation_run import ActivationRunner
 from .activation_stats import Moments
 
@@ -255,8 +267,16 @@ class _Solver:
             self._plain(root, [m for m in moments if [f.site for f in m.plan.features] == [root]])
             return
         self._parent(root, [m for m in moments if m.plan.features[0].site == root and m.p > 1])
+        child = nested_child(self.sites, root, members[1:])
+        if child is not None:                 # query heads inside a key/value head: before the maps they carry
+            self._nested(child, root, [m for m in moments if reads_child(m, root, child)])
         for kid in members[1:]:
-            self._child(kid, root, [m for m in moments if [f.site for f in m.plan.features] == [root, kid]])
+            if kid == child:
+                continue
+            direct = [m for m in moments if [f.site for f in m.plan.features] == [root, kid]]
+            via = [] if child is None else [m for m in moments if reads_child(m, root, child)
+                                            and sorted(f.site for f in m.plan.features[1:]) == sorted([child, kid])]
+            self._child(kid, root, direct, via, child)
 
     # ------------------------------------------------------------------ one site at a time
 
@@ -290,29 +310,56 @@ class _Solver:
         self.elements[root] = maximize_trace(info.kind, s, info.options).to(s.device)
         self.methods[root] = "assignment on per-head subspace similarity (mean squared canonical correlation)"
 
-    def _child(self, kid: str, root: str, moments: list[Moments]) -> None:
+    def _nested(self, child: str, root: str, moments: list[Moments]) -> None:
+        """A permutation child per position of an index parent (query heads per key/value head)."""
+        info = self.sites[child]
+        self.nodes[child] = [m.plan.label for m in moments]
+        if not moments:
+            self._keep_identity(child, f"no readable graph node carries it next to '{root}'")
+            return
+        parent = self.elements[root]
+        s = sum(subhead_similarity(m, parent, child) for m in moments)                 # (P, g, g)
+        self.elements[child] = maximize_trace(info.kind, s, info.options).to(s.device)
+        self.methods[child] = (f"assignment per {root} on sub-head subspace similarity (mean squared canonical "
+                               "correlation)")
+
+    def _child(self, kid: str, root: str, moments: list[Moments], via: Sequence[Moments] = (),
+               child: str | None = None) -> None:
+        """A per-``root`` site from the nodes carrying (root kid), and from ``via``: nodes carrying
+        (root child kid), read through the already solved nested ``child`` (g sub-heads per head)."""
         info = self.sites[kid]
         kind = info.kind
         parent = self.elements[root]
-        self.nodes[kid] = [m.plan.label for m in moments]
+        self.nodes[kid] = [m.plan.label for m in [*moments, *via]]
         if self.sites[root].kind.matrix_based:
             self._keep_identity(kid, f"its parent '{root}' is not an index (permutation-like) kind")
             return
-        if not moments:
+        if not moments and not via:
             self._keep_identity(kid, f"no readable graph node carries it next to '{root}'")
             return
+        matched = None
+        if via:                                # (P, g, g): row j picks B's sub-head for A's sub-head j
+            matched = self.sites[child].kind.to_matrix(self.elements[child], dtype=F64)
         if not kind.matrix_based:
-            c = sum(m.blocks(m.correlation(), parent) for m in moments) / len(moments)   # (P, m, m)
+            c = (sum(m.blocks(m.correlation(), parent) for m in moments)                # (P, m, m)
+                 + sum(through_child(m, m.correlation(), parent, child, matched) / matched.shape[-1] for m in via))
+            c = c / (len(moments) + len(via))
             self.elements[kid] = maximize_trace(kind, c, info.options).to(c.device)
             self.methods[kid] = f"assignment on activation correlations per {root}"
         elif kind.self_dual:
-            c = sum(m.blocks(m.cross(), parent) for m in moments)                      # (P, m, m)
+            c = (sum(m.blocks(m.cross(), parent) for m in moments)                      # (P, m, m)
+                 + sum(through_child(m, m.cross(), parent, child, matched) for m in via))
             self.elements[kid] = maximize_trace(kind, c, info.options).to(c.device)
             self.methods[kid] = f"Procrustes on the activation cross second moment per {root}"
         else:
             terms = [(m.blocks(m.cross(), parent), m.b_blocks(parent), m.aa / m.n, m.plan.features[1].dual)
                      for m in moments]
+            terms += [(through_child(m, m.cross(), parent, child, matched), b_through_child(m, parent, child, matched),
+                       a_through_child(m, child), next(f.dual for f in m.plan.features if f.site == kid))
+                      for m in via]
             self.elements[kid] = self._regress(kid, terms)
+        if via:
+            self.methods[kid] += f", with {child} applied"
 
     def _regress(self, site: str, terms) -> torch.Tensor:
         """Fit h (P, m, m) with h·b ≈ a on primal nodes and h^-T·b ≈ a on dual ones.

@@ -197,6 +197,10 @@ def plans_for(name: str, value, shape, members: Sequence[str]) -> tuple[list[Pla
                 return [], f"its type does not match its shape {tuple(shape)}"
             factors.extend(atoms)
         bound = [j for j, atom in enumerate(factors) if atom.site]
+        if any(factors[j].squared for j in bound):
+            # x ** 2 of a rotated x is not the rotated x ** 2: only its sum (a norm) is kept, so
+            # the coordinates differ between A and B by no group element
+            return [], "it holds squared coordinates (only their sum is invariant)"
         others = sorted({factors[j].site for j in bound} - family)
         if others:
             return [], f"it also carries {', '.join(others)} (samples would mix their coordinates)"

@@ -94,12 +94,12 @@ class Moments:
         cov_aa = self.aa / self.n - torch.einsum("pi,pj->pij", mean_a, mean_a)
         cov_bb = self.bb / self.n - torch.einsum("pi,pj->pij", mean_b, mean_b)
         cross = self.ab.reshape(self.p, self.m, self.p, self.m) / self.n - torch.einsum("ai,bj->aibj", mean_a, mean_b)
-        wa, wb = _inverse_sqrt(cov_aa), _inverse_sqrt(cov_bb)
+        wa, wb = inverse_sqrt(cov_aa), inverse_sqrt(cov_bb)
         k = torch.einsum("aij,ajbk,bkl->aibl", wa, cross, wb)        # whitened cross-covariance per head pair
         return (k ** 2).sum((1, 3)) / self.m
 
 
-def _inverse_sqrt(cov: torch.Tensor) -> torch.Tensor:
+def inverse_sqrt(cov: torch.Tensor) -> torch.Tensor:
     """Batched pseudo-inverse square root of symmetric PSD (..., m, m); directions of ~zero variance dropped."""
     values, vectors = torch.linalg.eigh(cov)
     keep = values > 1e-10 * values.amax(-1, keepdim=True).clamp_min(1e-300)
