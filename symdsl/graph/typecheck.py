@@ -124,6 +124,14 @@ class CheckCall(OpCall):
                 self.contract(x, y, what)
             return
         la, ra = list(normalize(a)), list(normalize(b))
+        if any(isinstance(x, SplitAxis) for x in la + ra):
+            # a split nested in a composite, (heads [qk | qkp]): the same structure, item by item
+            if len(la) != len(ra) or any(isinstance(x, SplitAxis) != isinstance(y, SplitAxis) for x, y in zip(la, ra)):
+                self.fail(f"{what} contracts {show_axis(a)} with {show_axis(b)}: the same sites must meet factor by "
+                          "factor (a reader's input axis must be bound to the site its input carries)", _first_site(a))
+            for x, y in zip(la, ra):
+                self.contract(x if isinstance(x, SplitAxis) else (x,), y if isinstance(y, SplitAxis) else (y,), what)
+            return
         if [x.size for x in la] != [y.size for y in ra] or [x.site for x in la] != [y.site for y in ra]:
             site = next((x.site for x in la + ra if x.site), None)
             self.fail(f"{what} contracts {show_axis(a)} with {show_axis(b)}: the same sites must meet factor by "
@@ -252,8 +260,10 @@ class CheckCall(OpCall):
             return [axis]
         if not axis_typed(axis):
             return [untyped_axis(s) for s in sizes]
-        if isinstance(axis, SplitAxis) and [axis_size(p) for p in axis.parts] == list(sizes):
-            return list(axis.parts)
+        if isinstance(axis, SplitAxis):
+            pieces = _part_ranges(axis, sizes)
+            if pieces is not None:
+                return pieces
         site = None if isinstance(axis, SplitAxis) else _first_site(axis)
         self.fail(f"{what} cuts the axis {show_axis(axis)} into {list(sizes)}, which is not its declared parts "
                   "(check the order and sizes of the fused split in the spec)", site)
@@ -261,13 +271,23 @@ class CheckCall(OpCall):
     def join_axes(self, pieces):
         if not any(axis_typed(p) for p in pieces):
             return untyped_axis(sum(axis_size(p) for p in pieces))
-        return SplitAxis(tuple(pieces))
+        pieces = [p for p in pieces if axis_size(p) > 0]          # an empty piece adds nothing
+        return pieces[0] if len(pieces) == 1 else normalize(SplitAxis(tuple(pieces)))
+
+    def take(self, axis, start, size, what):
+        # a range of a fused axis at its parts' boundaries is those parts (Phi-3's qkv[..., :q],
+        # partial rotary's q[..., :rotary_dim] of a head typed [qk | qkp]); anything else cuts it
+        if isinstance(axis, SplitAxis):
+            before = _part_ranges(axis, [start, size, axis_size(axis) - start - size])
+            if before is not None:
+                return before[1]
+        return super().take(axis, start, size, what)
 
     # -- reshape algebra: factors are Atoms; a fused axis is one opaque SplitAxis factor ----------
     def factors(self, axis) -> list:
         if isinstance(axis, SplitAxis):
             return [axis]
-        return [a for a in normalize(axis) if not (a.site is None and a.size == 1)]
+        return [a for a in normalize(axis) if isinstance(a, SplitAxis) or not (a.site is None and a.size == 1)]
 
     def item_size(self, item) -> int:
         return item.size
@@ -289,10 +309,30 @@ class CheckCall(OpCall):
     def join(self, items):
         if len(items) == 1 and isinstance(items[0], SplitAxis):
             return items[0]
-        if any(isinstance(i, SplitAxis) for i in items):
-            split = next(i for i in items if isinstance(i, SplitAxis))
-            self.fail(f"reshape cuts the fused axis {split} across its parts")
+        # a fused axis joined with other factors is a split nested in a composite: (heads [qk | qkp])
         return tuple(items)
+
+
+def _part_ranges(axis: SplitAxis, sizes) -> list | None:
+    """``axis`` cut into consecutive ``sizes`` along its parts' boundaries: each piece one part,
+    a fused axis of several consecutive parts, or an empty axis; None when a cut falls inside a part.
+
+    >>> a, b, c = (Atom(2, "a"),), (Atom(6, "b"),), (Atom(8, "c"),)
+    >>> [str(p) if isinstance(p, SplitAxis) else p for p in _part_ranges(SplitAxis((a, b, c)), [8, 0, 8])]
+    ['[a | b]', (Atom(size=0, site=None, dual=False, squared=False),), (Atom(size=8, site='c', dual=False, squared=False),)]
+    """
+    parts = list(normalize(axis).parts)
+    out, i = [], 0
+    for size in sizes:
+        group, total = [], 0
+        while total < size and i < len(parts):
+            group.append(parts[i])
+            total += axis_size(parts[i])
+            i += 1
+        if total != size:
+            return None
+        out.append(untyped_axis(0) if not group else group[0] if len(group) == 1 else SplitAxis(tuple(group)))
+    return out if i == len(parts) else None
 
 
 def _article(word: str) -> str:

@@ -64,7 +64,7 @@ def bind_pattern(context: ResolveContext, name: str, pattern: str, origin: tuple
         if parts is None:
             ok = False
             continue
-        bound_axes.append(BoundAxis(tuple(tuple(p) for p in parts)))
+        bound_axes.append(BoundAxis(tuple(tuple(p) for p in parts), axis.nest))
     if not ok:
         return None
     return TensorBinding(name, tuple(bound_axes), pattern, origin)
@@ -102,6 +102,7 @@ def _infer_unknown(context: ResolveContext, parts, axis_size, tensor, index, ori
             return None
         return parts
     if len(unknown) > 1 or axis_size is None and len(parts) > 1:
+        # (a '_' a nested split shares, as in (_ [a | b]), is repeated in each of its parts)
         context.problem(origin, f"axis {index} of '{tensor}' has more than one '_' factor whose size is unknown",
                         "give all but one factor a size (a dimension name or an integer)")
         return None
