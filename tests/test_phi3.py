@@ -78,6 +78,8 @@ def test_fused_parts_in_the_wrong_order_are_rejected_where_qkv_is_sliced():
     wrong = "[(kv.${i} g [qk.${i} | qkp.${i}]) | kv.${i} ov.${i} | (kv.${i} [qk.${i}' | qkp.${i}'])]"
     report = static_check(edited_spec("hf-phi3", (QKV, wrong)), phi3(), registries=REGISTRIES)
     assert not report.ok
+    first = report.findings[0]
+    assert first.op == "slice" and first.site == "ov.0" and "slice takes part of this axis" in first.message
 
 
 @pytest.mark.parametrize("overrides", [{}, {"partial_rotary_factor": 1.0}])

@@ -96,7 +96,9 @@ def is_typed(value) -> bool:
 
 
 def _is_tensor_type(value) -> bool:
-    return all(isinstance(a, SplitAxis) or (isinstance(a, tuple) and all(isinstance(x, Atom) for x in a)) for a in value)
+    # an axis is a SplitAxis or a tuple of factors, each an Atom or a nested SplitAxis
+    return all(isinstance(a, SplitAxis) or (isinstance(a, tuple) and all(isinstance(x, (Atom, SplitAxis)) for x in a))
+               for a in value)
 
 
 def is_tensor_type(value) -> bool:

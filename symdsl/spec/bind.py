@@ -107,7 +107,7 @@ def _drop_empty(parts, nest) -> tuple | None:
     """
     kept_parts, kept_nest = [], []
     for first, count, shared in blocks_of(len(parts), nest):
-        block = [tuple(p) for p in parts[first:first + count] if math.prod(f.size for f in p) > 0]
+        block = [tuple(p) for p in parts[first:first + count] if all(f.size != 0 for f in p)]
         kept_parts.extend(block)
         if block:
             kept_nest.append((len(block), shared if len(block) > 1 else 0))

@@ -156,7 +156,7 @@ def parse_pattern(text: str) -> tuple[AxisPattern, ...]:
     """Parse a pattern string into one :class:`AxisPattern` per axis.
 
     >>> [str(a) for a in parse_pattern("resid' [heads qk | heads qk' | heads ov]")]
-    ["resid'", '[heads qk | heads qk\' | heads ov]']
+    ["resid'", "[heads qk | heads qk' | heads ov]"]
     >>> (axis,) = parse_pattern("(heads [qk | qkp])")
     >>> [" ".join(map(str, p)) for p in axis.parts], axis.nest
     (['heads qk', 'heads qkp'], ((2, 1),))
@@ -185,7 +185,8 @@ def parse_pattern(text: str) -> tuple[AxisPattern, ...]:
 
 def _axis(blocks: list[_Block]) -> AxisPattern:
     """Flatten blocks into parts; a block without shared factors is one plain part per part."""
-    parts, nest = [], []
+    parts: list[tuple[Factor, ...]] = []
+    nest: list[tuple[int, int]] = []
     for shared, rests in blocks:
         if shared and len(rests) > 1:
             parts.extend(tuple(shared) + tuple(r) for r in rests)
