@@ -8,14 +8,13 @@ others, batched along their parent's (already transformed) axis, so that for a h
 """
 from __future__ import annotations
 
-import math
-
 from typing import Mapping
 
 import torch
 
 from ..errors import BindError
 from ..spec.binding import BoundAxis, ResolvedSpec, SiteDef, TensorBinding
+from ..spec.views import map_parts
 
 Elements = Mapping[str, torch.Tensor]
 
@@ -42,20 +41,21 @@ def _act_axis(x: torch.Tensor, binding: TensorBinding, axis_index: int, axis: Bo
               if f.site and f.site in elements and (sites[f.site].per is not None) == per_pass]
     if not wanted:
         return x
-    sizes = [math.prod(f.size for f in part) for part in axis.parts]
-    chunks = torch.split(x, sizes, dim=axis_index) if len(sizes) > 1 else (x,)
-    out = []
-    for chunk, part in zip(chunks, axis.parts):
-        lead, trail = chunk.shape[:axis_index], chunk.shape[axis_index + 1:]
-        y = chunk.reshape(*lead, *[f.size for f in part], *trail)
+
+    def act_part(y: torch.Tensor, p: int) -> torch.Tensor:
+        # y: the part's entries with its factors as dims axis_index ... axis_index + len(part) - 1;
+        # a factor a nested split shares (heads in (heads [qk | qkp])) is moved once per part,
+        # which moves it once on the whole axis
+        part = axis.parts[p]
         for j, f in enumerate(part):
             site = sites.get(f.site) if f.site else None
             if site is None or f.site is None or f.site not in elements or (site.per is not None) != per_pass:
                 continue
             batch_dim = _parent_dim(binding, axis_index, part, site, len(part)) if per_pass else None
             y = site.kind.apply(elements[f.site], y, axis_index + j, dual=f.dual, batch_dim=batch_dim)
-        out.append(y.reshape(*lead, -1, *trail))
-    return torch.cat(out, dim=axis_index) if len(out) > 1 else out[0]
+        return y
+
+    return map_parts(x, axis_index, axis, act_part)
 
 
 def act_tensor(x: torch.Tensor, binding: TensorBinding, elements: Elements, sites: Mapping[str, SiteDef]) -> torch.Tensor:

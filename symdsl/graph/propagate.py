@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..spec.binding import ResolvedSpec, TensorBinding
+from ..spec.pattern import blocks_of
 from .capture_types import Ref
 from .typecheck import CheckCall, Violation
 from .types import Atom, SplitAxis, is_tensor_type, is_typed, normalize, show, sites_in, untyped
@@ -75,8 +76,15 @@ def binding_type(binding: TensorBinding):
     """The tensor type a spec binding gives a parameter."""
     axes = []
     for axis in binding.axes:
-        parts = tuple(tuple(Atom(f.size, f.site, f.dual) for f in part) for part in axis.parts)
-        axes.append(parts[0] if len(parts) == 1 else SplitAxis(parts))
+        parts = [tuple(Atom(f.size, f.site, f.dual) for f in part) for part in axis.parts]
+        blocks = []
+        for first, count, shared in blocks_of(len(parts), axis.nest):
+            if shared:      # (heads [qk | qkp]): the shared factors, then a split of the rest
+                rests = SplitAxis(tuple(p[shared:] for p in parts[first:first + count]))
+                blocks.append(parts[first][:shared] + (rests,))
+            else:
+                blocks.append(parts[first])
+        axes.append(blocks[0] if len(blocks) == 1 else SplitAxis(tuple(blocks)))
     return tuple(axes)
 
 

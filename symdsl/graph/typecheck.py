@@ -107,8 +107,12 @@ class CheckCall(OpCall):
             return (isinstance(a, SplitAxis) and isinstance(b, SplitAxis) and len(a.parts) == len(b.parts)
                     and all(self._same_space(x, y) for x, y in zip(a.parts, b.parts)))
         la, lb = self._significant(a), self._significant(b)
-        return len(la) == len(lb) and all(same_atoms(x, y) or self._copies_fit(x, y) or self._copies_fit(y, x)
-                                          for x, y in zip(la, lb))
+        return len(la) == len(lb) and all(self._same_item(x, y) for x, y in zip(la, lb))
+
+    def _same_item(self, x, y) -> bool:
+        if isinstance(x, SplitAxis) or isinstance(y, SplitAxis):      # (heads [qk | qkp])
+            return isinstance(x, SplitAxis) and isinstance(y, SplitAxis) and self._same_space(x, y)
+        return same_atoms(x, y) or self._copies_fit(x, y) or self._copies_fit(y, x)
 
     def _copies_fit(self, copies: Atom, other: Atom) -> bool:
         if not copies.repeated or copies.site or other.site is None or copies.size != other.size:
@@ -143,6 +147,14 @@ class CheckCall(OpCall):
                 self.contract(x, y, what)
             return
         la, ra = self._significant(a), self._significant(b)
+        if any(isinstance(x, SplitAxis) for x in la + ra):
+            # a split nested in a composite, (heads [qk | qkp]): the same structure, item by item
+            if len(la) != len(ra) or any(isinstance(x, SplitAxis) != isinstance(y, SplitAxis) for x, y in zip(la, ra)):
+                self.fail(f"{what} contracts {show_axis(a)} with {show_axis(b)}: the same sites must meet factor by "
+                          "factor (a reader's input axis must be bound to the site its input carries)", _first_site(a))
+            for x, y in zip(la, ra):
+                self.contract(x if isinstance(x, SplitAxis) else (x,), y if isinstance(y, SplitAxis) else (y,), what)
+            return
         if [x.size for x in la] != [y.size for y in ra] or [x.site for x in la] != [y.site for y in ra]:
             site = next((x.site for x in la + ra if x.site), None)
             self.fail(f"{what} contracts {show_axis(a)} with {show_axis(b)}: the same sites must meet factor by "
@@ -271,8 +283,10 @@ class CheckCall(OpCall):
             return [axis]
         if not axis_typed(axis):
             return [untyped_axis(s) for s in sizes]
-        if isinstance(axis, SplitAxis) and [axis_size(p) for p in axis.parts] == list(sizes):
-            return list(axis.parts)
+        if isinstance(axis, SplitAxis):
+            pieces = _part_ranges(axis, sizes)
+            if pieces is not None:
+                return pieces
         site = None if isinstance(axis, SplitAxis) else _first_site(axis)
         self.fail(f"{what} cuts the axis {show_axis(axis)} into {list(sizes)}, which is not its declared parts "
                   "(check the order and sizes of the fused split in the spec)", site)
@@ -280,7 +294,17 @@ class CheckCall(OpCall):
     def join_axes(self, pieces):
         if not any(axis_typed(p) for p in pieces):
             return untyped_axis(sum(axis_size(p) for p in pieces))
-        return SplitAxis(tuple(pieces))
+        pieces = [p for p in pieces if axis_size(p) > 0]          # an empty piece adds nothing
+        return pieces[0] if len(pieces) == 1 else normalize(SplitAxis(tuple(pieces)))
+
+    def take(self, axis, start, size, what):
+        # a range of a fused axis at its parts' boundaries is those parts (Phi-3's qkv[..., :q],
+        # partial rotary's q[..., :rotary_dim] of a head typed [qk | qkp]); anything else cuts it
+        if isinstance(axis, SplitAxis):
+            before = _part_ranges(axis, [start, size, axis_size(axis) - start - size])
+            if before is not None:
+                return before[1]
+        return super().take(axis, start, size, what)
 
     # -- reshape algebra: factors are Atoms; a fused axis is one opaque SplitAxis factor ----------
     def factors(self, axis) -> list:
@@ -289,8 +313,10 @@ class CheckCall(OpCall):
         return self._significant(axis)
 
     def _significant(self, axis) -> list:
-        """The axis's factors without those of size 1 that carry nothing or only the identity."""
-        return [a for a in normalize(axis) if not (a.size == 1 and (a.site is None or self._trivial(a.site)))]
+        """The axis's factors without those of size 1 that carry nothing or only the identity
+        (a split nested in a composite axis is kept as one item)."""
+        return [a for a in normalize(axis) if isinstance(a, SplitAxis)
+                or not (a.size == 1 and (a.site is None or self._trivial(a.site)))]
 
     def _trivial(self, site: str) -> bool:
         # one position that only moves as a whole (a permutation of 1): its only element is the
@@ -317,10 +343,30 @@ class CheckCall(OpCall):
     def join(self, items):
         if len(items) == 1 and isinstance(items[0], SplitAxis):
             return items[0]
-        if any(isinstance(i, SplitAxis) for i in items):
-            split = next(i for i in items if isinstance(i, SplitAxis))
-            self.fail(f"reshape cuts the fused axis {split} across its parts")
+        # a fused axis joined with other factors is a split nested in a composite: (heads [qk | qkp])
         return tuple(items)
+
+
+def _part_ranges(axis: SplitAxis, sizes) -> list | None:
+    """``axis`` cut into consecutive ``sizes`` along its parts' boundaries: each piece one part,
+    a fused axis of several consecutive parts, or an empty axis; None when a cut falls inside a part.
+
+    >>> a, b, c = (Atom(2, "a"),), (Atom(6, "b"),), (Atom(8, "c"),)
+    >>> [show_axis(p) for p in _part_ranges(SplitAxis((a, b, c)), [8, 0, 8])]
+    ['[a | b]', '_0', 'c']
+    """
+    parts = list(normalize(axis).parts)
+    out, i = [], 0
+    for size in sizes:
+        group, total = [], 0
+        while total < size and i < len(parts):
+            group.append(parts[i])
+            total += axis_size(parts[i])
+            i += 1
+        if total != size:
+            return None
+        out.append(untyped_axis(0) if not group else group[0] if len(group) == 1 else SplitAxis(tuple(group)))
+    return out if i == len(parts) else None
 
 
 def _article(word: str) -> str:

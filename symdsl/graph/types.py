@@ -75,9 +75,10 @@ def untyped(shape) -> TensorType:
 
 
 def atoms_of(axis: Axis) -> list[Atom]:
+    """Every factor of the axis, those of a split nested in it (``(heads [qk | qkp])``) included."""
     if isinstance(axis, SplitAxis):
-        return [a for p in axis.parts for a in p]
-    return list(axis)
+        return [a for p in axis.parts for a in atoms_of(p)]
+    return [a for item in axis for a in (atoms_of(item) if isinstance(item, SplitAxis) else (item,))]
 
 
 def axis_typed(axis: Axis) -> bool:
@@ -96,7 +97,9 @@ def is_typed(value) -> bool:
 
 
 def _is_tensor_type(value) -> bool:
-    return all(isinstance(a, SplitAxis) or (isinstance(a, tuple) and all(isinstance(x, Atom) for x in a)) for a in value)
+    # an axis is a SplitAxis or a tuple of factors, each an Atom or a nested SplitAxis
+    return all(isinstance(a, SplitAxis) or (isinstance(a, tuple) and all(isinstance(x, (Atom, SplitAxis)) for x in a))
+               for a in value)
 
 
 def is_tensor_type(value) -> bool:
@@ -106,13 +109,18 @@ def is_tensor_type(value) -> bool:
 def normalize(axis: Axis) -> Axis:
     """Merge neighbouring unbound factors and drop unbound size-1 factors (canonical form)."""
     if isinstance(axis, SplitAxis):
-        return SplitAxis(tuple(normalize(p) for p in axis.parts))
-    out: list[Atom] = []
+        # a direct sum is associative: [a | [b | c]] is [a | b | c]
+        parts = tuple(normalize(p) for p in axis.parts)
+        return SplitAxis(tuple(q for p in parts for q in (p.parts if isinstance(p, SplitAxis) else (p,))))
+    out: list = []
     for atom in axis:
+        if isinstance(atom, SplitAxis):       # a split nested in a composite: (heads [qk | qkp])
+            out.append(normalize(atom))
+            continue
         if atom.site is None:
             if atom.size == 1:
                 continue
-            if out and out[-1].site is None:
+            if out and isinstance(out[-1], Atom) and out[-1].site is None:
                 # copies of copies are copies; copies next to varying coordinates are not
                 out[-1] = Atom(out[-1].size * atom.size, repeated=out[-1].repeated and atom.repeated)
                 continue

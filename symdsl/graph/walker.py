@@ -209,6 +209,13 @@ class OpCall:
         """The axis made by concatenating ``pieces`` (cat)."""
         raise NotImplementedError
 
+    def take(self, axis, start: int, size: int, what: str):
+        """Entries ``start`` to ``start + size`` of ``axis`` (slice). By default no symmetry may
+        move the axis (picking entries cuts it) and the piece is a new axis; an analysis that
+        knows the axis is fused may give the parts in that range instead."""
+        self.fixed(axis, what)
+        return self.new_axis(size, what)
+
     # -- the reshape algebra (see symdsl.graph.shapes.regroup) -------------------------------
     def factors(self, axis) -> list:
         """The axis's row-major factors, size-1 unbound ones dropped."""

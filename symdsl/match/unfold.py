@@ -7,13 +7,12 @@ rows indexed by the site's coordinates — or, for a site declared ``per`` a par
 """
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass
 
 import torch
 
 from ..spec.binding import ResolvedSpec, TensorBinding
+from ..spec.views import part_view
 
 
 @dataclass(frozen=True)
@@ -38,11 +37,7 @@ def occurrences(resolved: ResolvedSpec, site: str) -> list[Occurrence]:
 
 
 def _part_view(x: torch.Tensor, binding: TensorBinding, axis: int, part: int) -> torch.Tensor:
-    parts = binding.axes[axis].parts
-    sizes = [math.prod(f.size for f in p) for p in parts]
-    offset = sum(sizes[:part])
-    x = x.narrow(axis, offset, sizes[part])
-    return x.reshape(*x.shape[:axis], *[f.size for f in parts[part]], *x.shape[axis + 1:])
+    return part_view(x, axis, binding.axes[axis], part)
 
 
 def _factor_dim(binding: TensorBinding, occ: Occurrence, name: str) -> int | None:

@@ -6,7 +6,7 @@ import math
 from ..errors import suggest
 from .binding import BoundAxis, BoundFactor, TensorBinding
 from .context import ResolveContext, dotted
-from .pattern import PatternError, parse_pattern
+from .pattern import PatternError, blocks_of, parse_pattern
 
 
 def bind_pattern(context: ResolveContext, name: str, pattern: str, origin: tuple,
@@ -64,7 +64,12 @@ def bind_pattern(context: ResolveContext, name: str, pattern: str, origin: tuple
         if parts is None:
             ok = False
             continue
-        bound_axes.append(BoundAxis(tuple(tuple(p) for p in parts)))
+        kept = _drop_empty(parts, axis.nest)
+        if kept is None:
+            context.problem(origin, f"every part of axis {index} of '{name}' is empty (a site or dimension of size 0)")
+            ok = False
+            continue
+        bound_axes.append(BoundAxis(*kept))
     if not ok:
         return None
     return TensorBinding(name, tuple(bound_axes), pattern, origin)
@@ -74,6 +79,8 @@ def _bind_factor(context: ResolveContext, f, origin, tensor) -> BoundFactor | No
     """One pattern factor: a site (its input size), a dimension, a literal, or '_' (size -1: unknown yet)."""
     if f.name is None:
         return BoundFactor(f.literal if f.literal is not None else -1)
+    if f.name in context.empty_sites:
+        return BoundFactor(0, dim=f.name)           # its part is empty: dropped by _drop_empty
     if f.name in context.sites:
         site = context.sites[f.name]
         context.used_sites.add(f.name)
@@ -89,6 +96,26 @@ def _bind_factor(context: ResolveContext, f, origin, tensor) -> BoundFactor | No
     return None
 
 
+def _drop_empty(parts, nest) -> tuple | None:
+    """``(parts, nest)`` without the parts of size 0 (a part naming a site of size 0): None when
+    none is left. A nested block left with one part is that part, a plain composite.
+
+    >>> from symdsl.spec.binding import BoundFactor as F
+    >>> parts = [[F(2, "heads"), F(4, "qk")], [F(2, "heads"), F(0, dim="qkp")], [F(8, "ov")]]
+    >>> [[f.size for f in p] for p in _drop_empty(parts, ((2, 1), (1, 0)))[0]], _drop_empty(parts, ((2, 1), (1, 0)))[1]
+    ([[2, 4], [8]], ())
+    """
+    kept_parts, kept_nest = [], []
+    for first, count, shared in blocks_of(len(parts), nest):
+        block = [tuple(p) for p in parts[first:first + count] if all(f.size != 0 for f in p)]
+        kept_parts.extend(block)
+        if block:
+            kept_nest.append((len(block), shared if len(block) > 1 else 0))
+    if not kept_parts:
+        return None
+    return tuple(kept_parts), tuple(kept_nest) if any(s for _, s in kept_nest) else ()
+
+
 def _infer_unknown(context: ResolveContext, parts, axis_size, tensor, index, origin):
     """The axis's factors with the one '_' of unknown size given the size the tensor leaves it,
     or None after reporting that the axis does not factor as written."""
@@ -102,6 +129,7 @@ def _infer_unknown(context: ResolveContext, parts, axis_size, tensor, index, ori
             return None
         return parts
     if len(unknown) > 1 or axis_size is None and len(parts) > 1:
+        # (a '_' a nested split shares, as in (_ [a | b]), is repeated in each of its parts)
         context.problem(origin, f"axis {index} of '{tensor}' has more than one '_' factor whose size is unknown",
                         "give all but one factor a size (a dimension name or an integer)")
         return None

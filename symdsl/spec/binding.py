@@ -38,9 +38,16 @@ class BoundFactor:
 
 @dataclass(frozen=True)
 class BoundAxis:
-    """One tensor axis: consecutive parts (several for a fused split), each a row-major factor list."""
+    """One tensor axis: consecutive parts (several for a fused split), each a row-major factor list.
+
+    ``nest`` (see :class:`symdsl.spec.pattern.AxisPattern`) groups parts into blocks that share
+    their leading factors, a split nested in a composite (``(heads [qk | qkp])``); empty for a
+    plain split. Every part lists its shared factors too, so a part's factors always describe
+    its own entries; :mod:`symdsl.spec.views` cuts a tensor into its parts.
+    """
 
     parts: tuple[tuple[BoundFactor, ...], ...]
+    nest: tuple[tuple[int, int], ...] = ()
 
     @property
     def size(self) -> int:

@@ -34,8 +34,9 @@ def model_config(model: torch.nn.Module) -> dict[str, Any]:
 
 def expression_functions(model: torch.nn.Module | None, state: Mapping[str, torch.Tensor],
                          prefixes: list[str]) -> dict[str, Callable]:
-    """The functions a dim expression may call: ``shape(name, axis)``, ``attr('module.path.attribute')``
-    and ``len('module.path')``. Names are looked up under each of the spec's ``prefixes`` in turn.
+    """The functions a dim expression may call: ``shape(name, axis)`` (of a tensor of the state
+    dict, or of a buffer the state dict leaves out), ``attr('module.path.attribute')`` and
+    ``len('module.path')``. Names are looked up under each of the spec's ``prefixes`` in turn.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
     >>> functions = expression_functions(net, net.state_dict(), [""])
@@ -67,8 +68,18 @@ def expression_functions(model: torch.nn.Module | None, state: Mapping[str, torc
         names = [n for n, _ in model.named_modules() if n]
         raise ExprError(f"no module '{path}' in the model{suggest(path, names)}")
 
+    def buffer(name: str):
+        # a buffer the state dict leaves out (non-persistent: RoPE's inv_freq, r/2 frequencies)
+        if model is not None and isinstance(name, str):
+            buffers = dict(model.named_buffers())
+            for prefix in prefixes or [""]:
+                if prefix + name in buffers:
+                    return buffers[prefix + name]
+        return None
+
     def shape(name: str, axis: int) -> int:
-        tensor = state[find(name)]
+        tensor = buffer(name) if isinstance(name, str) and not any(p + name in state for p in prefixes or [""]) else None
+        tensor = tensor if tensor is not None else state[find(name)]
         if isinstance(axis, bool) or not isinstance(axis, int):
             raise ExprError(f"shape('{name}', axis): the axis must be an integer, got {axis!r}")
         if not -tensor.dim() <= axis < tensor.dim():

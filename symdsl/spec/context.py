@@ -55,6 +55,7 @@ class ResolveContext:
         self.head_models: dict[str, Head] = {}          # heads with ${prefix} filled in
         self.sites: dict[str, SiteDef] = {}
         self.used_sites: set[str] = set()               # sites some tensor pattern names
+        self.empty_sites: set[str] = set()              # sites of size 0: the parts naming them are empty
         self.dropped: list[tuple[tuple, str, dict]] = []  # entries skipped for template errors
         self.ties_incomplete = False  # a tie group or canonicalize step was skipped for an error
         self._modules: set[str] | None = None

@@ -116,7 +116,7 @@ def _same_action(a: TensorBinding, b: TensorBinding, sites: Mapping[str, SiteDef
     if len(a.axes) != len(b.axes):
         return False
     for x, y in zip(a.axes, b.axes):
-        if len(x.parts) != len(y.parts):
+        if len(x.parts) != len(y.parts) or x.nest != y.nest:
             return False
         for p, q in zip(x.parts, y.parts):
             if len(p) != len(q):

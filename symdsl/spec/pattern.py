@@ -9,6 +9,22 @@ A pattern has one entry per tensor axis, separated by spaces::
     (heads qk')            factors may be sites (primal or dual), dimension names, integers or _
     [heads qk | heads qk' | heads ov]
                            a fused axis split into consecutive parts (q | k | v)
+    (heads [qk | qkp])     a split nested in a composite: every head holds its own parts,
+                           index = head * (|qk| + |qkp|) + offset inside the head
+    [(kv g [qk | qkp]) | (kv [qk' | qkp']) | kv ov]
+                           a fused axis whose parts may themselves be such nested splits
+
+Grammar (``factor`` is a name, a name with ``'``, an integer or ``_``)::
+
+    axis  := factor | "(" comp ")" | "[" alt ("|" alt)+ "]"
+    comp  := factor* ["[" inner ("|" inner)+ "]"] factor*      one split at most
+    alt   := (factor | "(" comp ")")+                          a "(...[...])" group alone
+    inner := (factor | "(" factor+ ")")+
+
+An :class:`AxisPattern` keeps the parts flat: each part lists all its factors, the ones a
+nested split shares first (``(heads [qk | qkp])`` has parts ``(heads qk)`` and ``(heads qkp)``),
+and ``nest`` says which consecutive parts form one such block and how many leading factors they
+share. Factors after a split distribute over its parts (``([a | b] k)`` is ``[a k | b k]``).
 
 Example: HF GPT-2's ``c_attn.weight`` has shape (d, 3d): ``"resid' [heads qk | heads qk' | heads ov]"``.
 """
@@ -45,9 +61,16 @@ class Factor:
 
 @dataclass(frozen=True)
 class AxisPattern:
-    """One tensor axis: a list of parts (more than one for a fused split), each a list of factors."""
+    """One tensor axis: a list of parts (more than one for a fused split), each a list of factors.
+
+    ``nest`` groups consecutive parts into blocks ``(parts in the block, shared leading
+    factors)``; empty when no block shares factors (a plain split, or one composite). A block
+    ``(n, s)`` with ``s > 0`` is a split nested in a composite: its parts start with the same
+    ``s`` factors, which index the outer positions (row-major outermost).
+    """
 
     parts: tuple[tuple[Factor, ...], ...]
+    nest: tuple[tuple[int, int], ...] = ()
 
     @property
     def is_split(self) -> bool:
@@ -57,12 +80,38 @@ class AxisPattern:
         for part in self.parts:
             yield from part
 
+    def blocks(self) -> list[tuple[int, int, int]]:
+        """``(first part, parts in the block, shared factors)`` of every block, in order."""
+        return blocks_of(len(self.parts), self.nest)
+
     def __str__(self) -> str:
-        def show(part):
-            return str(part[0]) if len(part) == 1 else "(" + " ".join(map(str, part)) + ")"
-        if self.is_split:
-            return "[" + " | ".join(" ".join(map(str, p)) for p in self.parts) + "]"
-        return show(self.parts[0])
+        def show(factors):
+            return " ".join(map(str, factors))
+
+        shown = []
+        for first, count, shared in self.blocks():
+            if shared:
+                rests = " | ".join(show(p[shared:]) for p in self.parts[first:first + count])
+                shown.append(f"({show(self.parts[first][:shared])} [{rests}])")
+            else:
+                part = self.parts[first]
+                shown.append(show(part) if self.is_split or len(part) == 1 else f"({show(part)})")
+        return shown[0] if len(shown) == 1 else "[" + " | ".join(shown) + "]"
+
+
+def blocks_of(n_parts: int, nest: tuple[tuple[int, int], ...]) -> list[tuple[int, int, int]]:
+    """``(first part, count, shared)`` per block; with no ``nest`` every part is its own block.
+
+    >>> blocks_of(3, ()), blocks_of(5, ((2, 1), (2, 1), (1, 0)))
+    ([(0, 1, 0), (1, 1, 0), (2, 1, 0)], [(0, 2, 1), (2, 2, 1), (4, 1, 0)])
+    """
+    if not nest:
+        return [(p, 1, 0) for p in range(n_parts)]
+    out, first = [], 0
+    for count, shared in nest:
+        out.append((first, count, shared))
+        first += count
+    return out
 
 
 def _factor(match: re.Match) -> Factor:
@@ -76,12 +125,7 @@ def _factor(match: re.Match) -> Factor:
     return Factor(name, dual=bool(match.group("dual")))
 
 
-def parse_pattern(text: str) -> tuple[AxisPattern, ...]:
-    """Parse a pattern string into one :class:`AxisPattern` per axis.
-
-    >>> [str(a) for a in parse_pattern("resid' [heads qk | heads qk' | heads ov]")]
-    ["resid'", "[heads qk | heads qk' | heads ov]"]
-    """
+def _tokenize(text: str) -> list[re.Match]:
     tokens: list[re.Match] = []
     pos = 0
     stripped_end = len(text.rstrip())
@@ -101,17 +145,34 @@ def parse_pattern(text: str) -> tuple[AxisPattern, ...]:
                                match.start("int") + 1)
         tokens.append(match)
         pos = match.end()
+    return tokens
+
+
+# A block while parsing: (shared factors, [parts after them]); a plain part is ((), [part]).
+_Block = tuple
+
+
+def parse_pattern(text: str) -> tuple[AxisPattern, ...]:
+    """Parse a pattern string into one :class:`AxisPattern` per axis.
+
+    >>> [str(a) for a in parse_pattern("resid' [heads qk | heads qk' | heads ov]")]
+    ["resid'", "[heads qk | heads qk' | heads ov]"]
+    >>> (axis,) = parse_pattern("(heads [qk | qkp])")
+    >>> [" ".join(map(str, p)) for p in axis.parts], axis.nest
+    (['heads qk', 'heads qkp'], ((2, 1),))
+    """
+    tokens = _tokenize(text)
     axes: list[AxisPattern] = []
     i = 0
     while i < len(tokens):
         tok = tokens[i]
         col = tok.start() + 1 + (len(tok.group(0)) - len(tok.group(0).lstrip()))
         if tok.group("open") == "(":
-            part, i = _group(tokens, i + 1, ")", text)
-            axes.append(AxisPattern((part,)))
+            block, i = _comp(tokens, i + 1, text, allow_split=True)
+            axes.append(_axis([block]))
         elif tok.group("open") == "[":
-            parts, i = _split(tokens, i + 1, text)
-            axes.append(AxisPattern(tuple(parts)))
+            blocks, i = _split(tokens, i + 1, text, top=True)
+            axes.append(_axis(blocks))
         elif tok.group("close") or tok.group("bar"):
             raise PatternError(f"unexpected {tok.group(0).strip()!r} in pattern {text!r}", col)
         else:
@@ -122,43 +183,94 @@ def parse_pattern(text: str) -> tuple[AxisPattern, ...]:
     return tuple(axes)
 
 
-def _group(tokens, i, closer, text):
-    factors = []
+def _axis(blocks: list[_Block]) -> AxisPattern:
+    """Flatten blocks into parts; a block without shared factors is one plain part per part."""
+    parts: list[tuple[Factor, ...]] = []
+    nest: list[tuple[int, int]] = []
+    for shared, rests in blocks:
+        if shared and len(rests) > 1:
+            parts.extend(tuple(shared) + tuple(r) for r in rests)
+            nest.append((len(rests), len(shared)))
+        else:
+            for rest in rests:
+                parts.append(tuple(shared) + tuple(rest))
+                nest.append((1, 0))
+    return AxisPattern(tuple(parts), tuple(nest) if any(s for _, s in nest) else ())
+
+
+def _comp(tokens, i, text, *, allow_split: bool):
+    """A composite up to its ')': ``(shared factors, parts)``, at most one nested split inside."""
+    before: list[Factor] = []
+    after: list[Factor] = []
+    rests = None
     while i < len(tokens):
         tok = tokens[i]
         if tok.group("close"):
-            if tok.group("close") != closer:
+            if tok.group("close") != ")":
                 raise PatternError(f"mismatched {tok.group('close')!r} in pattern {text!r}", tok.end())
-            if not factors:
+            if not before and rests is None:
                 raise PatternError(f"empty group '()' in pattern {text!r}", tok.end())
-            return tuple(factors), i + 1
+            if rests is None:
+                return ((), [before]), i + 1
+            # factors after the split distribute over its parts: ([a | b] k) = [a k | b k]
+            return (tuple(before), [list(r) + after for r in rests]), i + 1
+        if tok.group("open") == "[" and allow_split:
+            if rests is not None:
+                raise PatternError(f"a second '[' in one '(...)' in pattern {text!r}; a composite axis holds at "
+                                   "most one split", tok.end())
+            blocks, i = _split(tokens, i + 1, text, top=False)
+            rests = [rest for _, parts in blocks for rest in parts]
+            continue
         if tok.group("open") or tok.group("bar"):
             raise PatternError(f"unexpected {tok.group(0).strip()!r} inside '(...)' in pattern {text!r}", tok.end())
-        factors.append(_factor(tok))
+        (before if rests is None else after).append(_factor(tok))
         i += 1
-    raise PatternError(f"missing {closer!r} in pattern {text!r}", len(text))
+    raise PatternError(f"missing ')' in pattern {text!r}", len(text))
 
 
-def _split(tokens, i, text):
-    parts, current = [], []
+def _split(tokens, i, text, *, top: bool):
+    """A split up to its ']': a list of blocks. At the top of an axis a part may be one nested
+    composite ``(x [a | b])``; inside a composite, parts are plain factors and groups."""
+    blocks: list[_Block] = []
+    current: list[Factor] = []
+    nested: _Block | None = None
     while i < len(tokens):
         tok = tokens[i]
         if tok.group("bar") or tok.group("close") == "]":
-            if not current:
+            if not current and nested is None:
                 raise PatternError(f"empty part in '[...]' of pattern {text!r}", tok.end())
-            parts.append(tuple(current))
-            current = []
+            blocks.append(nested if nested is not None else ((), [current]))
+            current, nested = [], None
             i += 1
             if tok.group("close") == "]":
-                if len(parts) < 2:
+                if len(blocks) < 2:
                     raise PatternError(f"'[...]' needs at least two parts separated by '|' in {text!r}", tok.end())
-                return parts, i
+                return blocks, i
         elif tok.group("open") == "(":
-            group, i = _group(tokens, i + 1, ")", text)
-            current.extend(group)
+            block, end = _comp(tokens, i + 1, text, allow_split=top)
+            shared, rests = block
+            if shared or len(rests) > 1:
+                # a nested split: it must be the whole part, the factors it shares first
+                if current or nested is not None or (end < len(tokens) and not (
+                        tokens[end].group("bar") or tokens[end].group("close") == "]")):
+                    raise PatternError(f"a '(... [...])' group must be a whole part of '[...]' in pattern {text!r}",
+                                       tokens[i].end())
+                nested = (shared, rests) if shared else None
+                if nested is None:      # ([a | b] k): no shared factor, plain parts
+                    blocks.extend(((), [r]) for r in rests[:-1])
+                    current = list(rests[-1])
+            else:
+                if nested is not None:
+                    raise PatternError(f"a '(... [...])' group must be a whole part of '[...]' in pattern {text!r}",
+                                       tokens[i].end())
+                current.extend(rests[0])
+            i = end
         elif tok.group("open") or tok.group("close"):
             raise PatternError(f"unexpected {tok.group(0).strip()!r} inside '[...]' in pattern {text!r}", tok.end())
         else:
+            if nested is not None:
+                raise PatternError(f"a '(... [...])' group must be a whole part of '[...]' in pattern {text!r}",
+                                   tok.end())
             current.append(_factor(tok))
             i += 1
     raise PatternError(f"missing ']' in pattern {text!r}", len(text))

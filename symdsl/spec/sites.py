@@ -57,6 +57,11 @@ def resolve_sites(context: ResolveContext, heads: list[str]) -> dict[str, SiteDe
                    if site.size_in is not None else size)
         if size is None or size_in is None:
             continue
+        if size == 0 and site.size_in is None:
+            # an empty space (full rotary leaves no pass-through part): the fused parts naming it
+            # are empty and dropped when tensors are bound; the site itself does not exist
+            context.empty_sites.add(name)
+            continue
         bad = False
         for key, value in (("size", size), ("size_in", size_in)):
             if value < 1 and (key == "size" or site.size_in is not None):

@@ -312,7 +312,7 @@ def _lift_binding(binding: TensorBinding, residual: str, sites: dict[str, SiteDe
                         f = replace(f, size=wide_sizes[f.site])
                 factors.append(f)
             parts.append(tuple(factors))
-        axes.append(BoundAxis(tuple(parts)))
+        axes.append(BoundAxis(tuple(parts), axis.nest))
     return replace(binding, axes=tuple(axes))
 
 

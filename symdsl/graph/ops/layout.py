@@ -8,11 +8,22 @@ from __future__ import annotations
 
 from ..shapes import PASS_THROUGH, ndim, parts_axes, regroup, reorder
 from .base import op_rule
+from .rope import INTERLEAVED, rotate_every_two_source
+
+
+ROTATE_EVERY_TWO = "rotate_every_two (the rotary position embedding)"
 
 
 @op_rule("view", "reshape", "_unsafe_view", "flatten")
 def reshape_rule(call):
-    # (b, t, d) -> (b, t, h, k) or back; (b, t, 3d) -> (b, t, 3, h, k) makes a Stacked value
+    # (b, t, d) -> (b, t, h, k) or back; (b, t, 3d) -> (b, t, 3, h, k) makes a Stacked value;
+    # stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2) is GPT-J's rotate_every_two(x): a fixed
+    # map of x's last axis (x: (b, t, h, r) -> (b, t, h, r))
+    rope = rotate_every_two_source(call.graph, call.node)
+    if rope is not None:
+        x = call.as_tensor(call.resolve(rope[0]))
+        call.rotary(x[rope[1]], INTERLEAVED, ROTATE_EVERY_TWO)
+        return x
     return regroup(call, call.tensor(0), call.shape, parts_axes(call.graph, call.node))
 
 

@@ -1,7 +1,9 @@
 """Rules for ops that cut, pick and join tensors: split, chunk, unbind, select, slice, cat, stack.
 
 Cutting an axis into pieces is allowed only where the analysis can follow it (the parts of a
-fused q | k | v axis); picking entries of an axis (select, unbind, slice) fixes that axis;
+fused q | k | v axis); picking entries of an axis (select, unbind, slice) fixes that axis, except
+a slice of a fused axis at its parts' boundaries (which gives those parts) and the pieces RoPE's
+``rotate_half``/``rotate_every_two`` take apart and put back;
 ``cat`` joins pieces into a fused axis; a :class:`~symdsl.graph.shapes.Stacked` value is
 taken apart along its parts axis.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 from ..shapes import Stacked, ndim
 from ..walker import Unsupported
 from .base import op_rule
-from .rope import HALF, rotate_half_source, rotate_half_uses
+from .rope import HALF, rotate_every_two_uses, rotate_half_source, rotate_half_uses
 
 ROTATE_HALF = "rotate_half (the rotary position embedding)"
 
@@ -77,13 +79,22 @@ def select_rule(call):
 def slice_rule(call):
     x = call.tensor(0)
     dim = call.arg(1, 0) % len(x)
-    size = call.shape[dim]
-    if size == call.size(x[dim]):
+    size, total = call.shape[dim], call.size(x[dim])
+    if size == total:
         return x
-    if rotate_half_uses(call.graph, call.node):
-        # a half of x used only (through a neg) to build rotate_half(x): the cat states what it
-        # does to x, and no other op sees this half
+    if rotate_half_uses(call.graph, call.node) or rotate_every_two_uses(call.graph, call.node):
+        # a piece of x used only (through a neg) to build rotate_half(x) or rotate_every_two(x):
+        # the cat (or flatten) states what it does to x, and no other op sees this piece
         return x[:dim] + (call.new_axis(size),) + x[dim + 1:]
+    if size == 0:
+        # an empty slice reads nothing (full rotary's pass-through part q[..., head_dim:])
+        return x[:dim] + (call.new_axis(0),) + x[dim + 1:]
+    start, step = call.arg(2, 0) or 0, call.arg(4, 1) or 1
+    if step == 1 and isinstance(start, int):
+        # a range: the parts of a fused axis there (Phi-3's qkv[..., :q], q[..., :rotary_dim]), else cut
+        start = min(max(start + total if start < 0 else start, 0), total)
+        piece = call.take(x[dim], start, size, "slice takes part of this axis")
+        return x[:dim] + (piece,) + x[dim + 1:]
     call.fixed(x[dim], "slice takes part of this axis")
     return x[:dim] + (call.new_axis(size, "slice takes part of this axis"),) + x[dim + 1:]
 
