@@ -26,7 +26,7 @@ SHIPPED = {"hf-gpt2": "hf-gpt2.yaml", "timm-vit": "timm-vit.yaml", "hf-bert": "h
 PAPER_ROUTE = {"hf-gpt2-rmsnorm": "hf-gpt2-rmsnorm.yaml", "timm-vit-rmsnorm": "timm-vit-rmsnorm.yaml",
                "hf-gpt2-backbone": "hf-gpt2-backbone.yaml", "hf-gpt2-circuits": "hf-gpt2-circuits.yaml",
                "timm-vit-circuits": "timm-vit-circuits.yaml"}   # variants: paper route, bare GPT2Model
-DECODERS = {"hf-llama": "hf-llama.yaml", "hf-qwen2": "hf-qwen2.yaml"}                          # checked in tests/test_llama.py
+DECODERS = {"hf-llama": "hf-llama.yaml", "hf-mixtral": "hf-mixtral.yaml", "hf-qwen2": "hf-qwen2.yaml"}   # tests/test_llama.py, tests/test_mixtral.py
 
 
 # --------------------------------------------------------------------------- models
