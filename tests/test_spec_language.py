@@ -27,7 +27,8 @@ PAPER_ROUTE = {"hf-gpt2-rmsnorm": "hf-gpt2-rmsnorm.yaml", "timm-vit-rmsnorm": "t
                "hf-gpt2-backbone": "hf-gpt2-backbone.yaml", "hf-gpt2-circuits": "hf-gpt2-circuits.yaml",
                "timm-vit-circuits": "timm-vit-circuits.yaml"}   # variants: paper route, bare GPT2Model
 DECODERS = {"hf-llama": "hf-llama.yaml", "hf-qwen2": "hf-qwen2.yaml",                          # checked in tests/test_llama.py
-            "hf-gpt-neox": "hf-gpt-neox.yaml", "hf-gptj": "hf-gptj.yaml", "hf-phi3": "hf-phi3.yaml"}  # test_neox/gptj/phi3.py
+            "hf-gpt-neox": "hf-gpt-neox.yaml", "hf-gptj": "hf-gptj.yaml", "hf-phi3": "hf-phi3.yaml",  # test_neox/gptj/phi3.py
+            "hf-mixtral": "hf-mixtral.yaml"}                                                    # tests/test_mixtral.py
 
 
 # --------------------------------------------------------------------------- models

@@ -2,6 +2,9 @@
 
 Runs in float64 on a copy of the model: canonicalize, then for every site alone and for all
 sites together, apply a random group element and compare outputs with the canonical model's.
+The copy first gets kernels that run in float64 where the model offers a choice
+(:func:`symdsl.models.kernels.use_exact_kernels`: a mixture of experts' batched experts); a model
+that still cannot run in float64 is checked in the most precise dtype that runs, and says so.
 """
 from __future__ import annotations
 
@@ -16,12 +19,13 @@ from ..act import act_outputs, act_state_dict, random_transform
 from ..canon import canonicalize
 from ..errors import SymdslError
 from ..models.build import build_example, make_inputs, perturb_parameters, select_outputs
+from ..models.kernels import use_exact_kernels
 from ..spec.load import Spec
 from ..spec.cache import resolve_cached
 from ..registry import Registries
 from ..spec.config import model_config
 from ..spec.coverage import detect_ties
-from .precision import achievable_tolerance, lowest_precision
+from .precision import CHECK_DTYPES, achievable_tolerance, lowest_precision, runs_in
 
 DEFAULT_TOLERANCE = 1e-9
 
@@ -49,6 +53,7 @@ class NumericReport:
     requested_tolerance: float | None = None   # set when the model's own precision forced a looser one
     precision: str = "float64"                 # the least precise dtype the model computes in (run in float64)
     precision_source: str | None = None        # the torch function that first produced it
+    notes: list[str] = field(default_factory=list)   # what the check changed to run (kernels, dtype)
 
     @property
     def ok(self) -> bool:
@@ -89,12 +94,26 @@ def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, registrie
     """
     # a user's model is checked on a perturbed copy too: unit gains and zero biases must not hide a wrong binding
     model = build_example(spec, seed=seed) if model is None else perturb_parameters(copy.deepcopy(model), seed=seed)
-    model = model.to(torch.float64).eval()
+    notes = use_exact_kernels(model)
+    model = model.eval()
     resolved = resolve_cached(spec, model, registries)
     names = {**model_config(model), **resolved.dims}
-    inputs = make_inputs(spec, names, seed=seed)
     primary = spec.document.example.output if spec.document.example else None
     extra = list(resolved.outputs)
+
+    def forward(dtype):
+        return lambda: select_outputs(model(**make_inputs(spec, names, seed=seed, dtype=dtype)), primary, extra)
+
+    # float64 first; a kernel without a float64 path (and no other choice) falls back to float32
+    dtype, failures = runs_in(model, forward, CHECK_DTYPES)
+    if dtype is None:
+        shapes = "; ".join(f"{str(d).replace('torch.', '')}: {why}" for d, why in failures)
+        raise SymdslError(f"{spec.file}: running {type(model).__name__} on example.inputs failed in every dtype "
+                          f"the check can use ({shapes}); check example.inputs")
+    for failed_dtype, why in failures:
+        notes.append(f"{type(model).__name__} does not run in {str(failed_dtype).replace('torch.', '')} ({why}); "
+                     f"checked in {str(dtype).replace('torch.', '')}, with the tolerance that precision allows")
+    inputs = make_inputs(spec, names, seed=seed, dtype=dtype)
 
     def run(state=None) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -116,7 +135,7 @@ def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, registrie
     effective = achievable_tolerance(tolerance, lowest)
     report = NumericReport(spec.name, type(model).__name__, effective, canon_error,
                            requested_tolerance=tolerance if effective != tolerance else None,
-                           precision=str(lowest or torch.float64).replace("torch.", ""), precision_source=source)
+                           precision=str(lowest or dtype).replace("torch.", ""), precision_source=source, notes=notes)
     state = dict(model.state_dict())
     # functional_call wants one entry per shared parameter: keep the first name of each tie
     for group in detect_ties(state):

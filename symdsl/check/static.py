@@ -16,6 +16,7 @@ from ..graph.capture import capture
 from ..graph.propagate import Finding, propagate
 from ..graph.walker import OpRules
 from ..models.build import build_example, make_inputs
+from ..models.kernels import use_exact_kernels
 from ..spec.load import Spec
 from ..spec.cache import resolve_cached
 from ..registry import Registries
@@ -32,6 +33,7 @@ class StaticReport:
     nodes: int
     findings: list[Finding] = field(default_factory=list)
     unused_tensors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)      # kernels switched for the trace
 
     @property
     def ok(self) -> bool:
@@ -55,6 +57,8 @@ def static_check(spec: Spec, model: torch.nn.Module | None = None, *, registries
     True
     """
     model = build_example(spec, seed=seed) if model is None else copy.deepcopy(model)
+    # the trace follows the kernels the numeric check runs (e.g. batched experts: plain ops)
+    notes = use_exact_kernels(model)
     model = model.to(torch.float64).eval()
     resolved = resolve_cached(spec, model, registries)
     canonicalize(model, resolved)
@@ -69,4 +73,4 @@ def static_check(spec: Spec, model: torch.nn.Module | None = None, *, registries
 
     result = propagate(graph, resolved, parameter, op_rules=registries.op_rules)
     return StaticReport(spec.name, type(model).__name__, graph.backend, result.checked_nodes,
-                        result.findings, result.unused_tensors)
+                        result.findings, result.unused_tensors, notes)

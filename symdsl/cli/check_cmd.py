@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
 
 def _static_text(report: StaticReport) -> str:
     lines = [f"static check ({report.backend} graph, {report.nodes} nodes)"]
+    lines += [f"  note: {note}" for note in report.notes]
     for finding in report.findings:
         lines.append(f"  VIOLATION {finding}")
     for name in report.unused_tensors:
@@ -54,6 +55,7 @@ def _report_text(report: NumericReport, file: str) -> str:
                      f"{'ok' if s.ok else 'FAILED'}")
     verdict = "ok" if report.ok else f"FAILED: {len(report.failed_sites)} site(s) broke invariance"
     lines.append(f"  {verdict}; {len(report.sites) - 1} sites, tolerance {report.tolerance:g}")
+    lines += [f"  note: {note}" for note in report.notes]
     if report.requested_tolerance is not None:
         lines.append(f"  (tolerance raised from {report.requested_tolerance:g}: run in float64, the model still "
                      f"computes in {report.precision} inside, first in '{report.precision_source}')")

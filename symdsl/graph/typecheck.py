@@ -7,6 +7,7 @@ cannot follow (a rotation reaching GELU, a key bound primal, a head split in the
 order). Group kinds are asked for capabilities, never for names:
 
 * ``nonlinear`` (GELU, an elementwise product, dropout in training): ``elementwise_equivariant``;
+* ``indexes`` (topk's indices: positions of an axis): ``permutes_positions``;
 * ``shift`` and ``summed`` (a constant added, a mean/sum): ``elementwise_equivariant`` or
   ``fixes_ones(site.options)``;
 * ``square`` (``x ** 2``, ``x * x``): ``elementwise_equivariant`` kinds keep the axis; any other
@@ -171,6 +172,13 @@ class CheckCall(OpCall):
             if not site.kind.elementwise_equivariant:
                 self.fail(f"{self.describe(name)} reaches {what or self.op}, which commutes only with permutations",
                           name)
+
+    def indexes(self, axis, what):
+        self._pending(axis, what)
+        for name, site in self._kinds(axis):
+            if not site.kind.permutes_positions:
+                self.fail(f"{what} acts on {self.describe(name)}: which positions rank highest (and where they are) "
+                          "is kept only by a permutation of the positions, one to one", name)
 
     def square(self, axis):
         if isinstance(axis, SplitAxis):

@@ -5,8 +5,8 @@
 table (a ``Mapping`` from canonical op name to rule, passed in) gives for it. A rule is
 ``rule(call) -> value``: it reads its operands through an :class:`OpCall` and states what the
 op does to their axes through the call's *semantic interface* (``same``, ``contract``,
-``nonlinear``, ``square``, ``shift``, ``summed``, ``gain``, ``fixed``, ``normalize``, the reshape
-algebra, ...). Each
+``nonlinear``, ``indexes``, ``square``, ``shift``, ``summed``, ``gain``, ``fixed``, ``normalize``,
+the reshape algebra, ...). Each
 analysis subclasses both: the checker (:mod:`symdsl.graph.typecheck`,
 :mod:`symdsl.graph.propagate`) verifies site types and reports violations, inference
 (:mod:`symdsl.infer.unify`, :mod:`symdsl.infer.walk`) unites axis variables and records flags.
@@ -156,6 +156,14 @@ class OpCall:
     def nonlinear(self, axis, what: str | None = None) -> None:
         """A coordinatewise nonlinear function (or product) acts along ``axis``."""
         raise NotImplementedError
+
+    def indexes(self, axis, what: str) -> None:
+        """The op's result says *which positions* of ``axis`` hold something (topk's indices, the
+        ranking of the coordinates): only a symmetry that moves whole positions one to one
+        (``GroupKind.permutes_positions``) keeps that meaningful. By default stated as
+        :meth:`nonlinear` (a ranking of coordinates commutes only with coordinate moves); the
+        checker also refuses kinds that copy or mix positions."""
+        self.nonlinear(axis, what)
 
     def square(self, axis):
         """Coordinates along ``axis`` are squared (``x ** 2``, ``x * x``): the output's axis. Only a

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from ..walker import OpRules, Rule
 from . import attention, contract, elementwise, layout, norm, select
+from . import moe
 from .base import op_rule, rules_in
 
 __all__ = ["OpRules", "Rule", "builtin_op_rules", "op_rule", "rules_in"]
@@ -28,4 +29,4 @@ __all__ = ["OpRules", "Rule", "builtin_op_rules", "op_rule", "rules_in"]
 
 def builtin_op_rules() -> dict[str, Rule]:
     """A fresh dict of symdsl's built-in rules (the caller may add to it)."""
-    return rules_in(attention, contract, elementwise, layout, norm, select)
+    return rules_in(attention, contract, elementwise, layout, norm, select, moe)
