@@ -17,7 +17,7 @@ from symdsl.spec import resolve
 CONFIG = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               vocab_size=64, max_position_embeddings=32, partial_rotary_factor=0.5, bos_token_id=0, eos_token_id=0,
               pad_token_id=0)
-QKV = "[(kv.${i} g [qk.${i} | qkp.${i}]) | (kv.${i} [qk.${i}' | qkp.${i}']) | kv.${i} ov.${i}]"
+QKV = "[(kv.${i} qh.${i} [qk.${i} | qkp.${i}]) | (kv.${i} [qk.${i}' | qkp.${i}']) | kv.${i} ov.${i}]"
 
 
 def phi3(seed: int = 0, **overrides):
@@ -56,7 +56,7 @@ def test_the_fused_axes_bind_with_unequal_parts_and_nested_rotary_parts():
         "model.layers.0.self_attn.qkv_proj.weight"]
     rows = binding.axes[0]
     assert [[f.site or f.dim for f in p] for p in rows.parts] == [
-        ["kv.0", "g", "qk.0"], ["kv.0", "g", "qkp.0"], ["kv.0", "qk.0"], ["kv.0", "qkp.0"], ["kv.0", "ov.0"]]
+        ["kv.0", "qh.0", "qk.0"], ["kv.0", "qh.0", "qkp.0"], ["kv.0", "qk.0"], ["kv.0", "qkp.0"], ["kv.0", "ov.0"]]
     assert rows.nest == ((2, 2), (2, 1), (1, 0)) and rows.size == 4 * 8 + 2 * 8 + 2 * 8
 
 
@@ -75,7 +75,7 @@ def test_the_rotary_part_declared_invertible_fails_at_the_rope_nodes():
 
 def test_fused_parts_in_the_wrong_order_are_rejected_where_qkv_is_sliced():
     # values before keys: the slice for the keys now covers the values' part
-    wrong = "[(kv.${i} g [qk.${i} | qkp.${i}]) | kv.${i} ov.${i} | (kv.${i} [qk.${i}' | qkp.${i}'])]"
+    wrong = "[(kv.${i} qh.${i} [qk.${i} | qkp.${i}]) | kv.${i} ov.${i} | (kv.${i} [qk.${i}' | qkp.${i}'])]"
     report = static_check(edited_spec("hf-phi3", (QKV, wrong)), phi3(), registries=REGISTRIES)
     assert not report.ok
     first = report.findings[0]
