@@ -26,6 +26,7 @@ from ..check.numeric import numeric_check
 from ..check.static import static_check
 from ..errors import SymdslError
 from ..graph.capture import capture
+from ..models.kernels import use_exact_kernels
 from ..registry import Registries
 from ..spec.load import load_spec_text
 from .draft import Draft, build_draft
@@ -60,13 +61,14 @@ def infer_spec(model: torch.nn.Module, *, factory: str | None = None, timm_name:
     if library(model) == "transformers":
         names = {**model.config.to_dict(), **names}
     model = copy.deepcopy(model).to(torch.float64).eval()
+    kernels = use_exact_kernels(model)     # the kernels the checks trace and run (MoE experts: batched_mm)
     graph = capture(model, materialize(example["inputs"], names, seed=seed), backend=backend,
                     backends=registries.capture_backends)
     draft = build_draft(model, graph, walk(graph, set(model.state_dict()), registries.op_rules), example, name, registries=registries)
     header = [f"Draft spec inferred by `symdsl infer` from the traced graph of {type(model).__name__} "
               f"({graph.backend}, {len(graph.nodes)} nodes). Every choice below is a guess from the graph, "
               "explained in a comment; `symdsl check` on this file tests all of them.",
-              "Sites: " + (", ".join(f"{n} {k}" for k, n in draft.site_counts().items()) or "none")] + draft.info
+              "Sites: " + (", ".join(f"{n} {k}" for k, n in draft.site_counts().items()) or "none")] + draft.info + kernels
     if draft.notes:
         header.append("Left unbound (conservative):")
         header += [f"- {note}" for note in draft.notes]

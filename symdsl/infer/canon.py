@@ -34,7 +34,8 @@ PASS = PASS_THROUGH + ("neg", "positive")
 _IGNORED = frozenset({"assert", "_assert_tensor_metadata"})
 # ops that keep the normalised axis as it is, acting on other axes only (or not at all)
 _TRANSPARENT = frozenset(PASS + ("dropout", "view", "reshape", "_unsafe_view", "flatten", "transpose", "permute",
-                                 "unsqueeze", "squeeze", "select", "slice", "mean", "sum", "expand"))
+                                 "unsqueeze", "squeeze", "select", "slice", "mean", "sum", "expand",
+                                 "repeat_interleave"))
 # ops through which a constant shift of the stream stays a constant shift
 _ADDITIVE = frozenset(PASS + ("dropout", "view", "reshape", "_unsafe_view", "flatten", "transpose", "permute",
                               "unsqueeze", "squeeze", "select", "slice", "expand", "add", "sub", "cat"))
@@ -93,6 +94,11 @@ def _reader(walk: Walk, user, current: str, track: int):
     if user.op in ("matmul", "mm") and args[0] == Ref(current) and cur[-1] == track and param(args[1]) \
             and len(walk.param_axes[param(args[1])]) == 2:
         return param(args[1]), 0
+    if user.op == "bmm" and len(args) == 2 and args[1] == Ref(current) and len(cur) == 3 and cur[1] == track:
+        # stacked experts: bmm(W[ids], x[..., None]) reads W (E, out, in) along its last axis
+        picked = walk.graph.node(args[0].name) if isinstance(args[0], Ref) else None
+        if picked is not None and picked.op == "index" and picked.args and param(picked.args[0]):
+            return param(picked.args[0]), len(walk.param_axes[param(picked.args[0])]) - 1
     return None
 
 
@@ -155,7 +161,9 @@ def plan_fold(walk: Walk, record: tuple) -> FoldPlan:
         names = graph.params[param]
         modules = {op.module for op in ops}
         reader_alias = alias_for(walk, param, next(iter(modules)))
-        others = [u for u in graph.users(param) if u not in ops]
+        # a gather of stacked experts (W[ids]) whose every use is a reader counts as the reader
+        others = [u for u in graph.users(param) if u not in ops
+                  and not (u.op == "index" and all(x in ops for x in graph.users(u.name)))]
         if others:
             # the weight is shared (tied) with something that does not read this norm
             rest = [n for n in names if n != reader_alias]

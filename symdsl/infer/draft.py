@@ -16,11 +16,11 @@ from typing import Any
 from .canon import fold_accepts_unbound_gain, owner, plan_center, plan_fold
 from .groups import Decision, assign_per, decide
 from .layers import Layers, find_layers, templatize
-from .patterns import describe, leaves, tensor_text
+from .patterns import describe, leaves, tensor_text, walk_factors
 from .walk import Walk
 
-_ROLE_BASE = {"heads": "heads", "qk": "qk", "ov": "ov", "mlp": "mlp", "linear": "lin"}
-_DIM_OF_ROLE = {"resid": "d", "heads": "h", "qk": "k", "ov": "k", "mlp": "f", "kv": "kvh", "qh": "g"}
+_ROLE_BASE = {"heads": "heads", "qk": "qk", "ov": "ov", "mlp": "mlp", "linear": "lin", "experts": "experts"}
+_DIM_OF_ROLE = {"resid": "d", "heads": "h", "qk": "k", "ov": "k", "mlp": "f", "kv": "kvh", "qh": "g", "experts": "E"}
 _GENERIC = {"dense", "proj", "linear", "fc", "out", "weight", "bias", "c_proj", "c_fc", "lin"}
 
 
@@ -112,17 +112,11 @@ class _Builder:
         for n, axes in self.descs.items():
             for parts in axes:
                 for part in parts:
-                    for index, f in enumerate(part):
-                        if f.root is None:
-                            for leaf in leaves(vars, f.nested) if f.nested is not None else []:
-                                users = self.nested_of.setdefault(leaf, [])
-                                if n not in users:
-                                    users.append(n)
-                            continue
+                    for f, before in walk_factors(part):
                         users = self.tensors_of.setdefault(f.root, [])
                         if n not in users:
                             users.append(n)
-                        occurrences.setdefault(f.root, []).append(part[index - 1].root if index else None)
+                        occurrences.setdefault(f.root, []).append(before)
         folds_by_root: dict[int, list] = {}
         for plan in self.folds:
             folds_by_root.setdefault(vars.root(plan.var), []).append(plan)
@@ -260,11 +254,14 @@ class _Builder:
                 return "qh"
             if any(o.per == root and o.role == "heads" for o in self.decisions.values()):
                 return "kv"
+        if d.role == "qk" and d.kind is None and any(o.role == "qk" and o.kind is not None and o.per == d.per
+                                                     for o in self.decisions.values()):
+            return "qkp"           # partial rotary: the pass-through part of a head's query/key basis
         return _ROLE_BASE[d.role]
 
     def tensors_in(self, alias: str) -> list[int]:
-        return list(dict.fromkeys(f.root for parts in self.descs[alias] for part in parts for f in part
-                                  if f.root in self.decisions))
+        return list(dict.fromkeys(f.root for parts in self.descs[alias] for part in parts
+                                  for f, _ in walk_factors(part) if f.root in self.decisions))
 
     def _signature(self, i: int) -> list[tuple]:
         roots = self.layer_roots.get(i, [])
@@ -308,10 +305,13 @@ class _Builder:
         for group in self.template_groups(unties):
             draft.canonicalize.append(({"untie": group}, "the tied weight reads a norm that is folded below, but "
                                        "its other use must keep the unscaled values"))
+        site_of = {d.root: self.global_names.get(d.root) or self.names[d.root] for d in orthogonal}
+        fold_site = {f.norm: site_of[d.root] for d in orthogonal for f in d.folds}
         steps = self.template_groups([[f.norm] + f.readers for f in folds])
         for group in steps:
-            draft.canonicalize.append(({"fold_layernorm": {"norm": group[0], "readers": group[1:]}},
-                                       "gain folded into every layer that reads the norm's output"))
+            site = fold_site.get(group[0]) or fold_site.get(self._concrete(group[0]))
+            step = {"norm": group[0], "readers": group[1:], **({"site": site} if site else {})}
+            draft.canonicalize.append(({"fold_layernorm": step}, "gain folded into every layer that reads the norm's output"))
         self.center_notes: dict[int, str] = {}
         for d in orthogonal:
             if d.preserve != "ones":
@@ -324,6 +324,10 @@ class _Builder:
                                            "every raw reader of the stream is a LayerNorm, which ignores the mean"))
             else:
                 self.center_notes[d.root] = plan.why or "no writer found"
+
+    def _concrete(self, name: str) -> str:
+        """Layer 0's name for a templated one (``layers.${i}.norm`` -> ``layers.0.norm``)."""
+        return name.replace("${i}", "0")
 
     def template_groups(self, groups: list[list[str]]) -> list[list[str]]:
         """Groups of names (a tie, an untie, a fold) written once with ${i} when every layer has one."""
@@ -361,13 +365,8 @@ class _Builder:
         notes = []
         for axis, parts in enumerate(self.descs[alias]):
             for part in parts:
-                for f in part:
-                    if f.root is None:
-                        below = [self.unbound_reason(r) for r in leaves(self.vars, f.nested)] if f.nested is not None else []
-                        below = [r for r in below if r and "nested inside" not in r]
-                        notes.append(f"axis {axis}: a fused axis inside a composite one, which a pattern cannot write"
-                                     + (f" ({below[0]})" if below else ""))
-                    elif f.root not in self.decisions:
+                for f, _ in walk_factors(part):
+                    if f.root not in self.decisions:
                         reason = self.unbound_reason(f.root)
                         if reason:
                             notes.append(f"axis {axis}: {reason}")

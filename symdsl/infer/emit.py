@@ -104,7 +104,8 @@ def render(draft: Draft, header: list[str] | None = None) -> str:
                 out += [f"        - {key(w)}" for w in args["writers"]]
             elif name == "fold_layernorm":
                 readers = ", ".join(quote(r) for r in args["readers"])
-                out.append(f"  - {name}: {{norm: {quote(args['norm'])}, readers: [{readers}]}}")
+                site = f", site: {quote(args['site'])}" if args.get("site") else ""
+                out.append(f"  - {name}: {{norm: {quote(args['norm'])}, readers: [{readers}]{site}}}")
             else:
                 out.append(f"  - {name}: [{', '.join(quote(n) for n in args)}]")
     if draft.sites:

@@ -60,7 +60,9 @@ def decide(root: int, size: int, flags: dict[str, list[str]], folds: list, *, ga
     >>> decide(3, 8, {"qk": []}, []).level, decide(3, 8, {"qk": []}, []).role
     ('invertible', 'qk')
     """
-    role = next((r for r in ROLE_ORDER if r in flags), "mlp" if "nonlinear" in flags else "linear")
+    # a query/key or value/output basis is only ever contracted: one reaching a nonlinearity is not one
+    roles = [r for r in ROLE_ORDER if r in flags and not (r in ("qk", "ov") and "nonlinear" in flags)]
+    role = roles[0] if roles else "experts" if "indexed" in flags else "mlp" if "nonlinear" in flags else "linear"
     d = Decision(root, size, "invertible", role)
     if "heads" in flags:
         d.level = "permutation"

@@ -83,6 +83,11 @@ class InferCall(OpCall):
         self.settle(axis)
         self.vars.flag(axis, "nonlinear", self._why(what))
 
+    def indexes(self, axis, what):
+        # topk over the router's logits: positions are experts; only permutations keep them
+        self.nonlinear(axis, what)
+        self.vars.flag(axis, "indexed", self._why(what))
+
     def square(self, axis):
         self.settle(axis)                   # squares of squares: not a norm
         var = self.vars.new(self.vars.size(axis))
@@ -163,6 +168,44 @@ class InferCall(OpCall):
         if parts is None:
             raise Unsupported(f"{what} of an axis that is already split differently")
         return parts
+
+    def take(self, axis, start, size, what):
+        """A range of ``axis`` (slice): the axis becomes fused, its parts cut at every boundary that
+        the slices of this tensor along this dimension use (Phi-3's ``qkv[..., :q]``,
+        ``qkv[..., q:q + kv]``, ...; a head's rotary part ``q[..., :r]`` and the rest), and the
+        range is those parts. Boundaries that do not fit a structure the axis already has leave it
+        to the default (fixed)."""
+        self.settle(axis)
+        total, end = self.vars.size(axis), start + size
+        bounds = sorted({0, total, *self._sibling_bounds(total)})
+        parts = self.vars.expand(axis, "sum", [b - a for a, b in zip(bounds, bounds[1:])])
+        if parts is None:
+            existing = self.vars.struct.get(self.vars.root(axis))
+            sizes = [self.vars.size(c) for c, _ in existing.children] if existing and existing.kind == "sum" else []
+            bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+            parts = self.vars.expand(axis, "sum", sizes) if start in bounds and end in bounds else None
+        if parts is None:
+            return super().take(axis, start, size, what)
+        picked = [p for p, a in zip(parts, bounds) if start <= a < end]
+        return picked[0] if len(picked) == 1 else self.vars.new_sum(picked)
+
+    def _sibling_bounds(self, total: int) -> set[int]:
+        """Start and end of every unit-step slice of this node's input along the same dimension."""
+        source, dim = self.node.args[0], self.arg(1, 0)
+        rank = len(self.node.shape or ())
+        out: set[int] = set()
+        for user in self.graph.users(source.name):
+            if user.op != "slice" or not user.args or user.args[0] != source:
+                continue
+            args = list(user.args) + [None] * 5
+            if rank == 0 or (args[1] or 0) % rank != dim % rank or args[4] not in (None, 1):
+                continue
+            if not all(isinstance(v, (int, type(None))) for v in args[2:4]):
+                continue
+            lo = 0 if args[2] is None else args[2] + total if args[2] < 0 else args[2]
+            hi = total if args[3] is None else args[3] + total if args[3] < 0 else args[3]
+            out |= {min(max(lo, 0), total), min(max(hi, 0), total)}
+        return out
 
     def join_axes(self, pieces):
         self.settle(*pieces)

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 
 # flags that restrict every factor of a composite space, so leaves inherit them from the
 # composite classes they are part of (see AxisVars.effective_flags)
-# flags a composite axis passes to its factors ('heads': the factors of grouped-query attention's
-# head axis (key/value head, query head inside its group) are head axes too)
-INHERITED = ("fixed", "nonlinear", "shift", "self_dual", "isometric", "heads")
+# flags a composite axis passes to its factors and a fused axis to its parts ('heads': the factors
+# of grouped-query attention's head axis (key/value head, query head inside its group) are head
+# axes too; 'qk': a head's rotary and pass-through parts are both query/key bases)
+INHERITED = ("fixed", "nonlinear", "shift", "self_dual", "isometric", "heads", "qk", "ov")
 MAX_EVIDENCE = 4
 
 

@@ -1,0 +1,90 @@
+"""`symdsl infer` on the decoder families: grouped-query attention with rotary embeddings (the draft
+names the key/value heads and the query heads inside their groups, gives the query/key basis the
+registered kind that commutes with RoPE, keeps one query/key and one value/output map per key/value
+head), partial rotary and fused per-head projections (GPT-NeoX, GPT-J, Phi-3), stacked experts
+(Mixtral); every draft passes its own static and numeric checks with the shipped spec's sites.
+Without a kind that commutes with RoPE, q/k stay unbound and the draft says why."""
+from __future__ import annotations
+
+import pytest
+
+import symdsl
+from conftest import REGISTRIES
+from symdsl.infer import check_draft
+from symdsl.registry import Registries
+from test_gptj import gptj
+from test_llama import llama
+from test_mixtral import mixtral
+from test_neox import neox
+from test_phi3 import phi3
+
+GQA = {"num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 4}
+
+
+@pytest.mark.parametrize("cls_name, overrides", [
+    ("LlamaForCausalLM", GQA),
+    ("MistralForCausalLM", {}),
+    ("Qwen2ForCausalLM", GQA),
+])
+def test_the_draft_has_the_shipped_spec_s_site_structure_and_passes_its_check(cls_name, overrides):
+    draft = symdsl.infer(llama(cls_name, **overrides), registries=REGISTRIES)
+    sites = {s.key: (s.group, s.per, s.size) for s in draft.sites}
+    assert sites["resid"][0] == "orthogonal"
+    assert sites["kv.${i}"] == ("permutation", None, "kvh")
+    assert sites["qh.${i}"] == ("permutation", "kv.${i}", "g")
+    assert sites["qk.${i}"] == ("rotary", "kv.${i}", "k")
+    assert sites["ov.${i}"] == ("invertible", "kv.${i}", "k")
+    patterns = {name.rsplit("self_attn.", 1)[-1]: text for name, text, _ in draft.tensors if "self_attn" in name}
+    assert patterns["q_proj.weight"] == "(kv.${i} qh.${i} qk.${i}) resid'"
+    assert patterns["k_proj.weight"] == "(kv.${i} qk.${i}') resid'"
+    assert patterns["o_proj.weight"] == "resid (kv.${i} qh.${i} ov.${i}')"
+    assert not draft.notes                          # nothing left unbound inside the model
+    result = check_draft(draft.text, registries=REGISTRIES, tolerance=1e-5)
+    assert result.ok, result
+
+
+def test_without_a_kind_that_commutes_with_rope_the_query_key_basis_stays_unbound():
+    bare = Registries.empty()
+    for category, table in (("group kind", REGISTRIES.group_kinds), ("op rule", REGISTRIES.op_rules),
+                            ("canonicalizer", REGISTRIES.canonicalizers), ("capture backend", REGISTRIES.capture_backends)):
+        for name in table:
+            if name != "rotary":
+                bare = bare.add(category, name, table[name])
+    draft = symdsl.infer(llama(**GQA), registries=bare)
+    groups = {s.key: s.group for s in draft.sites}
+    assert "rotary" not in groups.values() and not any(k.startswith("qk") for k in groups)
+    assert any("rotary" in note and "q_proj" in note and "none is registered" in note for note in draft.notes)
+    assert groups["ov.${i}"] == "invertible"        # the value/output basis does not meet RoPE
+
+
+def _sites(spec_or_draft) -> dict:
+    return {s.key: (s.group, s.per) for s in spec_or_draft.sites}
+
+
+@pytest.mark.parametrize("family, build, spec_name", [
+    ("GPT-NeoX, partial rotary, per-head fused qkv", lambda: neox(), "hf-gpt-neox"),
+    ("GPT-J, interleaved partial rotary", lambda: gptj(), "hf-gptj"),
+    ("Phi-3, fused qkv with unequal parts, partial rotary", lambda: phi3(), "hf-phi3"),
+])
+def test_drafts_of_partial_rotary_and_fused_projections_match_the_shipped_specs(family, build, spec_name):
+    draft = symdsl.infer(build(), registries=REGISTRIES)
+    shipped = {key: (s.group, s.per) for key, s in symdsl.find_spec(spec_name).document.sites.items()}
+    drafted = _sites(draft)
+    assert drafted == shipped, family
+    assert not draft.notes
+    result = check_draft(draft.text, registries=REGISTRIES, tolerance=1e-5)
+    assert result.ok, result
+
+
+def test_the_mixtral_draft_finds_experts_and_a_rotation_through_the_stacked_experts():
+    draft = symdsl.infer(mixtral(), registries=REGISTRIES)
+    sites = _sites(draft)
+    assert sites["resid"] == ("orthogonal", None)                 # post-attention RMSNorm folds into the experts
+    assert sites["experts.${i}"] == ("permutation", None) and sites["qh.${i}"] == ("permutation", "kv.${i}")
+    assert any("batched_mm" in line for line in draft.text.splitlines()[:8])
+    folds = [step["fold_layernorm"] for step, _ in draft.canonicalize if "fold_layernorm" in step]
+    assert any(any("experts.gate_up_proj" in r for r in f["readers"]) and f.get("site") == "resid" for f in folds)
+    # the draft's unit permutation is shared by all experts (sound; the shipped spec has one per expert)
+    assert sites["mlp.${i}"] == ("permutation", None)
+    result = check_draft(draft.text, registries=REGISTRIES, tolerance=1e-5)
+    assert result.ok, result
