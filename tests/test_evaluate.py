@@ -190,11 +190,33 @@ def test_curve_save_and_load(tmp_path):
     assert Curve.load(HAND.save(tmp_path / "curve.json")) == HAND
 
 
-def test_plot_writes_a_png(tmp_path):
+@pytest.mark.parametrize("name, magic", [("curves.png", b"\x89PNG\r\n\x1a\n"), ("curves.pdf", b"%PDF"),
+                                         ("curves.svg", b"<?xml")])
+def test_plot_writes_the_format_its_extension_names(tmp_path, name, magic):
     flat = Curve([0.0, 0.25, 0.5, 0.75, 1.0], [1.0, 1.1, 1.2, 1.1, 2.0], [0.9, 0.85, 0.8, 0.75, 0.7])
-    path = plot_curves({"vanilla": HAND, "weight matching": flat}, tmp_path / "sub" / "curves.png", title="toy")
+    path = plot_curves({"vanilla": HAND, "weight matching": flat}, tmp_path / "sub" / name, title="toy")
     data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+    assert data.startswith(magic) and len(data) > 5_000
+
+
+def test_the_plot_quotes_each_barrier_and_runs_from_a_to_b(tmp_path):
+    # lambda 1 is A: on the plot A sits at t = 0; the legend quotes the paper-definition barrier
+    skewed = Curve([0.0, 0.25, 0.5, 0.75, 1.0], [2.0, 1.9, 1.8, 1.6, 1.0], [0.5, 0.55, 0.6, 0.7, 0.9])
+    svg = plot_curves({"aligned": skewed}, tmp_path / "c.svg").read_text()
+    found = barrier(skewed)
+    assert f"loss barrier {found.loss:.3f}" in svg and "t  (0 = model A, 1 = model B)" in svg
+    with pytest.raises(UsageError, match=r"\.png, \.pdf, \.svg"):
+        plot_curves({"aligned": skewed}, tmp_path / "c.jpeg")
+
+
+def test_read_curves_reads_what_barrier_json_writes(tmp_path):
+    # symdsl barrier --json adds the alignment and both barrier definitions next to each curve
+    entry = {**HAND.to_dict(), "barrier": barrier(HAND).to_dict(), "barrier_mean": barrier(HAND, "mean").to_dict()}
+    path = tmp_path / "barrier.json"
+    path.write_text(json.dumps({"a": "A", "b": "B", "alignment": {"spec": "x"}, "curves": {"vanilla": entry}}))
+    assert read_curves(path) == {"vanilla": HAND}
+    with pytest.raises(UsageError, match="'curves' entry"):
+        read_curves({"a": "A"})
 
 
 @pytest.mark.parametrize("module", ["__init__", "forward", "metrics", "interpolate", "curve", "barrier", "baselines",

@@ -60,7 +60,8 @@ class Curve:
         fmt = record.pop("format", CURVE_FORMAT)
         if fmt != CURVE_FORMAT:
             raise UsageError(f"record format '{fmt}' is not a curve ({CURVE_FORMAT})")
-        record.pop("barrier", None)  # added by curves_record; derived, not stored
+        for derived in ("barrier", "barrier_mean"):   # added by curves_record / barrier --json; recomputed
+            record.pop(derived, None)
         return cls(**record)
 
     def save(self, path: str | Path) -> Path:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..errors import UsageError
 from .barrier import DEFINITIONS, barrier
 from .curve import Curve
 
@@ -29,13 +30,24 @@ def curves_record(curves: Mapping[str, Curve], *, definitions: tuple[str, ...] =
     }
 
 
-def read_curves(record: Mapping[str, Any]) -> dict[str, Curve]:
-    """The labelled curves of a :func:`curves_record` record (barriers are recomputed, not read).
+def read_curves(record: Mapping[str, Any] | str | Path) -> dict[str, Curve]:
+    """The labelled curves of a record: a :func:`curves_record` value, or the path of a JSON file
+    that holds one under ``"curves"`` (what ``symdsl barrier --json`` and the demo write).
+    Barriers are recomputed from the curves, not read.
 
     >>> c = Curve([0.0, 1.0], [1.0, 1.0], [0.9, 0.9])
     >>> read_curves(curves_record({"x": c}))["x"] == c
     True
     """
+    if isinstance(record, (str, Path)):
+        source = Path(record)
+        try:
+            record = json.loads(source.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UsageError(f"cannot read curves from '{source}': {exc}") from None
+    if not isinstance(record, Mapping) or not isinstance(record.get("curves"), Mapping):
+        raise UsageError("a curves record is a mapping with a 'curves' entry (label -> curve), as "
+                         "`symdsl barrier --json` writes")
     return {label: Curve.from_dict(entry) for label, entry in record["curves"].items()}
 
 
