@@ -172,3 +172,27 @@ def test_the_draft_for_a_llama_finds_a_rotation_residual_and_passes_its_check():
     groups = {s.key: s.group for s in draft.sites}
     assert groups.get("resid") == "orthogonal" or "orthogonal" in groups.values(), groups
     assert check_draft(draft.text, registries=REGISTRIES, tolerance=1e-5).ok
+
+
+def test_a_key_bound_primal_is_reported_at_both_projection_bindings():
+    # the violation happens at attention, several ops after the weights: the report names the
+    # q_proj and k_proj binding lines, not only the site's declaration
+    text = Path(symdsl.find_spec("hf-llama").file).read_text()
+    wrong = text.replace('"(kv.${i} qk.${i}\') resid\'"', '"(kv.${i} qk.${i}) resid\'"')
+    assert wrong != text
+    report = static_check(symdsl.load_spec_text(wrong, file="keys.yaml"), llama(), registries=REGISTRIES)
+    finding = next(f for f in report.findings if f.op == "scaled_dot_product_attention")
+    line = 1 + wrong.splitlines().index(next(x for x in wrong.splitlines() if "k_proj.weight:" in x))
+    assert any(e.startswith(f"keys.yaml:{line}:") and "k_proj.weight" in e for e in finding.tensor_entries)
+    assert any("q_proj.weight" in e for e in finding.tensor_entries)
+
+
+def test_a_fold_that_leaves_out_a_reader_is_named():
+    text = Path(symdsl.find_spec("hf-llama").file).read_text()
+    wrong = text.replace(', "layers.${i}.self_attn.k_proj.weight",\n                "layers.${i}.self_attn.v_proj.weight"]',
+                         ', "layers.${i}.self_attn.k_proj.weight"]')
+    assert wrong != text
+    report = numeric_check(symdsl.load_spec_text(wrong, file="fold.yaml"), llama(), registries=REGISTRIES)
+    assert not report.ok and report.canonicalize_error > 1e-3
+    assert report.canonicalize_step.startswith("fold.yaml:")
+    assert "fold_layernorm" in report.canonicalize_step and "model.layers.0.input_layernorm" in report.canonicalize_step

@@ -54,6 +54,7 @@ class NumericReport:
     precision: str = "float64"                 # the least precise dtype the model computes in (run in float64)
     precision_source: str | None = None        # the torch function that first produced it
     notes: list[str] = field(default_factory=list)   # what the check changed to run (kernels, dtype)
+    canonicalize_step: str | None = None       # the first canonicalize step that changed the function
 
     @property
     def ok(self) -> bool:
@@ -83,6 +84,29 @@ def _relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[f
     return worst_abs, worst_rel
 
 
+def _breaking_step(spec: Spec, resolved, fresh, inputs, dtype, primary, extra, reference,
+                   tolerance: float) -> str | None:
+    """The first canonicalize step after which the outputs differ from the original model's: the
+    steps are replayed one by one on a fresh copy (only when canonicalization failed)."""
+    model = fresh().eval()
+    use_exact_kernels(model)
+    model = model.to(dtype)
+    view = getattr(resolved, "original", resolved)
+    source = spec.source
+    for step in resolved.canonicalize:
+        with torch.no_grad():
+            step.canonicalizer.apply(model, step.args, view)
+            _, error = _relative(select_outputs(model(**inputs), primary, extra), reference)
+        if error >= tolerance:
+            line, col = source.where(step.origin) if step.origin else (0, 0)
+            where = f"{source.file}:{line}:{col}: " if step.origin else ""
+            arguments = step.args.model_dump() if hasattr(step.args, "model_dump") else step.args
+            return (f"{where}{step.name} {arguments} changes the model's outputs (relative error {error:.2e}): "
+                    "a fold must name every layer that reads the norm's output (a reader left out sees the "
+                    "unscaled values), and an untie every use of the shared weight")
+    return None
+
+
 def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, registries: Registries, seed: int = 0,
                   tolerance: float = DEFAULT_TOLERANCE, progress=None) -> NumericReport:
     """Check every site of ``spec`` on ``model`` (default: the spec's example) in float64.
@@ -93,7 +117,12 @@ def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, registrie
     True
     """
     # a user's model is checked on a perturbed copy too: unit gains and zero biases must not hide a wrong binding
-    model = build_example(spec, seed=seed) if model is None else perturb_parameters(copy.deepcopy(model), seed=seed)
+    given = model
+
+    def fresh() -> torch.nn.Module:
+        return build_example(spec, seed=seed) if given is None else perturb_parameters(copy.deepcopy(given), seed=seed)
+
+    model = fresh()
     notes = use_exact_kernels(model)
     model = model.eval()
     resolved = resolve_cached(spec, model, registries)
@@ -136,6 +165,9 @@ def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, registrie
     report = NumericReport(spec.name, type(model).__name__, effective, canon_error,
                            requested_tolerance=tolerance if effective != tolerance else None,
                            precision=str(lowest or dtype).replace("torch.", ""), precision_source=source, notes=notes)
+    if canon_error >= effective:
+        report.canonicalize_step = _breaking_step(spec, resolved, fresh, inputs, dtype, primary, extra, reference,
+                                                   effective)
     state = dict(model.state_dict())
     # functional_call wants one entry per shared parameter: keep the first name of each tie
     for group in detect_ties(state):

@@ -47,7 +47,8 @@ def _static_text(report: StaticReport) -> str:
 def _report_text(report: NumericReport, file: str) -> str:
     lines = ["numeric check (float64)",
              f"  canonicalize: relative error {report.canonicalize_error:.2e}  "
-             f"{'ok' if report.canonicalize_error < report.tolerance else 'FAILED'}",
+             f"{'ok' if report.canonicalize_error < report.tolerance else 'FAILED'}"
+             + (f"\n    first failing step: {report.canonicalize_step}" if report.canonicalize_step else ""),
              f"  {'site':<16} {'group':<18} {'max abs err':>12} {'rel err':>10}"]
     for s in report.sites:
         name = "all sites" if s.site == "*" else s.site

@@ -227,16 +227,39 @@ def _refs(obj) -> list[str]:
     return out
 
 
+_UPSTREAM_LIMIT = 400     # graph nodes searched back from a violation for the bindings involved
+
+
+def _bound_params(graph, node, resolved, site: str | None) -> list[str]:
+    """The bound tensors a violation involves: the node's own parameter operands, and else those
+    upstream of it whose binding carries the violating site (a key bound primal is reported at
+    attention, several ops after ``k_proj.weight``: its binding is the line to fix)."""
+    direct = [name for ref in _refs(node.args) for name in graph.params.get(ref, []) if name in resolved.tensors]
+    if direct or site is None:
+        return direct
+    found: list[str] = []
+    queue, seen = list(_refs(node.args)), set()
+    while queue and len(seen) < _UPSTREAM_LIMIT:
+        ref = queue.pop(0)
+        if ref in seen:
+            continue
+        seen.add(ref)
+        names = [n for n in graph.params.get(ref, []) if n in resolved.tensors]
+        if names:
+            found += [n for n in names if site in resolved.tensors[n].sites() and n not in found]
+            continue
+        queue.extend(_refs(graph.node(ref).args))
+    return found
+
+
 def _finding(graph, node, resolved, violation: Violation, values=None) -> Finding:
     inputs = [f"{r}: {show(values.get(r))}" for r in _refs(node.args)] if values else []
     tensor_entries = []
     source = resolved.spec.source
-    for ref in _refs(node.args):
-        for name in graph.params.get(ref, []):
-            binding = resolved.tensors.get(name)
-            if binding is not None:
-                line, col = source.where(binding.origin)
-                tensor_entries.append(f"{source.file}:{line}:{col}: {name}: {binding.pattern!r}")
+    for name in _bound_params(graph, node, resolved, violation.site):
+        binding = resolved.tensors[name]
+        line, col = source.where(binding.origin)
+        tensor_entries.append(f"{source.file}:{line}:{col}: {name}: {binding.pattern!r}")
     return Finding(node=node.name, op=node.op, target=node.target, message=violation.message, site=violation.site,
                    rule=violation.rule, source=node.source, code=node.code, module=node.module,
                    spec_entry=_site_entry(resolved, violation.site), inputs=inputs, tensor_entries=tensor_entries)
