@@ -235,3 +235,25 @@ def test_default_batch_size_bounds_language_model_logits():
                         vocab_size=50257, block_size=64)
     assert default_batch_size(bpe_sized) == 10  # 10 * 64 * 50257 logits fit in 2^25
     assert default_batch_size(load_dataset("digits")) == 256
+
+
+class _PlainLM(torch.nn.Module):
+    """A language model written as a plain module: forward(self, tokens), no `input_ids` keyword."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.embed, self.out = torch.nn.Embedding(vocab, 8), torch.nn.Linear(8, vocab)
+
+    def forward(self, tokens):
+        return self.out(self.embed(tokens))
+
+
+def test_a_plain_module_language_model_is_called_with_its_own_argument():
+    ds = text_dataset("abcabcabd" * 40, block_size=8)
+    model = _PlainLM(ds.vocab_size)
+    result = evaluate(model, ds)
+    inputs, targets = ds.test.inputs, ds.test.targets
+    with torch.no_grad():
+        logits = model(inputs)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, ds.vocab_size), targets.reshape(-1))
+    assert result["loss"] == pytest.approx(float(expected), rel=1e-6)

@@ -1,6 +1,8 @@
 """Run a model on a batch the way its task expects, and get logits out of whatever it returns."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -26,14 +28,32 @@ def logits_of(output) -> torch.Tensor:
     return logits
 
 
+def takes_input_ids(model: torch.nn.Module) -> bool:
+    """Does ``model.forward`` take the token ids as the keyword ``input_ids`` (Hugging Face style)?
+    A plain module (``forward(self, tokens)``) is called with them positionally instead.
+
+    >>> class TinyLM(torch.nn.Module):
+    ...     def forward(self, tokens):
+    ...         return tokens
+    >>> takes_input_ids(TinyLM())
+    False
+    """
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):        # a forward without a readable signature: Hugging Face style
+        return True
+    return "input_ids" in parameters
+
+
 def model_logits(model: torch.nn.Module, task: str, inputs: torch.Tensor) -> torch.Tensor:
     """Logits of ``model`` on a batch: classification ``model(x)`` -> (B, C); language models
-    ``model(input_ids=ids)`` (HF style) -> (B, T, V).
+    ``model(input_ids=ids)`` when forward takes ``input_ids`` (Hugging Face), else ``model(ids)``
+    -> (B, T, V).
 
     >>> model_logits(torch.nn.Flatten(), "classification", torch.ones(2, 1, 3)).shape
     torch.Size([2, 3])
     """
-    if task == "language_model":
+    if task == "language_model" and takes_input_ids(model):
         return logits_of(model(input_ids=inputs))
     return logits_of(model(inputs))
 
