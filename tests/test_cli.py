@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from symdsl.cli.main import main
-from symdsl import find_spec
+from symdsl import __version__, find_spec
 
 
 def test_check_a_shipped_spec_prints_every_site_and_exits_0(capsys):
@@ -84,3 +88,11 @@ def test_packaging_lists_every_subpackage():
     found = {".".join(p.relative_to(root).parts[:-1]) for p in (root / "symdsl").rglob("__init__.py")}
     found |= {".".join(p.relative_to(root / "plugins").parts[:-1]) for p in (root / "plugins").rglob("__init__.py")}
     assert found <= listed, f"add to pyproject packages: {sorted(found - listed)}"
+
+
+def test_version_names_symdsl_torch_and_python(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == (f"symdsl {__version__} (torch {torch.__version__}, "
+                                               f"python {platform.python_version()})")

@@ -7,17 +7,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 
+import torch
+
+from .._version import __version__
 from ..errors import SpecError, SymdslError, UsageError
 from ..plugins import load
 from . import align_cmd, check_cmd, demo_cmd, plugins_cmd, specs_cmd, train_cmd
 from . import infer_cmd
 
 
+def _version_line() -> str:
+    """``symdsl X (torch Y, python Z)``: what a bug report needs first."""
+    return f"symdsl {__version__} (torch {torch.__version__}, python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="symdsl", description="Align and merge Transformers modulo their "
                                      "parameter-space symmetries, declared as checked YAML specs.")
+    parser.add_argument("--version", action="version", version=_version_line())
     parser.add_argument("--block", action="append", default=[], metavar="PLUGIN",
                         help="do not load this plugin (repeatable; also SYMDSL_BLOCK_PLUGINS=a,b)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
