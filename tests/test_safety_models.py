@@ -127,3 +127,11 @@ def test_a_pickled_checkpoint_is_refused_without_unpickling(tmp_path):
 def test_a_timm_checkpoint_that_is_a_folder_or_missing_is_reported(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         load_model(f"timm:vit_tiny_patch16_224@{tmp_path / 'none.safetensors'}")
+
+
+def test_weights_of_the_wrong_shape_for_the_config_are_refused(tmp_path):
+    folder = gpt2_folder(tmp_path / "g")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 80}))
+    with pytest.raises(UsageError, match="transformers cannot load this folder|wrong shape"):
+        load_model(str(folder))

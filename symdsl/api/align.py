@@ -20,8 +20,8 @@ from ..spec.cache import resolve_cached
 from ..spec.load import Spec
 from ..width import needs_lift, wide_and_narrow
 from .alignment import Alignment
-from .compat import check_compatible
-from .pipeline import match, prepare, spec_for
+from .compat import check_compatible, check_data_fits, check_finite
+from .pipeline import dataset_for, match, prepare, spec_for
 from .verify import verify_spec
 from .widths import align_widths
 
@@ -70,6 +70,10 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
         check_output(out, inputs=model_sources([model_a, model_b]), overwrite=overwrite)
     spec = spec_for(spec, model_a, registries)
     check_compatible([model_a, model_b], spec, lift=needs_lift(model_a, model_b))
+    check_finite([model_a, model_b])
+    if data is not None:
+        data = dataset_for(data, registries)
+        check_data_fits(model_a, data)
     if standard:
         refuse_architecture_change(spec, model_a, registries, "the aligned model")
     if verify:

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from ..data import Dataset
 from ..errors import UsageError
 from ..spec.config import model_config
 from ..spec.load import Spec
@@ -134,3 +135,46 @@ def check_compatible(models: Sequence[torch.nn.Module], spec: Spec | None = None
             what = (f"model 0 has '{only0[0]}' and model {index} does not" if only0
                     else f"model {index} has '{only[0]}' and model 0 does not")
             raise UsageError(f"models differ in their tensors: {what}; align models of one depth and architecture")
+
+
+def check_finite(models: Sequence[torch.nn.Module]) -> None:
+    """Refuse a model with NaN or infinite weights, naming the model and the first such tensor.
+
+    >>> net = torch.nn.Linear(2, 2)
+    >>> with torch.no_grad():
+    ...     net.bias[0] = float("nan")
+    >>> check_finite([torch.nn.Linear(2, 2), net])
+    Traceback (most recent call last):
+    ...
+    symdsl.errors.UsageError: model 1 has NaN or infinite values in 'bias'; it cannot be aligned (was its training diverging?)
+    """
+    for index, model in enumerate(models):
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise UsageError(f"model {index} has NaN or infinite values in '{name}'; it cannot be aligned "
+                                 "(was its training diverging?)")
+
+
+def check_data_fits(model: torch.nn.Module, dataset: Dataset) -> None:
+    """Refuse a language-model dataset whose vocabulary or block is larger than the model reads.
+
+    A text with more distinct characters than the model's embedding has rows would end in an
+    index error deep inside torch; say instead which sizes disagree.
+
+    >>> from symdsl.data import text_dataset
+    >>> check_data_fits(torch.nn.Linear(2, 2), text_dataset("abc " * 50, block_size=8))   # nothing to compare
+    """
+    if dataset.task != "language_model":
+        return
+    embeddings = getattr(model, "get_input_embeddings", None)
+    rows = getattr(embeddings(), "num_embeddings", None) if callable(embeddings) else None
+    hint = ("evaluate on the data the models were trained on (the same --data, --max-chars and --tokenizer as "
+            "`symdsl train`)")
+    if isinstance(rows, int) and dataset.vocab_size is not None and dataset.vocab_size > rows:
+        raise UsageError(f"data '{dataset.name}' has {dataset.vocab_size} tokens in its vocabulary, the model's "
+                         f"embedding only {rows}; {hint}")
+    config = model_config(model)
+    positions = config.get("n_positions") or config.get("max_position_embeddings")
+    if isinstance(positions, int) and dataset.block_size is not None and dataset.block_size > positions:
+        raise UsageError(f"data '{dataset.name}' feeds blocks of {dataset.block_size} tokens, the model reads at most "
+                         f"{positions}; {hint}")

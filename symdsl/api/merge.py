@@ -14,14 +14,14 @@ import torch
 
 from ..errors import UsageError
 from ..models import save_model
+from ..models.output import check_output
 from ..plugins import default_registries
 from ..registry import Registries
 from ..spec.load import Spec
 from ..width import needs_lift
-from ..models.output import check_output
 from .align import align, model_sources, refuse_architecture_change
-from .compat import check_compatible
-from .pipeline import merge_models, spec_for
+from .compat import check_compatible, check_data_fits, check_finite
+from .pipeline import dataset_for, merge_models, spec_for
 from .universe_merge import merge_universe
 from .verify import verify_spec
 
@@ -72,6 +72,10 @@ def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, mat
         check_output(out, inputs=model_sources(models), overwrite=overwrite)
     spec = spec_for(spec, models[0], registries)
     check_compatible(models, spec, lift=len(models) == 2 and needs_lift(*models))
+    check_finite(models)
+    if data is not None:
+        data = dataset_for(data, registries)
+        check_data_fits(models[0], data)
     merged = _merge(models, spec, matcher, weights, merger, data, refine, pairwise, plot, seed, device, standard,
                     verify, progress, registries, options)
     if out is not None:

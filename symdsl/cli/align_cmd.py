@@ -95,6 +95,10 @@ def _device(name):
 
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device '{name}' is not a device; give cpu, cuda or cuda:N") from None
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda given but no CUDA device is available")
     return name
