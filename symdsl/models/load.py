@@ -116,13 +116,19 @@ def _load_folder(path: Path, loaders: list[ModelLoader], trust_code: bool) -> to
         raise UsageError(f"{config_file}: architectures: transformers has no model class '{architectures[0]}'")
     try:
         with quiet_transformers():   # its load report is replaced by the check below
-            model, info = cls.from_pretrained(str(path), output_loading_info=True)
+            # mismatches are collected and reported below, naming the tensor (the library's report is silenced)
+            model, info = cls.from_pretrained(str(path), output_loading_info=True, ignore_mismatched_sizes=True)
     except (OSError, ValueError, TypeError, RuntimeError, KeyError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"{path}: transformers cannot load this folder: {first[:300]}") from None
     error = completeness_error(str(path), info.get("missing_keys", ()), info.get("unexpected_keys", ()))
     if error is None and info.get("mismatched_keys"):
-        error = UsageError(f"{path}: tensor(s) of the wrong shape: {sorted(info['mismatched_keys'])[:3]}")
+        first = sorted(info["mismatched_keys"], key=str)[0]
+        name, shapes = (first[0], f": {tuple(first[1])} in the checkpoint, {tuple(first[2])} in config.json") \
+            if isinstance(first, tuple) and len(first) == 3 else (str(first), "")
+        more = len(info["mismatched_keys"]) - 1
+        error = UsageError(f"{path}: tensor '{name}' does not fit the configuration{shapes}"
+                           + (f" ({more} more)" if more else "") + "; config.json and the weights disagree")
     if error is not None:
         raise error
     return model.eval()
