@@ -146,7 +146,7 @@ def check_finite(models: Sequence[torch.nn.Module]) -> None:
     >>> check_finite([torch.nn.Linear(2, 2), net])
     Traceback (most recent call last):
     ...
-    symdsl.errors.UsageError: model 1 has NaN or infinite values in 'bias'; it cannot be aligned (was its training diverging?)
+    symdsl.errors.UsageError: model 1 has NaN or infinite values in 'bias'; ...
     """
     for index, model in enumerate(models):
         for name, tensor in model.state_dict().items():
