@@ -186,3 +186,14 @@ def test_train_refuses_a_non_empty_output_before_training(tmp_path, capsys):
     assert main(["train", "vit-digits", "--steps", "1", "-o", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_report_files_never_overwrite_an_input(pair, capsys):
+    a, b = pair
+    weights = a / "model.safetensors"
+    before = weights.read_bytes()
+    assert main(["barrier", str(a), str(b), "--data", "digits", "--json", str(weights)]) == 2
+    assert "--json" in capsys.readouterr().err
+    assert main(["infer", "--model", str(a), "-o", str(a / "config.json")]) == 2
+    assert "would overwrite a file of the input" in capsys.readouterr().err
+    assert weights.read_bytes() == before

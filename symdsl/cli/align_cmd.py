@@ -14,7 +14,7 @@ from ..api.pipeline import dataset_for
 from ..errors import UsageError
 from ..evaluate import plot_curves
 from ..models import load_model
-from ..models.output import check_output
+from ..models.output import check_output, check_output_file
 from .progress import progress_bar
 from .text_data import add_text_options, text_options
 
@@ -155,6 +155,8 @@ def run_merge(args) -> int:
     if len(args.models) < 2:
         raise UsageError("merge needs at least two models")
     _check_output(args, args.models)
+    if args.plot:
+        check_output_file(args.plot, inputs=args.models, option="--plot")
     models = [_load(args, ref) for ref in args.models]
     universe = len(models) >= 3 and not args.pairwise
     if not universe and (args.refine or args.plot):
@@ -182,6 +184,10 @@ def run_merge(args) -> int:
 
 
 def run_barrier(args) -> int:
+    inputs = [args.a, args.b, *([args.data[5:]] if (args.data or "").startswith("text:") else [])]
+    for option, file in (("--json", args.json), ("--plot", args.plot)):
+        if file:
+            check_output_file(file, inputs=inputs, option=option)
     a, b = _load(args, args.a), _load(args, args.b)
     with progress_bar(f"barrier ({args.matcher})") as bar:
         kwargs = _common_kwargs(args, bar)

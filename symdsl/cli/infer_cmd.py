@@ -15,6 +15,7 @@ from ..errors import UsageError
 from ..infer import check_draft, infer_spec
 from ..models.build import import_object
 from ..models.load import load_model
+from ..models.output import check_output_file
 
 
 def add_parser(sub) -> None:
@@ -108,6 +109,8 @@ def run(args) -> int:
     config = _json_arg(args.config, "--config")
     inputs = _json_arg(args.inputs, "--inputs")
     registries = args.registries
+    if args.output:
+        check_output_file(args.output, inputs=[args.model], option="-o")
     model, factory, timm_name = _load(args.model, config, registries.model_loaders.values(), args.trust_code)
     draft = infer_spec(model, factory=factory, timm_name=timm_name, config=config, inputs=inputs, name=args.name,
                        backend=args.backend, seed=args.seed, registries=registries)

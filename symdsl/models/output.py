@@ -82,6 +82,37 @@ def check_output(folder: str | Path, *, inputs: Iterable[str | Path] = (), overw
     return target
 
 
+def check_output_file(file: str | Path, *, inputs: Iterable[str | Path] = (), option: str = "the output") -> Path:
+    """Validate a report file (``--json``, ``--plot``, a draft spec) before any work; return it.
+
+    Refused: an existing file that is, or lies inside, an input (a model's weights, the spec
+    being read), a folder, and a place that cannot be written. An earlier report is replaced.
+
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp()); (root / "a").mkdir(); _ = (root / "a" / "w").write_text("x")
+    >>> check_output_file(root / "a" / "w", inputs=[root / "a"], option="--json")
+    Traceback (most recent call last):
+    ...
+    symdsl.errors.UsageError: --json '...' would overwrite a file of the input '...'; write it somewhere else
+    """
+    target = Path(os.path.abspath(os.path.expanduser(str(file))))
+    if target.is_dir():
+        raise UsageError(f"{option} '{file}' is a folder; give a file name")
+    if target.exists():
+        real = Path(os.path.realpath(target))
+        for item in inputs:
+            source = Path(os.path.expanduser(str(item)))
+            if source.exists() and _inside(real, Path(os.path.realpath(source))):
+                raise UsageError(f"{option} '{file}' would overwrite a file of the input '{item}'; write it "
+                                 "somewhere else")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"{option} '{file}' cannot be written: '{parent}' is not a writable folder")
+    return target
+
+
 def hide_records(folder: Path) -> None:
     """Rename the files that make ``folder`` load as a model to ``NAME.partial`` (see the module docstring)."""
     for name in RECORD_FILES:
