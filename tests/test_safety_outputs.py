@@ -131,6 +131,8 @@ def test_a_failed_write_leaves_no_folder(pair, tmp_path, monkeypatch):
 
 KILLED = textwrap.dedent("""
     import os, sys
+    import torch
+    torch.set_num_threads(1)           # tiny tensors; the test workers share two cores
     import symdsl
     from symdsl.models import load_model
     import symdsl.api.alignment as alignment
@@ -145,8 +147,9 @@ KILLED = textwrap.dedent("""
 
 def test_a_run_killed_before_the_end_leaves_nothing_that_loads(pair, tmp_path):
     out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-c", KILLED, *map(str, pair), str(out)], capture_output=True, text=True,
-                         cwd=ROOT)
+                         cwd=ROOT, env=env, timeout=300)
     assert run.returncode == 9, run.stderr
     assert not out.exists()
     staged = [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
