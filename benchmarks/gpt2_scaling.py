@@ -64,8 +64,8 @@ def trained(config: dict, seed: int, dataset, cache: Path, say) -> torch.nn.Modu
     say(f"training {config['name']} seed {seed}")
     model = small_gpt2(dataset, n_embd=config["width"], n_layer=config["layers"], seed=seed)
     metrics = train(model, dataset, seed=seed, **with_steps(CHAR_GPT2, config["steps"]))
-    save_model(model, str(folder), {"seed": seed, "test_loss": metrics["test_loss"],
-                                    "train_loss": metrics["final_loss"], "seconds": metrics["seconds"]})
+    save_model(model, str(folder), {"seed": seed, "test_loss": metrics["test_loss"], "train_loss": metrics["final_loss"],
+                                    "seconds": metrics["seconds"]}, overwrite=True)    # our cache folder
     return model
 
 

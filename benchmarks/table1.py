@@ -78,8 +78,9 @@ def trained(task: str, seed: int, dataset, say) -> torch.nn.Module:
     started = time.perf_counter()
     metrics = train(model, dataset, seed=seed, **recipe)
     say(f"    trained {task} seed {seed} in {time.perf_counter() - started:.0f} s: test loss {metrics['test_loss']:.3f}")
-    save_model(model, folder, {"command": "table1-train", "seed": seed, "data": dataset.name,
-                               **{k: v for k, v in metrics.items() if k != "losses"}})
+    record = {"command": "table1-train", "seed": seed, "data": dataset.name,
+              **{k: v for k, v in metrics.items() if k != "losses"}}
+    save_model(model, folder, record, overwrite=True)    # our cache folder
     return model
 
 

@@ -49,8 +49,9 @@ def trained_vit(seed: int, dataset, say) -> torch.nn.Module:
     metrics = train(model, dataset, seed=seed, **DIGITS_VIT)
     seconds = time.perf_counter() - start
     say(f"model seed {seed}: trained in {seconds:.0f} s, test loss {metrics['test_loss']:.3f}")
-    save_model(model, folder, {"command": "demo-train", "seed": seed, "data": dataset.name, "seconds": seconds,
-                               **{k: v for k, v in metrics.items() if k != "losses"}})
+    record = {"command": "demo-train", "seed": seed, "data": dataset.name, "seconds": seconds,
+              **{k: v for k, v in metrics.items() if k != "losses"}}
+    save_model(model, folder, record, overwrite=True)    # our cache folder: replace what a crashed run left
     return model
 
 

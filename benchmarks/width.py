@@ -43,7 +43,7 @@ def trained(dataset, embed_dim: int, num_heads: int, seed: int, cache: str | Non
           f"{metrics['test_loss']:.3f}, accuracy {metrics['test_accuracy']:.3f} ({time.perf_counter() - start:.0f} s)",
           flush=True)
     if folder is not None:
-        save_model(model, folder)
+        save_model(model, folder, overwrite=True)   # a cache folder of ours
     return model.eval()
 
 

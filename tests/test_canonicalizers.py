@@ -42,7 +42,7 @@ def _ln_linear():
 def test_fold_layernorm_matches_closed_form():
     net = _ln_linear()
     gamma, beta, weight = net[0].weight.clone(), net[0].bias.clone(), net[1].weight.clone()
-    spec = load_spec_text(TINY_SPEC.replace("  - center_writers: {site: resid, writers: [1.bias]}\n", ""))
+    spec = load_spec_text(TINY_SPEC.replace("  - center_writers: {site: resid, writers: [1.bias]}\n", ""), trust_code=True)
     resolved = resolve(spec, net, registries=REGISTRIES)
     x = torch.randn(5, 6, dtype=torch.float64)
     before = net(x)
@@ -58,7 +58,7 @@ def test_fold_layernorm_refuses_a_zero_gain():
     net = _ln_linear()
     with torch.no_grad():
         net[0].weight[2] = 0.0
-    spec = load_spec_text(TINY_SPEC.replace("  - center_writers: {site: resid, writers: [1.bias]}\n", ""))
+    spec = load_spec_text(TINY_SPEC.replace("  - center_writers: {site: resid, writers: [1.bias]}\n", ""), trust_code=True)
     with pytest.raises(BindError, match=r"'0.weight' has zero gain at \[2\]"):
         canonicalize(net, resolve(spec, net, registries=REGISTRIES))
 
@@ -155,7 +155,7 @@ canonicalize:
   - fold_layernorm: {norm: "1", readers: [2.weight]}
 tensors: {0.weight: "resid _", 0.bias: resid, 2.weight: "_ resid'"}
 invariant: [1.weight, 2.bias]
-""", "rms.yaml")
+""", "rms.yaml", trust_code=True)
     report = numeric_check(spec, registries=REGISTRIES)
     assert report.ok and report.canonicalize_error < 1e-12
 

@@ -2,6 +2,7 @@
 
 The spec's ``example.factory`` is ``examples.tiny_transformer:tiny_transformer``, importable when the
 repository root is on ``sys.path`` (``PYTHONPATH=.`` on the command line); the fixture arranges that.
+A spec file's factory runs only with ``--trust-code``.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def repo_root(monkeypatch):
 
 
 def test_example_spec_passes_the_numeric_check(repo_root, capsys):
-    assert main(["check", "examples/tiny-transformer.yaml"]) == 0
+    assert main(["check", "examples/tiny-transformer.yaml", "--trust-code"]) == 0
     out = capsys.readouterr().out
     assert "spec tiny-transformer (examples/tiny-transformer.yaml)" in out
     assert "result: OK" in out
@@ -51,7 +52,7 @@ def test_keys_written_primal_break_the_qk_symmetry(repo_root, tmp_path, capsys):
     broken = tmp_path / "tiny-transformer-keys-primal.yaml"
     broken.write_text(text.replace(KEY_WEIGHT, KEY_WEIGHT.replace("qk.${i}')", "qk.${i})"))
                           .replace(KEY_BIAS, KEY_BIAS.replace("qk.${i}')", "qk.${i})")))
-    assert main(["check", str(broken)]) == 1
+    assert main(["check", str(broken), "--trust-code"]) == 1
     out = capsys.readouterr().out
     assert re.search(r"canonicalize: relative error \S+  ok", out)
     failed = {site for site, verdict in site_results(out).items() if verdict == "FAILED"}

@@ -65,7 +65,7 @@ tensors:
   router: "{router}"
   up: "experts units _"
   down: "experts _ units'"
-""")
+""", trust_code=True)
 
 
 def test_the_routing_of_a_hand_written_moe_passes_both_checks():
@@ -97,7 +97,7 @@ def test_a_router_that_does_not_move_with_the_experts_fails_at_the_gather():
 
 
 def test_a_rotation_of_the_router_outputs_is_refused_before_topk():
-    report = static_check(symdsl.load_spec_text(_orthogonal_router_spec()), registries=REGISTRIES)
+    report = static_check(symdsl.load_spec_text(_orthogonal_router_spec(), trust_code=True), registries=REGISTRIES)
     assert not report.ok and report.findings[0].op == "softmax"
 
 
@@ -124,7 +124,7 @@ def test_repeat_interleave_of_a_site_carrying_axis_is_refused():
             return (x @ self.w.T).repeat_interleave(2, dim=-1)
 
     spec = symdsl.load_spec_text("symdsl: 1\nname: rep\nsites: {h: {group: permutation, size: 3}}\n"
-                                 "tensors: {w: \"h _\"}\nexample: {factory: \"x:y\", inputs: {x: {randn: true, shape: [2, 4]}}}\n")
+                                 "tensors: {w: \"h _\"}\nexample: {factory: \"x:y\", inputs: {x: {randn: true, shape: [2, 4]}}}\n", trust_code=True)
     report = static_check(spec, Repeat(), registries=REGISTRIES)
     assert [(f.op, f.site) for f in report.findings] == [("repeat_interleave", "h")]
     assert "repeat_interleave copies the entries of this axis" in report.findings[0].message
@@ -170,17 +170,17 @@ invariant: [b.bias]
 
 def test_a_model_that_cannot_run_in_float64_is_checked_in_float32_and_says_so():
     text = NO_DOUBLE.format(width=3)
-    report = numeric_check(symdsl.load_spec_text(text), registries=REGISTRIES)
+    report = numeric_check(symdsl.load_spec_text(text, trust_code=True), registries=REGISTRIES)
     assert report.ok and report.precision == "float32" and report.requested_tolerance == 1e-9
     assert report.tolerance == pytest.approx(100 * torch.finfo(torch.float32).eps)
     assert any("does not run in float64 (RuntimeError: Expected mat_a to be Float32" in n and "checked in float32" in n
                for n in report.notes)
-    wrong = symdsl.load_spec_text(text.replace('b.weight: "_ h\'"', 'b.weight: "_ _"'))   # the reader not moved
+    wrong = symdsl.load_spec_text(text.replace('b.weight: "_ h\'"', 'b.weight: "_ _"'), trust_code=True)   # the reader not moved
     assert not numeric_check(wrong, registries=REGISTRIES).ok
 
 
 def test_a_model_that_runs_in_no_dtype_gets_a_clear_error():
-    spec = symdsl.load_spec_text(NO_DOUBLE.format(width=7))        # inputs of the wrong width: nothing runs
+    spec = symdsl.load_spec_text(NO_DOUBLE.format(width=7), trust_code=True)        # inputs of the wrong width: nothing runs
     with pytest.raises(symdsl.SymdslError, match="failed in every dtype the check can use .*float64: RuntimeError"):
         numeric_check(spec, registries=REGISTRIES)
 

@@ -18,13 +18,14 @@ from .check import CheckReport, check, infer
 from .merge import Merged, merge
 
 
-def find_spec(name_or_path: str, registries: Registries | None = None) -> Spec:
-    """A shipped or plugin spec by name, or a spec file by path.
+def find_spec(name_or_path: str, registries: Registries | None = None, *, trust_code: bool = False) -> Spec:
+    """A shipped or plugin spec by name, or a spec file by path (whose ``example.factory`` is
+    imported only with ``trust_code``; see docs/security.md).
 
     >>> find_spec("hf-gpt2").name
     'hf-gpt2'
     """
-    return _find_spec(name_or_path, registries or default_registries())
+    return _find_spec(name_or_path, registries or default_registries(), trust_code=trust_code)
 
 
 __all__ = ["Alignment", "BarrierReport", "CheckReport", "Merged", "Registries", "SymdslError", "align", "barrier",

@@ -6,19 +6,22 @@ narrower B into A's configuration first.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..act import act_state_dict
 from ..errors import UsageError
+from ..models.output import check_output
 from ..plugins import default_registries
 from ..registry import Registries
 from ..spec.cache import resolve_cached
 from ..spec.load import Spec
 from ..width import needs_lift, wide_and_narrow
 from .alignment import Alignment
-from .pipeline import match, prepare, spec_for
+from .compat import check_compatible, check_data_fits, check_finite
+from .pipeline import dataset_for, match, prepare, spec_for
 from .verify import verify_spec
 from .widths import align_widths
 
@@ -35,7 +38,8 @@ def refuse_architecture_change(spec: Spec, model: torch.nn.Module, registries: R
 
 def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str | None = None,
           matcher: str = "weight", *, data=None, seed: int = 0, device=None, standard: bool = True,
-          verify: bool = True, progress=None, registries: Registries | None = None, **options: Any) -> Alignment:
+          verify: bool = True, progress=None, out: str | Path | None = None, overwrite: bool = False,
+          registries: Registries | None = None, **options: Any) -> Alignment:
     """Align ``model_b`` to ``model_a`` modulo the symmetries of their spec.
 
     ``spec``: a spec name, a ``.yaml`` path, a :class:`~symdsl.spec.Spec`, or None (the one
@@ -46,7 +50,11 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     configuration first (same function), so the result lives in A's space. With ``standard``
     (the default) a spec that changes the architecture is refused. With ``verify`` (the default)
     the spec's static and numeric checks must pass on A first (cached per architecture; see
-    :mod:`symdsl.api.verify`).
+    :mod:`symdsl.api.verify`). The models must be one architecture (:mod:`symdsl.api.compat`:
+    configurations agree up to fields that cannot matter, or differ in width where B is
+    narrower), checked before any work. ``out``: a folder to save the result into
+    (:meth:`Alignment.save`), validated before any work (not an input, writable, empty unless
+    ``overwrite``).
 
     >>> import symdsl, torch
     >>> from symdsl.experiments.train import small_vit
@@ -58,7 +66,14 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     (True, True)
     """
     registries = registries or default_registries()
+    if out is not None:
+        check_output(out, inputs=model_sources([model_a, model_b]), overwrite=overwrite)
     spec = spec_for(spec, model_a, registries)
+    check_compatible([model_a, model_b], spec, lift=needs_lift(model_a, model_b))
+    check_finite([model_a, model_b])
+    if data is not None:
+        data = dataset_for(data, registries)
+        check_data_fits(model_a, data)
     if standard:
         refuse_architecture_change(spec, model_a, registries, "the aligned model")
     if verify:
@@ -69,9 +84,25 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
                              "result lives in A's space, so A must be the wide model; swap A and B")
         width = align_widths(model_a, model_b, spec, matcher, data=data, seed=seed, device=device, progress=progress,
                              registries=registries, **options)
-        return Alignment(width.prepared, width.result, width.aligned, {"width_lift": width.lifted.to_record()},
-                         ["B was narrower than A: lifted into A's configuration (same function), then matched there"])
-    prepared = prepare([model_a, model_b], spec, device=device, registries=registries)
-    result = match(prepared, 1, matcher, data=data, seed=seed, progress=progress, registries=registries, **options)
-    aligned = act_state_dict(prepared.resolved, prepared.states[1], result.elements)
-    return Alignment(prepared, result, aligned, original_b=model_b)
+        alignment = Alignment(width.prepared, width.result, width.aligned, {"width_lift": width.lifted.to_record()},
+                              ["B was narrower than A: lifted into A's configuration (same function), then matched "
+                               "there"])
+    else:
+        prepared = prepare([model_a, model_b], spec, device=device, registries=registries)
+        result = match(prepared, 1, matcher, data=data, seed=seed, progress=progress, registries=registries, **options)
+        aligned = act_state_dict(prepared.resolved, prepared.states[1], result.elements)
+        alignment = Alignment(prepared, result, aligned, original_b=model_b)
+    if out is not None:
+        alignment.save(out, overwrite=overwrite)
+    return alignment
+
+
+def model_sources(models) -> list[str]:
+    """The paths the models were loaded from (``symdsl_source``, set by :func:`symdsl.load_model`).
+
+    >>> import torch
+    >>> net = torch.nn.Linear(2, 2); net.symdsl_source = "runs/a"
+    >>> model_sources([net, torch.nn.Linear(2, 2)])
+    ['runs/a']
+    """
+    return [m.symdsl_source for m in models if isinstance(getattr(m, "symdsl_source", None), str)]

@@ -11,7 +11,8 @@ import torch
 from ..canon import RestoreContext, restore
 from ..evaluate import interpolate
 from ..match import MatchResult
-from ..models import save_model
+from ..models.output import hide_records, staged_output
+from ..models.save import write_model, write_provenance
 from ..spec import ResolvedSpec
 from ..spec.load import Spec
 from .pipeline import Prepared
@@ -81,11 +82,20 @@ class Alignment:
         """A JSON-serialisable summary: spec, matcher result, notes, extra information."""
         return {"spec": self.spec.name, **self.result.to_record(), "notes": self.notes, **self.info}
 
-    def save(self, folder: str | Path, provenance: dict[str, Any] | None = None) -> Path:
-        """Write ``model`` as a standard checkpoint, ``transform.safetensors`` and ``symdsl.json``."""
+    def save(self, folder: str | Path, provenance: dict[str, Any] | None = None, *, overwrite: bool = False) -> Path:
+        """Write ``model`` as a standard checkpoint, ``transform.safetensors`` and ``symdsl.json``.
+
+        Atomic (:func:`symdsl.models.output.staged_output`): written beside ``folder`` and moved
+        into place at the end, ``symdsl.json`` last; an existing non-empty ``folder`` is refused
+        unless ``overwrite``.
+        """
         from safetensors.torch import save_file
 
-        folder = save_model(self.model.cpu(), folder, {**self.record(), **(provenance or {})})
-        elements = {k: v.detach().contiguous().cpu() for k, v in self.transform.items()}
-        save_file(elements, str(folder / "transform.safetensors"))
-        return folder
+        record = {**self.record(), **(provenance or {})}
+        with staged_output(folder, overwrite=overwrite) as stage:
+            write_model(self.model.cpu(), stage)
+            hide_records(stage)
+            elements = {k: v.detach().contiguous().cpu() for k, v in self.transform.items()}
+            save_file(elements, str(stage / "transform.safetensors"))
+            write_provenance(stage, record)
+        return Path(folder)

@@ -33,10 +33,11 @@ class CheckReport:
 
 def check(spec: Spec | str | None = None, model: torch.nn.Module | None = None, *, static: bool = True,
           numeric: bool = True, seed: int = 0, tolerance: float = DEFAULT_TOLERANCE, backend: str = "auto",
-          registries: Registries | None = None) -> CheckReport:
+          trust_code: bool = False, registries: Registries | None = None) -> CheckReport:
     """Check ``spec`` on ``model`` (default: the spec's own example model): traced graph and float64 invariance.
 
-    ``spec`` may be None when ``model`` is given (the spec that matches its class).
+    ``spec`` may be None when ``model`` is given (the spec that matches its class). A spec file
+    whose example is built by a ``factory`` needs ``trust_code=True`` (it imports and calls it).
 
     >>> import symdsl
     >>> symdsl.check("hf-gpt2").ok
@@ -45,7 +46,7 @@ def check(spec: Spec | str | None = None, model: torch.nn.Module | None = None, 
     registries = registries or default_registries()
     if spec is None and model is None:
         raise ValueError("check needs a spec, a model, or both")
-    spec = spec if isinstance(spec, Spec) else spec_for(spec, model or torch.nn.Module(), registries)
+    spec = spec_for(spec, model or torch.nn.Module(), registries, trust_code=trust_code)
     return CheckReport(static_check(spec, model, registries=registries, backend=backend, seed=seed) if static else None,
                        numeric_check(spec, model, registries=registries, seed=seed, tolerance=tolerance)
                        if numeric else None)

@@ -14,12 +14,14 @@ import torch
 
 from ..errors import UsageError
 from ..models import save_model
+from ..models.output import check_output
 from ..plugins import default_registries
 from ..registry import Registries
 from ..spec.load import Spec
 from ..width import needs_lift
-from .align import align, refuse_architecture_change
-from .pipeline import merge_models, spec_for
+from .align import align, model_sources, refuse_architecture_change
+from .compat import check_compatible, check_data_fits, check_finite
+from .pipeline import dataset_for, merge_models, spec_for
 from .universe_merge import merge_universe
 from .verify import verify_spec
 
@@ -34,22 +36,25 @@ class Merged:
     record: dict[str, Any] = field(default_factory=dict)
     details: Any = None          # the UniverseMerge of a universe merge (surfaces, transforms ...)
 
-    def save(self, folder: str | Path, provenance: dict[str, Any] | None = None) -> Path:
-        """Write ``model`` as a standard checkpoint with ``symdsl.json``."""
-        return save_model(self.model.cpu(), folder, {**self.record, **(provenance or {})})
+    def save(self, folder: str | Path, provenance: dict[str, Any] | None = None, *, overwrite: bool = False) -> Path:
+        """Write ``model`` as a standard checkpoint with ``symdsl.json``, atomically (an existing
+        non-empty ``folder`` is refused unless ``overwrite``; see :func:`symdsl.models.save_model`)."""
+        return save_model(self.model.cpu(), folder, {**self.record, **(provenance or {})}, overwrite=overwrite)
 
 
 def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, matcher: str = "weight", *,
           weights: Sequence[float] | None = None, merger: str = "average", data=None, refine: bool = False,
           pairwise: bool = False, plot: str | Path | None = None, seed: int = 0, device=None,
-          standard: bool = True, verify: bool = True, progress=None, registries: Registries | None = None,
-          **options: Any) -> Merged:
+          standard: bool = True, verify: bool = True, progress=None, out: str | Path | None = None,
+          overwrite: bool = False, registries: Registries | None = None, **options: Any) -> Merged:
     """Align ``models[1:]`` to ``models[0]`` and merge them with ``merger`` (default: weighted average).
 
     Three or more models use universe matching unless ``pairwise``; ``refine`` (or
     ``matcher="learned"``) trains the universe transforms on ``data``; ``plot`` (three models)
     writes the loss over the simplex as a PNG. ``options`` go to the matcher. ``verify``: as in
-    :func:`symdsl.align` (the spec must pass its checks on the first model).
+    :func:`symdsl.align` (the spec must pass its checks on the first model). The models must be one
+    architecture (:mod:`symdsl.api.compat`), checked before any work; ``out`` (a folder) and
+    ``overwrite`` as in :func:`symdsl.align`.
 
     >>> import symdsl, torch
     >>> nets = [torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)) for _ in range(2)]
@@ -63,7 +68,23 @@ def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, mat
     registries = registries or default_registries()
     if len(models) < 2:
         raise UsageError("merging needs at least two models")
+    if out is not None:
+        check_output(out, inputs=model_sources(models), overwrite=overwrite)
     spec = spec_for(spec, models[0], registries)
+    check_compatible(models, spec, lift=len(models) == 2 and needs_lift(*models))
+    check_finite(models)
+    if data is not None:
+        data = dataset_for(data, registries)
+        check_data_fits(models[0], data)
+    merged = _merge(models, spec, matcher, weights, merger, data, refine, pairwise, plot, seed, device, standard,
+                    verify, progress, registries, options)
+    if out is not None:
+        merged.save(out, overwrite=overwrite)
+    return merged
+
+
+def _merge(models, spec, matcher, weights, merger, data, refine, pairwise, plot, seed, device, standard, verify,
+           progress, registries, options) -> Merged:
     if standard:
         refuse_architecture_change(spec, models[0], registries, "the merged model")
     if verify:

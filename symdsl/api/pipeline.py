@@ -8,6 +8,7 @@ own parametrisation. ``registries`` defaults to the installed plugins
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Sequence
@@ -37,9 +38,17 @@ class Prepared:
     states: list[dict[str, torch.Tensor]]
 
 
-def spec_for(spec: Spec | str | None, model: torch.nn.Module, registries: Registries) -> Spec:
-    """``spec`` as a Spec: loaded by name or path, or (None) the one spec that matches ``model``."""
-    return find_spec(spec, registries) if isinstance(spec, str) else (spec or match_spec(model, registries))
+def spec_for(spec: Spec | str | None, model: torch.nn.Module, registries: Registries, *,
+             trust_code: bool = False) -> Spec:
+    """``spec`` as a Spec: loaded by name or path, or (None) the one spec that matches ``model``.
+
+    ``trust_code`` lets the spec's ``example.factory`` run (a given Spec is marked trusted).
+    """
+    if isinstance(spec, str):
+        return find_spec(spec, registries, trust_code=trust_code)
+    if spec is not None:
+        return dataclasses.replace(spec, trusted=True) if trust_code and not spec.trusted else spec
+    return match_spec(model, registries)
 
 
 def dataset_for(data: Dataset | str | None, registries: Registries, **options) -> Dataset | None:
@@ -68,7 +77,8 @@ def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *
     shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in copies]
     for index, other in enumerate(shapes[1:], start=1):
         if other != shapes[0]:
-            bad = next(k for k in shapes[0] if other.get(k) != shapes[0][k])
+            # a tensor only one of them has, or one shape that differs (never StopIteration: the dicts differ)
+            bad = next(k for k in {**shapes[0], **other} if other.get(k) != shapes[0].get(k))
             raise UsageError(f"model {index} differs from model 0 at '{bad}': {other.get(bad)} vs {shapes[0][bad]}; "
                              "models of different widths need width-heterogeneous alignment")
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in copies]

@@ -14,6 +14,7 @@ from ..api.pipeline import dataset_for
 from ..errors import UsageError
 from ..evaluate import plot_curves
 from ..models import load_model
+from ..models.output import check_output, check_output_file
 from .progress import progress_bar
 from .text_data import add_text_options, text_options
 
@@ -30,6 +31,9 @@ def _common(p, *, data_required=False) -> None:
     add_text_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-code", action="store_true",
+                   help="let model folders name classes outside timm, transformers, torch.nn and registered loaders "
+                        "(runs code named in their symdsl_model.json; see docs/security.md)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the spec's static and numeric checks on A (they run once per architecture and are "
                         "cached; a spec that fails them is refused)")
@@ -41,7 +45,8 @@ def add_parsers(sub) -> None:
                    "or module:factory")
     a.add_argument("b", metavar="B", help="model to align to A")
     _common(a)
-    a.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write aligned B into")
+    a.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write aligned B into (new or empty)")
+    a.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
     a.set_defaults(run=run_align)
 
     m = sub.add_parser("merge", help="align models to the first and average them into one standard checkpoint")
@@ -57,7 +62,9 @@ def add_parsers(sub) -> None:
                    help="three models: loss/accuracy over the simplex of the aligned models (PNG, JSON beside it; "
                         "needs --data)")
     _common(m)
-    m.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write the merged model into")
+    m.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="folder to write the merged model into (new or empty)")
+    m.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
     m.set_defaults(run=run_merge)
 
     b = sub.add_parser("barrier", help="loss/accuracy along the straight line from B to A, vanilla and aligned")
@@ -88,6 +95,10 @@ def _device(name):
 
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device '{name}' is not a device; give cpu, cuda or cuda:N") from None
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda given but no CUDA device is available")
     return name
@@ -106,7 +117,13 @@ def _options(args) -> dict:
 
 
 def _load(args, ref):
-    return load_model(ref, loaders=args.registries.model_loaders.values())
+    return load_model(ref, loaders=args.registries.model_loaders.values(), trust_code=args.trust_code)
+
+
+def _check_output(args, refs) -> None:
+    """Refuse a bad -o before loading anything (an input, inside one, unwritable, non-empty without --overwrite)."""
+    inputs = [part for ref in refs for part in (ref, *ref.rsplit("@", 1)[1:])]   # timm:NAME@FILE names FILE
+    check_output(args.output, inputs=inputs, overwrite=args.overwrite, flag="--overwrite")
 
 
 def _common_kwargs(args, bar) -> dict:
@@ -116,12 +133,14 @@ def _common_kwargs(args, bar) -> dict:
 
 
 def run_align(args) -> int:
+    _check_output(args, [args.a, args.b])
     a, b = _load(args, args.a), _load(args, args.b)
     start = time.perf_counter()
     with progress_bar(f"align ({args.matcher})") as bar:
         alignment = align(a, b, args.spec, args.matcher, **_common_kwargs(args, bar))
     seconds = time.perf_counter() - start
-    out = alignment.save(args.output, {"command": "align", "a": args.a, "b": args.b, "seconds": seconds})
+    out = alignment.save(args.output, {"command": "align", "a": args.a, "b": args.b, "seconds": seconds},
+                         overwrite=args.overwrite)
     for note in alignment.notes:          # known once the model is built (it is, to be saved)
         print(f"note: {note}", file=sys.stderr)
     objective = alignment.result.objective
@@ -135,6 +154,9 @@ def run_align(args) -> int:
 def run_merge(args) -> int:
     if len(args.models) < 2:
         raise UsageError("merge needs at least two models")
+    _check_output(args, args.models)
+    if args.plot:
+        check_output_file(args.plot, inputs=args.models, option="--plot")
     models = [_load(args, ref) for ref in args.models]
     universe = len(models) >= 3 and not args.pairwise
     if not universe and (args.refine or args.plot):
@@ -146,7 +168,8 @@ def run_merge(args) -> int:
         merged = merge(models, args.spec, args.matcher, weights=args.weights, merger=args.merger, refine=args.refine,
                        pairwise=args.pairwise, plot=args.plot, **_common_kwargs(args, bar))
     seconds = time.perf_counter() - start
-    out = merged.save(args.output, {"command": "merge", "models": args.models, "seconds": seconds})
+    out = merged.save(args.output, {"command": "merge", "models": args.models, "seconds": seconds},
+                      overwrite=args.overwrite)
     method = merged.record["method"].replace("universe", "universe matching").replace("pairwise", f"{args.matcher} "
                                                                                       "matching")
     print(f"merged {len(models)} models ({method}, {args.merger}) in {seconds:.1f} s; wrote {out}/")
@@ -161,6 +184,10 @@ def run_merge(args) -> int:
 
 
 def run_barrier(args) -> int:
+    inputs = [args.a, args.b, *([args.data[5:]] if (args.data or "").startswith("text:") else [])]
+    for option, file in (("--json", args.json), ("--plot", args.plot)):
+        if file:
+            check_output_file(file, inputs=inputs, option=option)
     a, b = _load(args, args.a), _load(args, args.b)
     with progress_bar(f"barrier ({args.matcher})") as bar:
         kwargs = _common_kwargs(args, bar)

@@ -22,6 +22,8 @@ def add_parser(sub) -> None:
                    "save_pretrained folder, timm:NAME or module:factory")
     p.add_argument("--checkpoint", metavar="FILE", help="weights for a timm:NAME or module:factory model")
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
+    p.add_argument("--trust-code", action="store_true", help="let a spec file's example.factory and a model folder's "
+                   "record import and run code (see docs/security.md); specs of installed plugins need no flag")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="relative error allowed (default 1e-9)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto", help="graph capture backend for the static check: auto (export, "
@@ -67,13 +69,13 @@ def run(args) -> int:
     if args.model and len(args.specs) > 1:
         raise UsageError("--model checks one spec at a time")
     registries = args.registries
-    model = (load_model(args.model, checkpoint=args.checkpoint, loaders=registries.model_loaders.values())
-             if args.model else None)
+    model = (load_model(args.model, checkpoint=args.checkpoint, loaders=registries.model_loaders.values(),
+                        trust_code=args.trust_code) if args.model else None)
     if args.specs:
         specs = []
         for name in args.specs:
             try:
-                specs.append(find_spec(name, registries))
+                specs.append(find_spec(name, registries, trust_code=args.trust_code))
             except SpecError as exc:
                 if not args.json:
                     raise

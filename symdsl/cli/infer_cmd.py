@@ -15,6 +15,7 @@ from ..errors import UsageError
 from ..infer import check_draft, infer_spec
 from ..models.build import import_object
 from ..models.load import load_model
+from ..models.output import check_output_file
 
 
 def add_parser(sub) -> None:
@@ -33,6 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--name", help="spec name (default: CLASS-draft)")
     p.add_argument("--backend", default="auto", help="graph capture backend: auto, export, fx, or a plugin's")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-code", action="store_true", help="let a model folder's symdsl_model.json name a class "
+                   "outside timm, transformers, torch.nn and registered loaders (see docs/security.md)")
     p.add_argument("--tolerance", type=float, default=None, help="relative error the numeric check allows "
                    "(default 1e-9, as `symdsl check`)")
     p.add_argument("--no-check", action="store_true", help="write the draft without checking it")
@@ -52,13 +55,13 @@ def _json_arg(value: str | None, option: str):
     return data
 
 
-def _load(ref: str, config: dict | None, loaders=()):
+def _load(ref: str, config: dict | None, loaders=(), trust_code: bool = False):
     """The model for REF and how the draft's example rebuilds it: (model, factory, timm_name)."""
     if Path(ref).is_dir():
         if config is not None:
             raise UsageError("--config applies to timm:NAME and module:factory models; a save_pretrained folder "
                              "has its own config.json")
-        return load_model(ref, loaders=loaders), None, None
+        return load_model(ref, loaders=loaders, trust_code=trust_code), None, None
     if ref.startswith("timm:"):
         if config is None:
             return load_model(ref, loaders=loaders), None, ref[5:]
@@ -106,7 +109,9 @@ def run(args) -> int:
     config = _json_arg(args.config, "--config")
     inputs = _json_arg(args.inputs, "--inputs")
     registries = args.registries
-    model, factory, timm_name = _load(args.model, config, registries.model_loaders.values())
+    if args.output:
+        check_output_file(args.output, inputs=[args.model], option="-o")
+    model, factory, timm_name = _load(args.model, config, registries.model_loaders.values(), args.trust_code)
     draft = infer_spec(model, factory=factory, timm_name=timm_name, config=config, inputs=inputs, name=args.name,
                        backend=args.backend, seed=args.seed, registries=registries)
     check = None if args.no_check else check_draft(draft.text, registries=registries, seed=args.seed, file=args.output or "<draft>",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..models import save_model
+from ..models.output import check_output
 from .progress import progress_bar
 from .text_data import add_text_options, text_options
 
@@ -24,7 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2, help="llama-text: key/value heads shared by the query heads")
     p.add_argument("--device", default=None)
-    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write the model into (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
     p.set_defaults(run=run)
 
 
@@ -32,6 +34,10 @@ def run(args) -> int:
     from ..data import load_dataset
     from ..experiments.train import CHAR_GPT2, CHAR_LLAMA, DIGITS_VIT, small_gpt2, small_llama, small_vit, train
     from ..experiments.train.recipes import with_steps
+
+    text = [args.data[5:]] if (args.data or "").startswith("text:") else []
+    check_output(args.output, inputs=[*text, *([args.tokenizer] if args.tokenizer else [])],
+                 overwrite=args.overwrite, flag="--overwrite")      # before minutes of training
 
     if args.recipe == "vit-digits":
         if args.tokenizer or args.max_chars is not None:
@@ -56,9 +62,9 @@ def run(args) -> int:
     with progress_bar(f"train {args.recipe} seed {args.seed}") as bar:
         metrics = train(model, dataset, seed=args.seed, device=args.device, progress=bar, **options)
     seconds = time.perf_counter() - start
-    save_model(model.cpu(), Path(args.output), {"command": "train", "recipe": args.recipe, "seed": args.seed,
-                                                "data": dataset.name, "seconds": seconds,
-                                                **{k: v for k, v in metrics.items() if k != "losses"}})
+    record = {"command": "train", "recipe": args.recipe, "seed": args.seed, "data": dataset.name, "seconds": seconds,
+              **{k: v for k, v in metrics.items() if k != "losses"}}
+    save_model(model.cpu(), Path(args.output), record, overwrite=args.overwrite)
     print(f"trained {args.recipe} (seed {args.seed}) in {seconds:.1f} s: test loss {metrics.get('test_loss', float('nan')):.4f}, "
           f"accuracy {metrics.get('test_accuracy', float('nan')):.4f}; wrote {args.output}/")
     return 0

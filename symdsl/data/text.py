@@ -58,7 +58,14 @@ def text_file_dataset(path: str | Path, *, block_size: int = 64, tokenizer: str 
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"text file '{path}' does not exist")
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:    # say where, as for a spec: line and column of the first bad byte
+        before = data[:exc.start]
+        line, column = before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1
+        raise UsageError(f"{path}:{line}:{column}: not UTF-8 text (byte 0x{data[exc.start]:02x}); convert the file to "
+                         "UTF-8, e.g. iconv -f latin1 -t utf-8") from None
     if max_chars is not None:
         text = text[:max_chars]
     return text_dataset(text, name=f"text:{path.name}", block_size=block_size, tokenizer=tokenizer,

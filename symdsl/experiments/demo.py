@@ -71,8 +71,9 @@ def _trained(kind: str, seed: int, dataset, steps: int | None, say: Callable[[st
     seconds = time.perf_counter() - start
     say(f"  model seed {seed}: trained in {seconds:.0f} s, test loss {metrics['test_loss']:.3f}, "
         f"accuracy {100 * metrics['test_accuracy']:.1f}%")
-    save_model(model, folder, {"command": "demo-train", "seed": seed, "data": dataset.name, "seconds": seconds,
-                               **{k: v for k, v in metrics.items() if k != "losses"}})
+    record = {"command": "demo-train", "seed": seed, "data": dataset.name, "seconds": seconds,
+              **{k: v for k, v in metrics.items() if k != "losses"}}
+    save_model(model, folder, record, overwrite=True)    # our cache folder: replace what a crashed run left
     return model
 
 

@@ -13,6 +13,7 @@ import torch
 from ..errors import SymdslError, UsageError
 from ..spec.expr import ExprError, evaluate
 from ..spec.load import Spec
+from .trust import untrusted
 
 
 @contextlib.contextmanager
@@ -36,10 +37,14 @@ def import_object(path: str, search: tuple[str, ...] = ()) -> Any:
 
     A module that is not importable as installed is looked up again from the current
     directory and from ``search`` folders (e.g. the spec file's folder), so a local
-    ``examples/my_model.py`` works without setting PYTHONPATH.
+    ``examples/my_model.py`` works without setting PYTHONPATH. Only for names the user gave
+    (a command-line REF) or trusted (``--trust-code``); see :mod:`symdsl.models.trust`.
+
+    >>> import_object("torch.nn:Linear").__name__
+    'Linear'
     """
     module_name, sep, attribute = path.partition(":")
-    if not sep or not attribute:
+    if not sep or not attribute or not module_name or module_name.startswith("."):
         raise UsageError(f"'{path}' is not of the form 'module:function'")
     try:
         module = importlib.import_module(module_name)
@@ -109,8 +114,15 @@ def build_example(spec: Spec, *, seed: int = 0, perturb: bool = True) -> torch.n
         model = cls(**config) if cls is not None else timm.create_model(example.timm, pretrained=False, **config)
         model.symdsl_config = config
     elif example.factory:
+        if not spec.trusted:
+            line, col = spec.source.where(("example", "factory"))
+            raise untrusted(f"'{example.factory}' (a factory the spec names)",
+                            f"{spec.file}:{line}:{col}: example.factory")
         model = import_object(example.factory, (str(Path(spec.file).resolve().parent),
                                                  str(Path(spec.file).resolve().parent.parent)))(**config)
+        if not isinstance(model, torch.nn.Module):
+            raise UsageError(f"{spec.file}: example.factory: '{example.factory}' returned {type(model).__name__}, "
+                             "not a torch.nn.Module")
         model.symdsl_config = config
     else:
         raise UsageError(f"{spec.file}: example: give one of 'transformers', 'timm' or 'factory'")

@@ -15,6 +15,8 @@ class ModelLoader:
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    # module prefixes whose nn.Module classes a symdsl_model.json may name without --trust-code
+    record_modules: ClassVar[tuple[str, ...]] = ()
 
     def can_load(self, ref: str) -> bool:  # pragma: no cover - interface
         raise NotImplementedError

@@ -6,6 +6,7 @@ expressions over the model's configuration values and the dims above them, with 
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 import torch
@@ -13,6 +14,7 @@ import torch
 from ..errors import suggest
 from .context import ResolveContext
 from .expr import ExprError, evaluate
+from .limits import MAX_REPEAT, MAX_REPEAT_PRODUCT
 
 
 def model_config(model: torch.nn.Module) -> dict[str, Any]:
@@ -141,5 +143,12 @@ def resolve_dims(context: ResolveContext) -> None:
         if value is not None:
             if value < 0:
                 context.problem(("repeat", var), f"range {value} is negative")
+            elif value > MAX_REPEAT:
+                context.problem(("repeat", var), f"range {value} is more than the {MAX_REPEAT} a template may "
+                                "repeat", "ranges count layers, experts or heads")
+                continue
             context.ranges[var] = max(value, 0)
+    if math.prod(context.ranges.values()) > MAX_REPEAT_PRODUCT:
+        context.problem(("repeat",), f"the ranges multiply to {math.prod(context.ranges.values())}, more than the "
+                        f"{MAX_REPEAT_PRODUCT} entries a template over all of them may expand to")
     context.fail_if_problems()

@@ -12,6 +12,8 @@ import ast
 import operator
 from typing import Any, Callable, Mapping
 
+from .limits import MAX_EXPR_BITS, MAX_EXPR_CHARS
+
 _BINOPS: dict[type, Callable[[int, int], int]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
     ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
@@ -53,6 +55,8 @@ def evaluate(text: int | str, names: Mapping[str, Any], functions: Mapping[str, 
     if not isinstance(text, str):
         raise ExprError(f"expected an integer or an expression string, got {type(text).__name__} {text!r}")
     shown = text if len(text) <= 80 else text[:77] + "..."  # how messages quote it
+    if len(text) > MAX_EXPR_CHARS:
+        raise ExprError(f"expression {shown!r} has {len(text)} characters, more than the {MAX_EXPR_CHARS} allowed")
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
@@ -70,11 +74,11 @@ def evaluate(text: int | str, names: Mapping[str, Any], functions: Mapping[str, 
 
 def names_used(text: int | str) -> set[str]:
     """Top-level names an expression reads (for dependency checks and error messages)."""
-    if isinstance(text, int):
+    if isinstance(text, int) or len(str(text)) > MAX_EXPR_CHARS:
         return set()
     try:
         tree = ast.parse(str(text), mode="eval")
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
         return set()
     calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - calls
@@ -91,7 +95,7 @@ class _Evaluator(ast.NodeVisitor):
 
     def visit_Constant(self, node: ast.Constant) -> Any:
         if isinstance(node.value, (int, str)) and not isinstance(node.value, bool):
-            return node.value
+            return self.bounded(node.value) if isinstance(node.value, int) else node.value
         raise ExprError(f"{type(node.value).__name__} constant {node.value!r} is not allowed in dimension expression "
                         f"{self.text!r}; dimensions are integers (use // for division)")
 
@@ -134,7 +138,16 @@ class _Evaluator(ast.NodeVisitor):
                 raise ExprError(f"arithmetic on non-integer {side!r} in {self.text!r}")
         if isinstance(node.op, (ast.FloorDiv, ast.Mod)) and right == 0:
             raise ExprError(f"division by zero in {self.text!r}")
-        return op(left, right)
+        if isinstance(node.op, ast.Mult) and left.bit_length() + right.bit_length() > MAX_EXPR_BITS + 1:
+            self.bounded(1 << (MAX_EXPR_BITS + 1))          # refuse before computing a huge product
+        return self.bounded(op(left, right))
+
+    def bounded(self, value: int) -> int:
+        """``value``, if it fits in :data:`MAX_EXPR_BITS` bits: sizes are small, and huge integers are slow."""
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_EXPR_BITS:
+            raise ExprError(f"{self.text!r} computes a value of more than {MAX_EXPR_BITS} bits; dimensions are "
+                            "sizes of tensors")
+        return value
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> Any:
         if not isinstance(node.op, ast.USub):
@@ -142,7 +155,7 @@ class _Evaluator(ast.NodeVisitor):
         value = self.visit(node.operand)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ExprError(f"arithmetic on non-integer {value!r} in {self.text!r}")
-        return -value
+        return self.bounded(-value)
 
     def visit_BoolOp(self, node: ast.BoolOp) -> Any:
         if not isinstance(node.op, ast.Or):

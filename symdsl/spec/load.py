@@ -19,6 +19,9 @@ class Spec:
 
     document: SpecModel     # the parsed, structure-checked YAML document
     source: SpecSource      # the text with each key path's file:line:col, for error messages
+    # may its example.factory be imported and called? Only for specs of installed plugins, or on
+    # the user's opt-in (trust_code=True, --trust-code): a spec file is data (docs/security.md)
+    trusted: bool = False
 
     @property
     def name(self) -> str:
@@ -29,13 +32,16 @@ class Spec:
         return self.source.file
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Load and structure-check a spec file; raise SpecError naming file:line:col on problems."""
+def load_spec(path: str | Path, *, trust_code: bool = False) -> Spec:
+    """Load and structure-check a spec file; raise SpecError naming file:line:col on problems.
+
+    ``trust_code``: allow the spec's ``example.factory`` to be imported and called.
+    """
     source = read_spec_file(path)
-    return Spec(validate_structure(source), source)
+    return Spec(validate_structure(source), source, trusted=trust_code)
 
 
-def load_spec_text(text: str, file: str = "<spec>") -> Spec:
+def load_spec_text(text: str, file: str = "<spec>", *, trust_code: bool = False) -> Spec:
     """Like :func:`load_spec` for YAML text already in memory."""
     source = parse_spec_text(text, file)
-    return Spec(validate_structure(source), source)
+    return Spec(validate_structure(source), source, trusted=trust_code)

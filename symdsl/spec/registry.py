@@ -26,15 +26,18 @@ def list_specs(registries: Registries) -> list[SpecEntry]:
     entries: dict[str, SpecEntry] = {}
     for folder, origin in registries.folders():
         for file in sorted(folder.glob("*.yaml")):
-            spec = load_spec(file)
+            spec = load_spec(file, trust_code=True)    # an installed plugin's spec: its code runs anyway
             if spec.name in entries:
                 raise UsageError(f"spec name '{spec.name}' is defined twice: {entries[spec.name].file} and {file}")
             entries[spec.name] = SpecEntry(spec.name, file, origin, spec)
     return sorted(entries.values(), key=lambda e: e.name)
 
 
-def find_spec(name_or_path: str | Path, registries: Registries) -> Spec:
+def find_spec(name_or_path: str | Path, registries: Registries, *, trust_code: bool = False) -> Spec:
     """A spec by file path or by name (looked up in ``registries``' spec folders).
+
+    Specs of registered folders may build their example with a factory; a spec file may only
+    with ``trust_code`` (see :class:`symdsl.spec.load.Spec`).
 
     >>> from symdsl.plugins import load
     >>> find_spec("hf-gpt2", load()).name
@@ -44,7 +47,7 @@ def find_spec(name_or_path: str | Path, registries: Registries) -> Spec:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.exists():
             raise UsageError(f"spec file '{path}' does not exist")
-        return load_spec(path)
+        return load_spec(path, trust_code=trust_code)
     entries = {e.name: e for e in list_specs(registries)}
     if str(name_or_path) not in entries:
         raise UsageError(f"no spec named '{name_or_path}'{suggest(str(name_or_path), entries)}; "

@@ -105,7 +105,7 @@ class Canonical(_Strict):
 class SpecModel(_Strict):
     """A symdsl spec file (language version 1)."""
 
-    symdsl: int = Field(description="spec language version; must be 1", json_schema_extra={"const": LANGUAGE_VERSION})
+    symdsl: StrictInt = Field(description="spec language version; must be 1", json_schema_extra={"const": LANGUAGE_VERSION})
     name: str = Field(description="unique spec name, e.g. hf-gpt2")
     description: str | None = None
     matches: Matches = Field(default_factory=Matches)

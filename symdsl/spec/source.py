@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from ..errors import Problem, SpecError
+from .limits import check_size, decode, scan_yaml
 
 Path_ = tuple  # a key path inside the document, e.g. ("sites", "resid", "group")
 
@@ -88,9 +89,13 @@ def parse_spec_text(text: str, file: str = "<spec>") -> SpecSource:
     >>> src.data, src.where(("a", "b"))
     ({'a': {'b': 1}}, (2, 3))
     """
+    scan_yaml(text, file)      # size, depth, aliases, integers: refused before anything is built
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
+    except (RecursionError, MemoryError, ValueError) as exc:   # past the scan's bounds: should not happen
+        raise SpecError([Problem(f"spec too large or too deeply nested to read ({type(exc).__name__})", (), file,
+                                 hint="a spec is a small YAML file; is this the right file?")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
@@ -115,8 +120,10 @@ def read_spec_file(path: str | Path) -> SpecSource:
     """Read a spec file from disk (see :func:`parse_spec_text`)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.is_file():
+            check_size(path.stat().st_size, str(path))   # before reading a huge file into memory
+        data = path.read_bytes()
     except OSError as exc:
         raise SpecError([Problem(f"cannot read spec file: {exc.strerror}", (), str(path),
                                  hint="pass the path of a .yaml spec, or a spec name from `symdsl specs`")]) from None
-    return parse_spec_text(text, str(path))
+    return parse_spec_text(decode(data, str(path)), str(path))
