@@ -135,3 +135,12 @@ def test_symdsl_check_on_a_saved_folder_finds_the_spec_and_passes(spec_name, tmp
     out = capsys.readouterr().out
     assert f"spec {spec_name}" in out and "ok: every op respects" in out and "computes in float32 inside" in out
     assert "result: OK" in out
+
+
+def test_an_unknown_gain_form_is_refused_naming_the_argument():
+    spec = edited_spec("hf-gemma", (", gain: one_plus}", ", gain: one_pls}"))
+    with pytest.raises(symdsl.errors.SymdslError) as error:
+        resolve(spec, gemma(), registries=REGISTRIES)
+    message = str(error.value)          # located: key path and line of the step, the allowed forms
+    assert "heads.lm.canonicalize.1.fold_layernorm" in message and "argument 'gain'" in message
+    assert "'weight' or 'one_plus'" in message

@@ -165,9 +165,8 @@ class FoldLayerNorm(Canonicalizer):
         tiny = torch.finfo(gain.dtype).tiny * 1e3
         if bool((gain.abs() < tiny).any()):
             zeros = (gain.abs() < tiny).nonzero().flatten().tolist()[:5]
-            form = "1 + weight" if args.gain == "one_plus" else "weight"
-            raise BindError(f"fold_layernorm: '{args.norm}.weight' gives a zero gain ({form}) at {zeros}; "
-                            "it cannot be folded")
+            form = " (1 + weight)" if args.gain == "one_plus" else ""
+            raise BindError(f"fold_layernorm: '{args.norm}.weight' has zero gain{form} at {zeros}; it cannot be folded")
         for reader_name in args.readers:
             reader = model_tensor(model, reader_name)
             axis = _site_axis(resolved, reader_name, site, want_dual=True)
