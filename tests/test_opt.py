@@ -56,18 +56,43 @@ def test_the_query_bias_must_take_the_primal_map():
     assert "qk.0" in numeric_check(spec, opt(), registries=REGISTRIES).failed_sites
 
 
-@pytest.mark.parametrize("overrides, named", [
-    ({"do_layer_norm_before": False}, ["model.decoder.final_layer_norm"]),
-    ({"do_layer_norm_before": False, "word_embed_proj_dim": 16},                          # OPT-350m's layout
-     ["model.decoder.final_layer_norm", "model.decoder.project_in.weight", "model.decoder.project_out.weight"]),
-])
-def test_post_layernorm_opt_is_refused_with_located_errors(overrides, named):
-    model = opt(**overrides)
-    assert symdsl.api.pipeline.spec_for(None, model, REGISTRIES).name == "hf-opt"
-    with pytest.raises(SymdslError) as error:
+POST_LN = {"do_layer_norm_before": False, "word_embed_proj_dim": 16}                  # OPT-350m's layout
+
+
+def test_post_layernorm_opt_is_matched_by_its_own_spec_and_refused_by_the_pre_ln_one():
+    model = opt(**POST_LN)
+    assert symdsl.api.pipeline.spec_for(None, model, REGISTRIES).name == "hf-opt-postln"
+    assert symdsl.api.pipeline.spec_for(None, opt(), REGISTRIES).name == "hf-opt"
+    with pytest.raises(SymdslError) as error:                   # named explicitly: refused, located
         resolve(symdsl.find_spec("hf-opt"), model, registries=REGISTRIES)
     message = str(error.value)
-    assert "hf-opt.yaml" in message and all(name in message for name in named), message
+    assert "hf-opt.yaml" in message and "matches.config.do_layer_norm_before" in message
+    assert "do_layer_norm_before = True, but this model's is False" in message
+    with pytest.raises(SymdslError, match="do_layer_norm_before = False, but this model's is True"):
+        resolve(symdsl.find_spec("hf-opt-postln"), opt(), registries=REGISTRIES)
+
+
+def test_post_layernorm_opt_keeps_permutations_of_the_stream_and_rotations_of_the_word_embeddings():
+    model = opt(**POST_LN)
+    spec = symdsl.find_spec("hf-opt-postln")
+    sites = resolve(spec, model, registries=REGISTRIES).sites
+    assert sites["wemb"].size == 16 and sites["resid"].size == 32
+    report = numeric_check(spec, model, registries=REGISTRIES)
+    assert report.ok and max(s.relative_error for s in report.sites) < 1e-12, report.failed
+    assert static_check(spec, model, registries=REGISTRIES).ok
+    # a rotation of the stream meets the post-LN LayerNorm, whose gain stays on the stream
+    rotated = edited_spec("hf-opt-postln", ("resid:      {group: permutation,", "resid:      {group: orthogonal,"))
+    static = static_check(rotated, model, registries=REGISTRIES)
+    assert not static.ok and static.findings[0].module == "model.decoder.layers.0.self_attn_layer_norm"
+    assert "resid" in numeric_check(rotated, model, registries=REGISTRIES).failed_sites
+    before, after = hidden_element_distances(spec, opt(**POST_LN))
+    assert before > 0.5 and after < 1e-6, (before, after)
+
+
+def test_post_layernorm_opt_without_projections_is_refused_naming_them():
+    with pytest.raises(SymdslError) as error:
+        resolve(symdsl.find_spec("hf-opt-postln"), opt(do_layer_norm_before=False), registries=REGISTRIES)
+    assert "model.decoder.project_in.weight" in str(error.value) and "hf-opt-postln.yaml" in str(error.value)
 
 
 def test_weight_matching_recovers_a_hidden_element():
