@@ -28,7 +28,9 @@ PAPER_ROUTE = {"hf-gpt2-rmsnorm": "hf-gpt2-rmsnorm.yaml", "timm-vit-rmsnorm": "t
                "timm-vit-circuits": "timm-vit-circuits.yaml"}   # variants: paper route, bare GPT2Model
 DECODERS = {"hf-llama": "hf-llama.yaml", "hf-qwen2": "hf-qwen2.yaml",                          # checked in tests/test_llama.py
             "hf-gpt-neox": "hf-gpt-neox.yaml", "hf-gptj": "hf-gptj.yaml", "hf-phi3": "hf-phi3.yaml",  # test_neox/gptj/phi3.py
-            "hf-mixtral": "hf-mixtral.yaml"}                                                    # tests/test_mixtral.py
+            "hf-mixtral": "hf-mixtral.yaml",                                                    # tests/test_mixtral.py
+            "hf-qwen3": "hf-qwen3.yaml", "hf-gemma": "hf-gemma.yaml", "hf-gemma2": "hf-gemma2.yaml",  # test_qwen3/gemma.py
+            "hf-opt": "hf-opt.yaml", "hf-opt-postln": "hf-opt-postln.yaml"}                        # tests/test_opt.py
 
 
 # --------------------------------------------------------------------------- models

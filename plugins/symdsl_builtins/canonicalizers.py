@@ -5,6 +5,8 @@ of its class.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from symdsl.canon.base import Canonicalizer, StrictArgs, model_tensor, module_slot
@@ -123,6 +125,19 @@ class FoldArgs(StrictArgs):
     norm: str
     readers: list[str]
     site: str | None = None    # the readers' site, when the norm's gain is not bound (RMSNorm + full rotation)
+    # how the stored weight w gives the gain: 'weight' (gain = w, Llama, LayerNorm) or 'one_plus'
+    # (gain = 1 + w, Gemma's RMSNorm, whose weights are stored as offsets from 1)
+    gain: Literal["weight", "one_plus"] = "weight"
+
+
+def _gain_of(weight: torch.Tensor, form: str) -> torch.Tensor:
+    """The gain a norm multiplies by, from its stored weight (d,): ``w`` or ``1 + w``."""
+    return 1.0 + weight if form == "one_plus" else weight
+
+
+def _stored(gain: torch.Tensor, form: str) -> torch.Tensor:
+    """The stored weight (d,) that gives ``gain``: the inverse of :func:`_gain_of`."""
+    return gain - 1.0 if form == "one_plus" else gain
 
 
 class FoldLayerNorm(Canonicalizer):
@@ -130,7 +145,12 @@ class FoldLayerNorm(Canonicalizer):
 
     LN(x) = γ⊙n + β = γ⊙(n + β/γ): every reader's input axis is scaled by γ, the norm keeps
     gain 1 and bias β/γ. The reader's input axis is the one bound to the norm's site.
-    A gain with zeros cannot be folded (the error names the norm).
+    A gain with zeros cannot be folded (the error names the norm). With ``gain: one_plus`` the
+    norm computes ``(1 + w) * n`` (Gemma): γ = 1 + w is folded and the stored ``w`` becomes 0.
+
+    >>> from symdsl_builtins.canonicalizers import FoldArgs
+    >>> FoldArgs(norm="layers.0.input_layernorm", readers=["layers.0.q.weight"], gain="one_plus").gain
+    'one_plus'
     """
 
     name = "fold_layernorm"
@@ -138,20 +158,22 @@ class FoldLayerNorm(Canonicalizer):
     name_fields = ("norm", "readers")
 
     def apply(self, model, args, resolved) -> None:
-        gain = model_tensor(model, args.norm + ".weight")
+        weight = model_tensor(model, args.norm + ".weight")                # (d,) as stored
+        gain = _gain_of(weight.detach(), args.gain).clone()                 # (d,) what the norm multiplies by
         bias = model_tensor(model, args.norm + ".bias") if args.norm + ".bias" in resolved.tensors else None
         site = self.site(args, resolved)
         tiny = torch.finfo(gain.dtype).tiny * 1e3
         if bool((gain.abs() < tiny).any()):
             zeros = (gain.abs() < tiny).nonzero().flatten().tolist()[:5]
-            raise BindError(f"fold_layernorm: '{args.norm}.weight' has zero gain at {zeros}; it cannot be folded")
+            form = " (1 + weight)" if args.gain == "one_plus" else ""
+            raise BindError(f"fold_layernorm: '{args.norm}.weight' has zero gain{form} at {zeros}; it cannot be folded")
         for reader_name in args.readers:
             reader = model_tensor(model, reader_name)
             axis = _site_axis(resolved, reader_name, site, want_dual=True)
             reader.mul_(_broadcast(gain.to(reader.dtype), reader.ndim, axis))
         if bias is not None:
             bias.div_(gain)
-        gain.fill_(1.0)
+        weight.copy_(_stored(torch.ones_like(gain), args.gain))             # gain 1: w = 1, or w = 0 for 1 + w
 
     def restore(self, model, args, resolved, context) -> str | None:
         """Unfold the gain again when the site's element is a (signed) permutation P.
@@ -165,16 +187,16 @@ class FoldLayerNorm(Canonicalizer):
         if moved is None:
             return (f"fold_layernorm: norm gains on '{site}' stay folded into their readers (the norms have gain "
                     f"1): the alignment's element at '{site}' is not a permutation, so it does not commute with a gain")
-        original = model_tensor(context.original, args.norm + ".weight").detach().to(torch.float64)
-        gain_tensor = model_tensor(model, args.norm + ".weight")
-        gain = (moved @ original).to(gain_tensor.dtype)               # (n,): B's gain, permuted with the stream
+        original = _gain_of(model_tensor(context.original, args.norm + ".weight").detach().to(torch.float64), args.gain)
+        weight = model_tensor(model, args.norm + ".weight")
+        gain = (moved @ original).to(weight.dtype)                    # (n,): B's gain, permuted with the stream
         for reader_name in args.readers:
             reader = model_tensor(model, reader_name)
             axis = _site_axis(resolved, reader_name, site, want_dual=True)
             reader.div_(_broadcast(gain.to(reader.dtype), reader.ndim, axis))
         if args.norm + ".bias" in resolved.tensors:
             model_tensor(model, args.norm + ".bias").mul_(gain)
-        gain_tensor.copy_(gain)
+        weight.copy_(_stored(gain, args.gain))
         return None                                  # B's own parametrisation: nothing to tell
 
     def site(self, args, resolved) -> str:

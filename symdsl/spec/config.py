@@ -152,3 +152,15 @@ def resolve_dims(context: ResolveContext) -> None:
         context.problem(("repeat",), f"the ranges multiply to {math.prod(context.ranges.values())}, more than the "
                         f"{MAX_REPEAT_PRODUCT} entries a template over all of them may expand to")
     context.fail_if_problems()
+
+
+def config_mismatches(spec, config: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    r"""``(key, required, actual)`` for each ``matches.config`` value the model's config lacks.
+
+    >>> from symdsl.spec import load_spec_text
+    >>> spec = load_spec_text("symdsl: 1\nname: s\nmatches: {config: {do_layer_norm_before: true}}\n")
+    >>> config_mismatches(spec, {"do_layer_norm_before": False})
+    [('do_layer_norm_before', True, False)]
+    """
+    return [(key, want, config.get(key)) for key, want in spec.document.matches.config.items()
+            if config.get(key) != want or type(config.get(key)) is not type(want)]

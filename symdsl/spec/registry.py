@@ -10,6 +10,7 @@ import torch
 
 from ..errors import UsageError, suggest
 from ..registry import Registries
+from .config import config_mismatches, model_config
 from .load import Spec, load_spec
 
 
@@ -72,7 +73,10 @@ def spec_matches(spec: Spec, model: torch.nn.Module) -> bool:
     pretrained = getattr(model, "pretrained_cfg", None) or {}
     if library == "timm" and pretrained.get("architecture"):
         names.append(pretrained["architecture"])
-    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
+    if not any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns):
+        return False
+    return not config_mismatches(spec, model_config(model))
+
 
 
 def match_spec(model: torch.nn.Module, registries: Registries) -> Spec:

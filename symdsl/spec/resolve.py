@@ -25,7 +25,7 @@ from ..errors import UsageError, suggest
 from ..registry import Registries
 from .bind import bind_entries
 from .binding import CanonStep, ResolvedSpec
-from .config import model_config, resolve_dims
+from .config import config_mismatches, model_config, resolve_dims
 from .context import ResolveContext
 from .coverage import check_coverage, check_ties, check_unused_sites, detect_ties
 from .expand import expand_items, expand_keys
@@ -137,6 +137,13 @@ def _resolve_form(context: ResolveContext, form: str = "single", steps: list[Can
     """
     document = context.document
     context.form = form
+    for key, want, have in config_mismatches(context.spec, context.config):
+        # the spec covers its classes only with these config values (pre-LN OPT, not post-LN)
+        context.problem(("matches", "config", key), f"spec '{context.spec.name}' is for models whose config has "
+                        f"{key} = {want!r}, but this model's is {have!r}: the spec does not describe it",
+                        hint="use the spec written for this configuration (symdsl specs lists them; without a spec "
+                             "name, symdsl check --model picks the one whose matches.config fits)")
+    context.fail_if_problems()
     resolve_dims(context)
     context.used_sites = set()
     backbone = expand_keys(context, document.tensors, ("tensors",))

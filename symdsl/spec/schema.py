@@ -9,7 +9,7 @@ import types
 import typing
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 
 from ..errors import Problem, SpecError, suggest
 from .source import SpecSource
@@ -40,6 +40,9 @@ class Matches(_Strict):
     transformers: list[str] = Field(default_factory=list, description="transformers class names, e.g. GPT2LMHeadModel")
     timm: list[str] = Field(default_factory=list, description="timm class names or model names (globs allowed), e.g. VisionTransformer, vit_*")
     torch: list[str] = Field(default_factory=list, description="any torch.nn.Module class name (globs allowed)")
+    config: dict[str, Union[StrictBool, StrictInt, StrictStr, None]] = Field(
+        default_factory=dict, description="config values the model must have (e.g. do_layer_norm_before: true): "
+                                          "a model of a matched class with other values is not matched, and is refused")
 
 
 class RandomInput(_Strict):

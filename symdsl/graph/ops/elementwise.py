@@ -65,8 +65,12 @@ def add_rule(call):
         raise ValueError("add of two numbers")
     out = broadcast(call, tensors, call.op, shift=True)
     if any(n != 0 for n in _numbers(call)) or any(len(t) == 0 for t in tensors):
+        # 1 + weight: a gain stored as an offset from 1 (Gemma's RMSNorm); say so where it is bound
+        offset = len(tensors) == 1 and any(call.param_source(i) is not None for i in (0, 1) if call.has_tensor(i))
+        what = (f"{call.op} of a number and a parameter (a gain stored as an offset from 1, as in Gemma's "
+                "(1 + weight) RMSNorm; a gain bound to a site moves with it only under permutations)") if offset else None
         for axis in out:
-            call.shift(axis)
+            call.shift(axis, what)
     return out
 
 
