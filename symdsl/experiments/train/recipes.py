@@ -27,8 +27,11 @@ DIGITS_VIT = {"steps": 600, "batch_size": 64, "lr": 3e-3, "schedule": "cosine", 
               "threads": 1}
 CHAR_GPT2 = {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup": 100, "schedule": "cosine",
              "weight_decay": 0.01, "threads": 1}
-# The GPT-2 recipe's settings for :func:`small_llama` (2 layers, 64 wide, 4 query / 2 key-value heads),
-# not yet tuned on its own: a starting point for the trained LLaMA pairs.
+# The GPT-2 recipe's settings for :func:`small_llama` (2 layers, 64 wide, 4 query / 2 key-value heads).
+# Measured (seeds 0 / 1): on all of Tiny Shakespeare, test loss 1.726 / 1.700 (last-batch train loss
+# ~1.53); on its first 50,000 characters, 2.045 / 2.035 (train ~0.88): the models memorise, which is
+# the regime where learned matching flattens the path (benchmarks/llama_pairs.py, docs/benchmarks.md).
+# The data, not the recipe, sets that regime, so the recipe stays the GPT-2 one.
 CHAR_LLAMA = dict(CHAR_GPT2)
 
 
