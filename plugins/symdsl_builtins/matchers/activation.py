@@ -191,7 +191,7 @@ class _Collector:
             values_a = self.runner.run(program, self.a, batch)
             values_b = self.runner.run(program, self.b, batch)
             for plan in program.all_plans():
-                if plan.node not in values_a or plan.node not in values_b:
+                if any(n not in values_a or n not in values_b for n in plan.nodes):
                     self.notes.append(f"{plan.family}: node {plan.label} produced no tensor; skipped")
                     continue
                 key = (plan.family, plan.label)
@@ -201,7 +201,7 @@ class _Collector:
                 if moments.d != plan.size:
                     self.notes.append(f"{plan.family}: node {plan.label} changed size between batches; skipped")
                     continue
-                moments.update(plan.extract(values_a[plan.node]), plan.extract(values_b[plan.node]))
+                moments.update(plan.read(values_a), plan.read(values_b))
             if self.first is None:
                 self.first = (program, batch, values_a, values_b)
             self.batches += 1
@@ -231,10 +231,10 @@ class _Collector:
         values_h = self.runner.run(program, aligned_b, batch)
         num_before = num_after = norm = 0.0
         for plan in program.all_plans():
-            if plan.node in values_a and plan.node in values_b and plan.node in values_h:
-                xa = plan.extract(values_a[plan.node]).to(F64)
-                num_before += float(((xa - plan.extract(values_b[plan.node]).to(F64)) ** 2).sum())
-                num_after += float(((xa - plan.extract(values_h[plan.node]).to(F64)) ** 2).sum())
+            if all(n in values_a and n in values_b and n in values_h for n in plan.nodes):
+                xa = plan.read(values_a).to(F64)
+                num_before += float(((xa - plan.read(values_b).to(F64)) ** 2).sum())
+                num_after += float(((xa - plan.read(values_h).to(F64)) ** 2).sum())
                 norm += float((xa ** 2).sum())
         norm = max(norm, 1e-300)
         return math.sqrt(num_before / norm), math.sqrt(num_after / norm)

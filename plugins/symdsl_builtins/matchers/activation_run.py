@@ -27,6 +27,7 @@ from symdsl.graph.capture import BUILTIN_BACKENDS, capture
 from symdsl.graph.capture_common import TensorAliases, without_kv_cache
 from symdsl.graph.ops import builtin_op_rules
 from symdsl.graph.propagate import propagate
+from symdsl.models.kernels import EXACT_EXPERTS, experts_implementation, use_exact_kernels
 from symdsl.spec.binding import ResolvedSpec
 
 from .activation_graph import Plan, select_plans
@@ -91,6 +92,9 @@ class ActivationRunner:
         self.dtype = dtype
         self.evaluator = evaluator
         self.model = _prepared(model, self.device, dtype)
+        # as the checks do: a mixture's experts through plain gathers and batched matmuls, which
+        # trace to typed nodes (the default grouped kernel sorts the routing, which no rule follows)
+        self.kernel_notes = use_exact_kernels(self.model)
         self.aliases = TensorAliases.of(self.model)
         self._programs: dict[tuple, Program] = {}
 
@@ -141,6 +145,7 @@ class ActivationRunner:
 
         result = propagate(graph, self.resolved, parameter, op_rules=self.op_rules)
         plans, notes = select_plans(graph, result.values, self.resolved)
+        notes = [*self.kernel_notes, *notes]
         findings = len(result.findings)
         if findings:
             first = result.findings[0]
@@ -152,7 +157,7 @@ class ActivationRunner:
             try:
                 with without_kv_cache(self.model):   # as capture() does: a KV cache is an output export cannot follow
                     exported = torch.export.export(self.model, args=(), kwargs=dict(batch), strict=False)
-                wanted = {p.node for p in _flat(plans)}
+                wanted = {n for p in _flat(plans) for n in p.nodes}
                 with torch.no_grad():   # a dry run on the model's own weights: every planned node must come back
                     got = self._run_export(exported, {}, batch, wanted)
                 if set(got) != wanted:
@@ -171,9 +176,9 @@ class ActivationRunner:
             evaluator = "hooks"
             hooks = _module_outputs(graph)
             for root, family_plans in plans.items():
-                kept = [p for p in family_plans if p.node in hooks]
+                kept = [p for p in family_plans if all(n in hooks for n in p.nodes)]
                 for p in family_plans:
-                    if p.node not in hooks:
+                    if p not in kept:
                         notes.append(f"{root}: node {p.node} skipped: not a module output (hooks evaluator)")
                 plans[root] = kept
         return Program(plans, notes, evaluator, findings, exported, hooks)
@@ -182,7 +187,7 @@ class ActivationRunner:
 
     def run(self, program: Program, state: State, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """{node name: value} for every planned node, the model's weights taken from ``state``."""
-        wanted = {p.node for p in program.all_plans()}
+        wanted = {n for p in program.all_plans() for n in p.nodes}
         with torch.no_grad():
             if program.evaluator == "export":
                 return self._run_export(program.exported, state, batch, wanted)
@@ -254,7 +259,8 @@ def _flat(plans: Mapping[str, list[Plan]]) -> list[Plan]:
 def _prepared(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The model in eval mode on ``device`` in ``dtype``; a copy unless it already is."""
     tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
-    ready = not model.training and all(t.device == device and t.dtype == dtype for t in tensors)
+    ready = (not model.training and all(t.device == device and t.dtype == dtype for t in tensors)
+             and experts_implementation(model) in (None, EXACT_EXPERTS))     # else the kernel switch needs a copy
     if ready:
         return model
     return copy.deepcopy(model).to(device=device, dtype=dtype).eval()
