@@ -40,7 +40,7 @@ def takes_input_ids(model: torch.nn.Module) -> bool:
     """
     try:
         parameters = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):        # a forward without a readable signature: Hugging Face style
+    except (TypeError, ValueError, AttributeError):   # no readable forward signature: Hugging Face style
         return True
     return "input_ids" in parameters
 

@@ -37,6 +37,11 @@ class _Functional:
     def __call__(self, *args, **kwargs):
         return torch.func.functional_call(self.model, dict(self.state), args, kwargs, tie_weights=False, strict=False)
 
+    @property
+    def forward(self):
+        # the wrapped model's forward: evaluation reads its signature to pass the inputs the way it takes them
+        return self.model.forward
+
 
 class PathLoss:
     """Loss of sum_i w_i act(g_i, theta_i) on a batch; endpoints are detached copies of ``states``."""
