@@ -52,7 +52,7 @@ def plot_curves(curves: Mapping[str, Curve], path: str | Path, *, title: str | N
     from matplotlib.figure import Figure
 
     fmt = figure_format(path)
-    figure = Figure(figsize=(10, 4.6), layout="constrained")
+    figure = Figure(figsize=(11, 4.8), layout="constrained")
     FigureCanvasAgg(figure)
     loss_axes, acc_axes = figure.subplots(1, 2)
     for label, curve in curves.items():
@@ -60,8 +60,7 @@ def plot_curves(curves: Mapping[str, Curve], path: str | Path, *, title: str | N
         accuracy = [100.0 * a for a in curve.accuracy]
         found = barrier(curve)
         line, = loss_axes.plot(t, curve.loss, marker=".",
-                               label=f"{label} (loss barrier {found.loss:.3f}, accuracy barrier "
-                                     f"{100.0 * found.accuracy:.1f} points)")
+                               label=f"{label} (loss barrier {found.loss:.3f}, acc. {100.0 * found.accuracy:.1f} pts)")
         colour = line.get_color()
         acc_axes.plot(t, accuracy, marker=".", color=colour)
         ends = [0, len(t) - 1]                                    # the two models, bigger markers
