@@ -234,19 +234,10 @@ def _solve_parent(problem: Problem, parent: str, kids: list[str]) -> list[str]:
     exclude = {parent, *kids}
     cost = torch.zeros(problem.sites[parent].size, problem.sites[parent].size, dtype=problem.fast, device=device)
     for kid in kids:
-        solving = problem.solving_kind(kid)
-        # a child kept at the identity acts alike on both sides: its dual occurrences count as primal
-        kind_self_dual = solving is None or solving.self_dual
-        primal_a, primal_b, dual_a, dual_b = [], [], [], []
-        for occ, a, b in problem.unfolded_pairs(kid, exclude):
-            if occ.dual and not kind_self_dual:
-                dual_a.append(a), dual_b.append(b)
-            else:
-                primal_a.append(a), primal_b.append(b)
-        if not primal_a:
+        sides = problem.circuit_sides(kid, exclude)
+        if sides is None:
             continue
-        xa, xb = torch.cat(primal_a, -1), torch.cat(primal_b, -1)                     # (P, k, Mp)
-        ya, yb = (torch.cat(dual_a, -1), torch.cat(dual_b, -1)) if dual_a else (xa, xb)   # (P, k, Md)
+        xa, xb, ya, yb = sides                                                         # (P, k, Mp), (P, k, Md)
         g1 = _circuits(problem, xa, xb)                                                # X_A[a] X_B[b]^T
         g2 = g1 if ya is xa else _circuits(problem, ya, yb)
         with problem.phase("correlate"):

@@ -28,11 +28,6 @@ def nested_child(problem: Problem, kids: list[str]) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def _expand(x: torch.Tensor, m: int) -> torch.Tensor:
-    # (P, 1 | m, n, M) -> (P, m, n, M): a tensor without the child is the same for all its positions
-    return x.expand(x.shape[0], m, *x.shape[2:])
-
-
 def _pair_scores(problem: Problem, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(P, P, m, m, n, n) from a, b (P, m, n, M): entry [p, q, i, j] is a[p, i] b[q, j]^T."""
     p, m, n, width = a.shape
@@ -49,20 +44,12 @@ def child_scores(problem: Problem, parent: str, kids: list[str], child: str) -> 
     for kid in kids:
         if kid == child:
             continue
-        solving = problem.solving_kind(kid)
-        self_dual = solving is None or solving.self_dual
-        primal_a, primal_b, dual_a, dual_b = [], [], [], []
-        for occ, a, b in problem.unfolded_pairs(kid, exclude, inner=child):
-            a, b = _expand(a, m), _expand(b, m)
-            if occ.dual and not self_dual:
-                dual_a.append(a), dual_b.append(b)
-            else:
-                primal_a.append(a), primal_b.append(b)
-        if not primal_a:
+        sides = problem.circuit_sides(kid, exclude, inner=child)
+        if sides is None:
             continue
-        xa, xb = torch.cat(primal_a, -1), torch.cat(primal_b, -1)                      # (P, m, n, Mp)
+        xa, xb, ya, yb = sides                                                         # (P, m, n, M)
         g1 = _pair_scores(problem, xa, xb)
-        g2 = g1 if not dual_a else _pair_scores(problem, torch.cat(dual_a, -1), torch.cat(dual_b, -1))
+        g2 = g1 if ya is xa else _pair_scores(problem, ya, yb)
         with problem.phase("correlate"):
             score += (g1 * g2).sum((-1, -2))                                            # <X_A^T Y_A, X_B^T Y_B>
     with_matrix_kids = {o.tensor for kid in kids if kid != child for o in problem.occ[kid]}

@@ -222,6 +222,29 @@ class Problem:
                     undone = kind.apply(undo, unfold(moved_b, binding, o), 0)
                 yield o, unfold(self.a[name], binding, o), undone
 
+    def circuit_sides(self, kid: str, exclude: set[str], inner: str | None = None):
+        """``(X_A, X_B, Y_A, Y_B)``: a per-head child's primal and dual occurrences, each side
+        concatenated along its last axis: (P, n, M), or (P, m, n, M) with ``inner`` (a tensor
+        without that site repeats along m). Y is X when the child is self-dual or held at the
+        identity (its dual occurrences then count as primal); None when it has no primal one."""
+        solving = self.solving_kind(kid)
+        self_dual = solving is None or solving.self_dual
+        m = self.sites[inner].size if inner is not None else None
+        primal_a, primal_b, dual_a, dual_b = [], [], [], []
+        for occ, a, b in self.unfolded_pairs(kid, exclude, inner=inner):
+            if m is not None:
+                a, b = a.expand(a.shape[0], m, *a.shape[2:]), b.expand(b.shape[0], m, *b.shape[2:])
+            if occ.dual and not self_dual:
+                dual_a.append(a), dual_b.append(b)
+            else:
+                primal_a.append(a), primal_b.append(b)
+        if not primal_a:
+            return None
+        xa, xb = torch.cat(primal_a, -1), torch.cat(primal_b, -1)
+        if not dual_a:
+            return xa, xb, xa, xb
+        return xa, xb, torch.cat(dual_a, -1), torch.cat(dual_b, -1)
+
     def solving_kind(self, site: str):
         """The kind ``site`` is solved as: its own, or with ``permutations_only`` its kind's
         permutation restriction (None: the site keeps its current element)."""
