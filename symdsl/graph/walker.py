@@ -127,6 +127,30 @@ class OpCall:
             raw = refs[0]
         return None
 
+    def gain_form(self, index: int) -> tuple[str, str] | None:
+        """``(param node, form)`` when argument ``index`` is a stored gain: the parameter itself
+        through casts (form ``'weight'``), or one plus it (``'one_plus'``: ``1 + weight``, the
+        offset form of Gemma's RMSNorm). None for any other arithmetic.
+
+        These are the two forms ``fold_layernorm`` knows how to fold (its ``gain`` argument)."""
+        raw, form = self._raw(index, None)[0], "weight"
+        for _ in range(8):
+            if not isinstance(raw, Ref):
+                return None
+            node = self.graph.node(raw.name)
+            if node.op == "param":
+                return node.name, form
+            refs = node.refs()
+            if len(refs) != 1:
+                return None
+            numbers = [a for a in node.args[:2] if not isinstance(a, Ref)]
+            if node.op == "add" and form == "weight" and numbers == [1] and len(node.args) == 2:
+                form = "one_plus"
+            elif node.op not in PASS_THROUGH:
+                return None
+            raw = refs[0]
+        return None
+
     # -- the semantic interface: what rules say about axes (implemented per analysis) ------
     def size(self, axis) -> int:
         """The axis's length."""
@@ -178,6 +202,12 @@ class OpCall:
     def shift(self, axis, what: str | None = None) -> None:
         """A constant vector c·1 is added along ``axis``."""
         raise NotImplementedError
+
+    def offset(self, axis, what: str) -> None:
+        """A number is added to a value computed from one parameter alone (``1 + weight``): a
+        shift along ``axis`` unless the value is then used as a gain that is folded away (an
+        analysis that folds gains may say so); by default a :meth:`shift`."""
+        self.shift(axis, what)
 
     def summed(self, axis) -> None:
         """``axis`` is reduced by a sum or mean (read with the ones vector)."""

@@ -73,6 +73,7 @@ class FoldPlan:
     readers: list[str] = field(default_factory=list)
     unties: list[list[str]] = field(default_factory=list)
     untied_ops: set[str] = field(default_factory=set)   # reader ops that use the copy made by untie
+    gain: str = "weight"           # how the stored weight gives the gain: 'weight' or 'one_plus' (1 + w)
     ok: bool = True
     why: str = ""
 
@@ -115,10 +116,9 @@ def plan_fold(walk: Walk, record: tuple) -> FoldPlan:
     >>> plan.ok, plan.norm, plan.readers
     (True, '0', ['1.weight'])
     """
-    node, kind, var, weight, bias = record
+    node, kind, var, weight, bias, form = record
     graph = walk.graph
-    norm_node = graph.node(node)
-    plan = FoldPlan(node, kind, var)
+    plan = FoldPlan(node, kind, var, gain=form)
     if weight is None:
         plan.why = "it has no gain"
         return plan
@@ -177,13 +177,14 @@ def plan_fold(walk: Walk, record: tuple) -> FoldPlan:
 
 
 def _only_feeds(graph, param: str, node: str) -> bool:
-    """Is ``node`` the only use of ``param`` (through casts: ``weight.to(x.dtype) * x``)?"""
+    """Is ``node`` the only use of ``param`` (through casts, and the ``1 +`` of an offset gain:
+    ``weight.to(x.dtype) * x``, ``x * (1 + weight.float())``)?"""
     current = param
     for _ in range(8):
         users = [u for u in graph.users(current) if u.op not in _IGNORED]
         if [u.name for u in users] == [node]:
             return True
-        if len(users) != 1 or users[0].op not in PASS_THROUGH:
+        if len(users) != 1 or users[0].op not in PASS_THROUGH + ("add",):
             return False
         current = users[0].name
     return False

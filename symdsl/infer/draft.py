@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .canon import fold_accepts_unbound_gain, owner, plan_center, plan_fold
-from .groups import Decision, assign_per, decide
+from .groups import Decision, assign_per, assign_per_stack, decide
 from .layers import Layers, find_layers, templatize
 from .patterns import describe, leaves, tensor_text, walk_factors
 from .walk import Walk
@@ -109,14 +109,17 @@ class _Builder:
         self.tensors_of: dict[int, list[str]] = {}
         self.nested_of: dict[int, list[str]] = {}       # leaves below a nested fused axis -> tensors
         occurrences: dict[int, list] = {}
+        leading: dict[int, list] = {}     # root -> the root of axis 0 of each tensor it occurs in later
         for n, axes in self.descs.items():
-            for parts in axes:
+            lead = _single_root(axes[0]) if axes else None
+            for position, parts in enumerate(axes):
                 for part in parts:
                     for f, before in walk_factors(part):
                         users = self.tensors_of.setdefault(f.root, [])
                         if n not in users:
                             users.append(n)
                         occurrences.setdefault(f.root, []).append(before)
+                        leading.setdefault(f.root, []).append(lead if position else None)
         folds_by_root: dict[int, list] = {}
         for plan in self.folds:
             folds_by_root.setdefault(vars.root(plan.var), []).append(plan)
@@ -135,6 +138,7 @@ class _Builder:
                               for f in d.folds if f.norm and (f.kind == "rms" and d.level == "orthogonal" or
                                                               f.kind == "gain" and d.group == "orthogonal")}
         assign_per(self.decisions, occurrences)
+        assign_per_stack(self.decisions, leading)
         self.orient = {root: vars.orientation(root) for root in self.decisions}
         self.folds_by_root = folds_by_root
 
@@ -307,10 +311,13 @@ class _Builder:
                                        "its other use must keep the unscaled values"))
         site_of = {d.root: self.global_names.get(d.root) or self.names[d.root] for d in orthogonal}
         fold_site = {f.norm: site_of[d.root] for d in orthogonal for f in d.folds}
+        gain_form = {f.norm: f.gain for f in folds}
         steps = self.template_groups([[f.norm] + f.readers for f in folds])
         for group in steps:
             site = fold_site.get(group[0]) or fold_site.get(self._concrete(group[0]))
-            step = {"norm": group[0], "readers": group[1:], **({"site": site} if site else {})}
+            form = gain_form.get(group[0]) or gain_form.get(self._concrete(group[0]))
+            step = {"norm": group[0], "readers": group[1:], **({"site": site} if site else {}),
+                    **({"gain": form} if form != "weight" else {})}
             draft.canonicalize.append(({"fold_layernorm": step}, "gain folded into every layer that reads the norm's output"))
         self.center_notes: dict[int, str] = {}
         for d in orthogonal:
@@ -466,8 +473,13 @@ class _Builder:
     def site_why(self, d: Decision) -> list[str]:
         why = list(d.why)
         if d.per is not None:
-            why.append(f"one element per index of {self.global_names.get(d.per) or self.bases.get(d.per)}: it only "
-                       "occurs next to that head axis, which attention keeps apart")
+            parent = self.global_names.get(d.per) or self.bases.get(d.per)
+            if self.decisions[d.per].role == "experts":
+                why.append(f"one element per index of {parent}: it only occurs in tensors stacked over the "
+                           "experts, so each expert's slice moves on its own")
+            else:
+                why.append(f"one element per index of {parent}: it only occurs next to that head axis, which "
+                           "attention keeps apart")
         if d.root in getattr(self, "center_notes", {}):
             why.append(f"writers not centred: {self.center_notes[d.root]}")
         return why
@@ -556,3 +568,10 @@ def build_draft(model, graph, walk: Walk, example: dict, name: str | None = None
 
 
 __all__ = ["Draft", "SiteEntry", "build_draft"]
+
+
+def _single_root(parts) -> int | None:
+    """The component of an axis that is one plain factor (a stack of experts), else None."""
+    if len(parts) != 1 or len(parts[0]) != 1 or parts[0][0].parts:
+        return None
+    return parts[0][0].root

@@ -105,7 +105,8 @@ def render(draft: Draft, header: list[str] | None = None) -> str:
             elif name == "fold_layernorm":
                 readers = ", ".join(quote(r) for r in args["readers"])
                 site = f", site: {quote(args['site'])}" if args.get("site") else ""
-                out.append(f"  - {name}: {{norm: {quote(args['norm'])}, readers: [{readers}]{site}}}")
+                gain = f", gain: {args['gain']}" if args.get("gain") else ""
+                out.append(f"  - {name}: {{norm: {quote(args['norm'])}, readers: [{readers}]{site}{gain}}}")
             else:
                 out.append(f"  - {name}: [{', '.join(quote(n) for n in args)}]")
     if draft.sites:

@@ -102,9 +102,11 @@ def decide(root: int, size: int, flags: dict[str, list[str]], folds: list, *, ga
                 d.why.append("preserve ones only because fold_layernorm needs the folded gain bound to the site: "
                              "the gain (all ones after folding) then rotates with it, and only rotations fixing "
                              "the ones vector keep it (an RMSNorm alone admits every rotation)")
-    if "shift" in flags and LEVELS.index(d.level) > LEVELS.index("orthogonal_ones"):
+    # an offset (1 + w) not taken back by a folded gain is a shift of the weight's space
+    shifts = flags.get("shift", []) + flags.get("offset", [])
+    if shifts and LEVELS.index(d.level) > LEVELS.index("orthogonal_ones"):
         d.level = "orthogonal_ones"
-        d.why.append(f"a constant vector is added to it or it is summed over{_first(flags['shift'])}: "
+        d.why.append(f"a constant vector is added to it or it is summed over{_first(shifts)}: "
                      "only maps fixing the ones vector keep that")
     if "self_dual" in flags and d.level == "invertible":
         d.level = "orthogonal"
@@ -153,3 +155,30 @@ def assign_per(decisions: dict[int, Decision], occurrences: dict[int, list[tuple
         tops = {p if decisions[p].per is None else decisions[p].per for p in before}
         if len(tops) == 1 and tops <= before:
             d.per = tops.pop()
+
+
+def assign_per_stack(decisions: dict[int, Decision], leading: dict[int, list]) -> None:
+    """Give a permutation component one element per expert when every tensor it occurs in is a
+    stack over a permutation of experts (axis 0: ``experts.gate_up_proj`` (E, 2f, d)): each
+    expert's slice is its own layer, so its units may move on their own.
+
+    ``leading[root]`` lists, for every tensor axis part that contains the component, the root of
+    that tensor's axis 0 (None when the component is on axis 0 or axis 0 is not one component).
+
+    >>> ds = {1: decide(1, 4, {"indexed": [], "nonlinear": []}, []), 2: decide(2, 8, {"nonlinear": []}, [])}
+    >>> assign_per_stack(ds, {2: [1, 1, 1]})      # the units occur only in tensors stacked over 1
+    >>> ds[2].per, ds[1].role
+    (1, 'experts')
+    >>> ds[2].per = None; assign_per_stack(ds, {2: [1, None]})   # also in a plain tensor: shared
+    >>> ds[2].per is None
+    True
+    """
+    for root, d in decisions.items():
+        leads = set(leading.get(root, [None]))
+        if d.per is not None or d.level != "permutation" or d.role == "experts" or len(leads) != 1:
+            continue
+        stack = leads.pop()
+        parent = decisions.get(stack) if stack is not None else None
+        if parent is not None and stack != root and parent.role == "experts" and parent.level == "permutation" \
+                and parent.per is None:
+            d.per = stack

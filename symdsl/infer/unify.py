@@ -107,13 +107,23 @@ class InferCall(OpCall):
             return
         self.vars.flag(axis, "shift", f"summed over ({self.where})")
 
+    def offset(self, axis, what):
+        # 1 + weight: a shift of the weight's space, unless the sum is used as a gain that is then
+        # folded (Gemma); flagged apart so that :meth:`gain` can take it back
+        self.settle(axis)
+        self.vars.flag(axis, "offset", self._why(what))
+
     def gain(self, axis, gain_axis, index, what):
         self.settle(axis, gain_axis)
+        found = self.gain_form(index)
+        name, form = found if found and found[0] in self.walker.result.param_axes else ("?", "weight")
+        if form == "one_plus":
+            # the offset belongs to this gain alone (its class holds only the parameter's axis so
+            # far): folding stores the gain 1 + w in the readers and w = 0, so no shift remains
+            self.vars.flags(gain_axis).pop("offset", None)
         self.vars.union(gain_axis, axis, why=self.where)
-        source = self.param_source(index)
-        name = source[0] if source and source[1] and source[0] in self.walker.result.param_axes else "?"
         self.vars.flag(axis, "gain", self.where)
-        self.walker.result.norms.append((self.node.name, "gain", axis, name, None))
+        self.walker.result.norms.append((self.node.name, "gain", axis, name, None, form))
         return axis
 
     def rotary(self, axis, layout, what, table=None):
@@ -139,7 +149,7 @@ class InferCall(OpCall):
                 self.vars.union(self.tensor(index)[-1], axis, why=self.where)
                 params[label] = self.param(index) or "?"
         self.vars.flag(axis, kind, self.where)
-        self.walker.result.norms.append((self.node.name, kind, axis, params.get("weight"), params.get("bias")))
+        self.walker.result.norms.append((self.node.name, kind, axis, params.get("weight"), params.get("bias"), "weight"))
 
     def hint(self, axis, role):
         self.settle(axis)

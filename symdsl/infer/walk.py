@@ -28,8 +28,9 @@ class Walk:
     """The result of one inference walk.
 
     ``values``: node name -> tuple of variables (one per axis), list (multi-output), Stacked or
-    None. ``param_axes``: param node -> its axis variables. ``norms``: ``(node, 'ln'|'rms', var,
-    weight param node, bias param node)`` per norm op. ``uses``: ``(op node, param node, axis,
+    None. ``param_axes``: param node -> its axis variables. ``norms``: ``(node, 'ln'|'rms'|'gain', var,
+    weight param node, bias param node, gain form)`` per norm op or per-feature gain (form
+    ``'weight'``, or ``'one_plus'`` for a gain stored as an offset from 1). ``uses``: ``(op node, param node, axis,
     'read'|'write', module)`` per parameter axis a contraction reads or writes. ``opaque``:
     ``(node, reason)`` for ops treated conservatively. ``rotary``: ``(var, layout)`` for every axis
     that rotary position embeddings act on (``"half"``: pairs i, i + n/2).

@@ -70,7 +70,10 @@ def add_rule(call):
         what = (f"{call.op} of a number and a parameter (a gain stored as an offset from 1, as in Gemma's "
                 "(1 + weight) RMSNorm; a gain bound to a site moves with it only under permutations)") if offset else None
         for axis in out:
-            call.shift(axis, what)
+            if offset:
+                call.offset(axis, what)
+            else:
+                call.shift(axis, what)
     return out
 
 
