@@ -188,3 +188,46 @@ def test_a_model_that_runs_in_no_dtype_gets_a_clear_error():
 @pytest.mark.parametrize("module", [moe, kernels])
 def test_doctests(module):
     assert doctest.testmod(module, raise_on_error=False).failed == 0
+
+
+class PooledToken(torch.nn.Module):
+    """CLIP's pooled output: each sequence's hidden state at a computed position (its largest input
+    coordinate), hidden[arange(B), pos] with two index tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(5, 4))
+        self.v = torch.nn.Parameter(torch.randn(3, 5))
+
+    def forward(self, x):                          # x (B, T, 4)
+        hidden = torch.tanh(x @ self.w.T)          # (B, T, 5)
+        pos = x[..., 0].argmax(-1)                 # (B,)
+        pooled = hidden[torch.arange(x.shape[0]), pos]     # (B, 5)
+        return pooled @ self.v.T                   # (B, 3)
+
+
+def _pooled_spec(w: str, v: str) -> str:
+    return (f"symdsl: 1\nname: pooled\nsites: {{u: {{group: permutation, size: 5}}}}\n"
+            f"tensors: {{w: \"{w}\", v: \"{v}\"}}\n"
+            "example: {factory: \"x:y\", inputs: {x: {randn: true, shape: [2, 6, 4]}}}\n")
+
+
+def test_a_gather_with_several_index_tensors_passes_the_untouched_axes_through():
+    model = PooledToken().double()
+    spec = symdsl.load_spec_text(_pooled_spec("u _", "_ u'"), trust_code=True)
+    report = static_check(spec, model, registries=REGISTRIES)
+    assert report.ok, [str(f) for f in report.findings]
+    numeric = numeric_check(spec, model, registries=REGISTRIES)
+    assert numeric.ok and max(s.relative_error for s in numeric.sites) < 1e-12
+
+
+def test_a_site_on_an_axis_gathered_by_several_index_tensors_is_refused():
+    class TokenSite(PooledToken):
+        def forward(self, x):                      # the gathered axis (B, T) carries the site
+            hidden = torch.tanh(self.w @ x.transpose(-1, -2))      # (B, 5, T): gather along 5
+            return hidden[torch.arange(x.shape[0]), x[:, :, 0].argmax(-1) % 5] @ torch.ones(6, dtype=x.dtype)
+
+    spec = symdsl.load_spec_text(_pooled_spec("u _", "_ _"), trust_code=True)
+    report = static_check(spec, TokenSite().double(), registries=REGISTRIES)
+    assert [f.op for f in report.findings] == ["index"]
+    assert "index gathers entries of this axis at computed positions" in report.findings[0].message

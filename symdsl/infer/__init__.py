@@ -32,6 +32,7 @@ from ..spec.load import load_spec_text
 from .draft import Draft, build_draft
 from .emit import render
 from .example import example_section, library, materialize
+from .outputs import feature_outputs
 from .walk import walk
 
 __all__ = ["Draft", "DraftCheck", "infer_spec", "check_draft"]
@@ -62,9 +63,12 @@ def infer_spec(model: torch.nn.Module, *, factory: str | None = None, timm_name:
         names = {**model.config.to_dict(), **names}
     model = copy.deepcopy(model).to(torch.float64).eval()
     kernels = use_exact_kernels(model)     # the kernels the checks trace and run (MoE experts: batched_mm)
-    graph = capture(model, materialize(example["inputs"], names, seed=seed), backend=backend,
-                    backends=registries.capture_backends)
-    draft = build_draft(model, graph, walk(graph, set(model.state_dict()), registries.op_rules), example, name, registries=registries)
+    tensors = materialize(example["inputs"], names, seed=seed)
+    graph = capture(model, tensors, backend=backend, backends=registries.capture_backends)
+    # features (a backbone's hidden states) may carry a symmetry, declared equivariant under outputs:
+    features = feature_outputs(model, tensors, len(graph.outputs))
+    analysis = walk(graph, set(model.state_dict()), registries.op_rules, features=features)
+    draft = build_draft(model, graph, analysis, example, name, registries=registries)
     header = [f"Draft spec inferred by `symdsl infer` from the traced graph of {type(model).__name__} "
               f"({graph.backend}, {len(graph.nodes)} nodes). Every choice below is a guess from the graph, "
               "explained in a comment; `symdsl check` on this file tests all of them.",

@@ -55,6 +55,7 @@ class Draft:
     tensors: list[tuple[str, str, str]] = field(default_factory=list)
     invariant: list[tuple[str, str]] = field(default_factory=list)
     tied: list[list[str]] = field(default_factory=list)
+    outputs: list[tuple[str, str, str]] = field(default_factory=list)   # (name, pattern, why) equivariant
     notes: list[str] = field(default_factory=list)       # components left unbound, and why
     warnings: list[str] = field(default_factory=list)    # what may make the draft's own check fail
     info: list[str] = field(default_factory=list)        # how the draft is laid out
@@ -177,8 +178,7 @@ class _Builder:
         owners = {owner(a) for a in self.graph.params[node]}
 
         def dual(f, whole: bool, axis: int) -> bool:
-            d = self.decisions[f.root]
-            if d.group in ("permutation", "orthogonal"):
+            if self._self_dual(f.root):
                 # self-dual groups: the prime only documents the side, so write readers dual
                 if not whole:
                     return False
@@ -186,6 +186,17 @@ class _Builder:
                 return bool(modules) and (owner(alias) in modules or not modules & owners)
             return bool(f.parity ^ self.orient[f.root])
         return dual
+
+    def _self_dual(self, root: int) -> bool:
+        """Is the site's kind self-dual (g^-T = g)? Then a prime only documents the side."""
+        kind = self.registries.group_kinds.get(self.decisions[root].group)
+        return bool(kind is not None and kind.self_dual)
+
+    def output_text(self, node: str, names: dict[int, str]) -> str:
+        """The pattern of a feature output (activations: primal, as a writer's output axis)."""
+        axes = [describe(self.vars, var, set()) for var in self.w.values[node]]
+        return tensor_text(axes, lambda r: names.get(r) if r in self.decisions else None,
+                           lambda f, whole, axis: not self._self_dual(f.root) and bool(f.parity ^ self.orient[f.root]))
 
     def text(self, alias: str, names: dict[int, str]) -> str:
         return tensor_text(self.descs[alias], lambda r: names.get(r) if r in self.decisions else None,
@@ -414,6 +425,11 @@ class _Builder:
                                             for a in aliases):
                 ties.append(aliases)
         draft.tied = self.template_groups(ties)
+        for output, node in self.w.outputs:
+            text = self.output_text(node, names)
+            if any(entry != "_" for entry in text.split(" ")):
+                draft.outputs.append((output, text, "a feature output: the symmetry moves it, so whoever reads "
+                                                    "it applies the same transform"))
 
     # -- sites and dims ------------------------------------------------------------------
     def write_sites(self) -> None:

@@ -133,4 +133,8 @@ def render(draft: Draft, header: list[str] | None = None) -> str:
     if draft.tied:
         out += ["", "tied:                                   # shared parameters (one tensor, several names)"]
         out += [f"  - [{', '.join(quote(n) for n in group)}]" for group in draft.tied]
+    if draft.outputs:
+        out += ["", "outputs:                                # returned features that move with the weights"]
+        for name, pattern, comment in draft.outputs:
+            out += _with_comment(f"  {key(name)}: {quote(pattern)}", comment)
     return "\n".join(out) + "\n"

@@ -12,7 +12,7 @@ table, a draft never claims a symmetry through an op that ``symdsl check`` canno
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -46,6 +46,7 @@ class Walk:
     squares: dict[int, int] = field(default_factory=dict)
     low_precision: list[str] = field(default_factory=list)   # op nodes computed below float64
     rotary: list[tuple[int, str]] = field(default_factory=list)   # (var, pair layout) RoPE acts on
+    outputs: list[tuple[str, str]] = field(default_factory=list)  # (output name, node) of feature outputs
 
 
 _LOW = (torch.float32, torch.float16, torch.bfloat16)
@@ -66,11 +67,13 @@ class Inference(GraphWalker):
 
     call_class = InferCall
 
-    def __init__(self, graph: CapturedGraph, state_names: set[str], op_rules: OpRules):
+    def __init__(self, graph: CapturedGraph, state_names: set[str], op_rules: OpRules,
+                 features: Mapping[int, str] | None = None):
         super().__init__(graph, op_rules)
         self.result = Walk(graph)
         self.result.values = self.values
         self.state_names = state_names
+        self.features = dict(features or {})     # output position -> name of a feature output
 
     def param(self, node):
         names = self.graph.params.get(node.name, [])
@@ -86,8 +89,14 @@ class Inference(GraphWalker):
 
     def output(self, node) -> None:
         InferCall(self, node).settle(*self._inputs(node))
-        for var in self._inputs(node):
-            self.result.vars.flag(var, "fixed", "returned by the model")
+        for position, ref in enumerate(node.refs()):
+            name = self.features.get(position)
+            if name is not None and isinstance(self.values.get(ref.name), tuple):
+                # a feature output: it may carry sites, which the draft declares under outputs:
+                self.result.outputs.append((name, ref.name))
+                continue
+            for var in _all_vars(self.values.get(ref.name)):
+                self.result.vars.flag(var, "fixed", "returned by the model")
 
     def _inputs(self, node) -> list[int]:
         return [v for value in self.input_values(node) for v in _all_vars(value)]
@@ -112,9 +121,12 @@ class Inference(GraphWalker):
         return self.result
 
 
-def walk(graph: CapturedGraph, state_names: set[str], op_rules: OpRules) -> Walk:
+def walk(graph: CapturedGraph, state_names: set[str], op_rules: OpRules,
+         features: Mapping[int, str] | None = None) -> Walk:
     """Propagate axis variables through ``graph``; ``state_names`` are the model's state-dict keys;
-    ``op_rules`` is the op-rule table (``registries.op_rules``).
+    ``op_rules`` is the op-rule table (``registries.op_rules``); ``features`` maps positions of
+    the graph's outputs to names of feature outputs (:func:`symdsl.infer.outputs.feature_outputs`),
+    which are left free to carry sites instead of being fixed.
 
     >>> import torch
     >>> from symdsl.graph import capture
@@ -125,4 +137,4 @@ def walk(graph: CapturedGraph, state_names: set[str], op_rules: OpRules) -> Walk
     >>> w.vars.parity_between(hidden, w.param_axes["p_2_weight"][1]), sorted(w.vars.flags(hidden))
     (1, ['nonlinear', 'touched'])
     """
-    return Inference(graph, state_names, op_rules).run()
+    return Inference(graph, state_names, op_rules, features).run()

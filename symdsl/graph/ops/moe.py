@@ -131,8 +131,10 @@ def index_rule(call):
     x = call.tensor(0)
     indices = call.arg(1, name="indices") or []
     given = [p for p, r in enumerate(indices) if r is not None]
-    if len(given) != 1 or not isinstance(indices[given[0]], Ref):
-        raise Unsupported("index with several index tensors: symdsl follows a gather along one axis")
+    if not given or not all(isinstance(indices[p], Ref) for p in given):
+        raise Unsupported("index by something other than index tensors")
+    if len(given) > 1:
+        return _gather_positions(call, x, indices, given)
     p = given[0]
     ref = indices[p]
     if call.graph.node(ref.name).dtype == torch.bool:
@@ -148,6 +150,28 @@ def index_rule(call):
                                 f"ranked: the ranked axis (the router's rows) and the gathered axis (the experts) "
                                 "must carry the same site (bind the router weight's rows to the experts' site)")
     return x[:p] + tuple(ids) + x[p + 1:]
+
+
+def _gather_positions(call, x: tuple, indices: list, given: list[int]) -> tuple:
+    # x[ids0, ids1] with several index tensors (CLIP's pooled token: hidden[arange(B), eos]): each
+    # indexed axis is read at computed positions, so no symmetry may move it; the broadcast index
+    # shape replaces them (in place when they are adjacent, first otherwise, as in numpy); the
+    # other axes pass through untouched
+    for p in given:
+        ref = indices[p]
+        if call.graph.node(ref.name).dtype == torch.bool:
+            raise Unsupported("index by a boolean mask")
+        if pointer_source(call.graph, ref) is not None:
+            raise Unsupported("index by topk's positions together with other index tensors")
+        call.fixed(x[p], "index gathers entries of this axis at computed positions")
+    shape = call.node.shape
+    if not isinstance(shape, tuple) or len(shape) < len(x) - len(given):
+        raise Unsupported("index whose output shape is unknown")
+    rest = [axis for p, axis in enumerate(x) if p not in given]
+    start = given[0] if given == list(range(given[0], given[-1] + 1)) else 0     # adjacent: in place
+    count = len(shape) - len(rest)
+    picked = tuple(call.new_axis(n, "positions gathered by index") for n in shape[start:start + count])
+    return tuple(rest[:start]) + picked + tuple(rest[start:])
 
 
 @op_rule("repeat_interleave")
