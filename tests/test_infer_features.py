@@ -71,3 +71,26 @@ def test_logits_and_unnamed_outputs_stay_fixed():
     plain = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     draft = symdsl.infer(plain, factory="mymodels:mlp", registries=REGISTRIES)
     assert not draft.outputs and ("2.bias", "axis 0: returned by the model") in draft.invariant
+
+
+def test_clip_model_claims_the_similarity_logits_and_moves_the_joint_embedding():
+    towers = dict(text_config=dict(vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, **SMALL),
+                  vision_config=dict(image_size=16, patch_size=8, **SMALL))
+    model = _perturbed(transformers.CLIPModel(transformers.CLIPConfig(projection_dim=24, **towers)))
+    draft = symdsl.infer(model, registries=REGISTRIES)
+    # the logits are the claim; the towers' nested outputs (text_model_output...) are none
+    assert draft.example["output"] == "logits_per_image" and "output: logits_per_image" in draft.text
+    assert set(draft.example["inputs"]) == {"input_ids", "pixel_values"}
+    tensors = {name: pattern for name, pattern, _ in draft.tensors}
+    sites = {s.key: s for s in draft.sites}
+    # text: pre-LN with its final norm read by the projection (through the pooled-token gather):
+    # a rotation fixing the ones vector; vision: pre_layrnorm writes the stream, so a permutation
+    text_site = sites[tensors["text_model.embeddings.token_embedding.weight"].split()[1]]
+    vision_site = sites[tensors["vision_model.embeddings.class_embedding"]]
+    assert (text_site.group, text_site.preserve) == ("orthogonal", "ones")
+    assert vision_site.group == "permutation"
+    joint = tensors["text_projection.weight"].split()[0]
+    assert tensors["visual_projection.weight"].split()[0] == joint and sites[joint].group == "orthogonal"
+    assert {name: pattern for name, pattern, _ in draft.outputs} == {"text_embeds": f"_ {joint}",
+                                                                    "image_embeds": f"_ {joint}"}
+    assert check_draft(draft.text, registries=REGISTRIES, tolerance=1e-6).ok

@@ -26,13 +26,14 @@ from ..check.numeric import numeric_check
 from ..check.static import static_check
 from ..errors import SymdslError
 from ..graph.capture import capture
+from ..graph.output_names import keep_outputs, output_names
 from ..models.kernels import use_exact_kernels
 from ..registry import Registries
 from ..spec.load import load_spec_text
 from .draft import Draft, build_draft
 from .emit import render
 from .example import example_section, library, materialize
-from .outputs import feature_outputs
+from .outputs import plan_outputs
 from .walk import walk
 
 __all__ = ["Draft", "DraftCheck", "infer_spec", "check_draft"]
@@ -66,8 +67,14 @@ def infer_spec(model: torch.nn.Module, *, factory: str | None = None, timm_name:
     tensors = materialize(example["inputs"], names, seed=seed)
     graph = capture(model, tensors, backend=backend, backends=registries.capture_backends)
     # features (a backbone's hidden states) may carry a symmetry, declared equivariant under outputs:
-    features = feature_outputs(model, tensors, len(graph.outputs))
-    analysis = walk(graph, set(model.state_dict()), registries.op_rules, features=features)
+    returned = output_names(model, tensors, len(graph.outputs))
+    plan = plan_outputs(returned)
+    if plan.primary and returned is not None:
+        example["output"] = plan.primary
+        kept = [p for p in range(len(returned)) if p not in plan.ignored]
+        keep_outputs(graph, kept)
+        plan = plan_outputs([returned[p] for p in kept])      # the features, at their new positions
+    analysis = walk(graph, set(model.state_dict()), registries.op_rules, features=plan.features)
     draft = build_draft(model, graph, analysis, example, name, registries=registries)
     header = [f"Draft spec inferred by `symdsl infer` from the traced graph of {type(model).__name__} "
               f"({graph.backend}, {len(graph.nodes)} nodes). Every choice below is a guess from the graph, "

@@ -35,7 +35,7 @@ _IGNORED = frozenset({"assert", "_assert_tensor_metadata"})
 # ops that keep the normalised axis as it is, acting on other axes only (or not at all)
 _TRANSPARENT = frozenset(PASS + ("dropout", "view", "reshape", "_unsafe_view", "flatten", "transpose", "permute",
                                  "unsqueeze", "squeeze", "select", "slice", "mean", "sum", "expand",
-                                 "repeat_interleave"))
+                                 "repeat_interleave", "index"))
 # ops through which a constant shift of the stream stays a constant shift
 _ADDITIVE = frozenset(PASS + ("dropout", "view", "reshape", "_unsafe_view", "flatten", "transpose", "permute",
                               "unsqueeze", "squeeze", "select", "slice", "expand", "add", "sub", "cat"))

@@ -87,6 +87,8 @@ def render(draft: Draft, header: list[str] | None = None) -> str:
     out.append("  inputs:")
     for name, item in ex["inputs"].items():
         out.append(f"    {key(name)}: {flow(dict(item))}")
+    if ex.get("output"):
+        out.append(f"  output: {key(ex['output'])}               # the output the symmetry must keep")
     if draft.dims:
         out.append("")
         out.append("dims:")

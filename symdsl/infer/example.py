@@ -101,16 +101,9 @@ def guess_inputs(model: torch.nn.Module) -> dict[str, Any]:
     args = _forward_args(model)
     config = getattr(model, "config", None)
     if library(model) == "transformers" and config is not None:
-        positions = [getattr(config, k, None) for k in ("n_positions", "max_position_embeddings")]
-        seq = min([SEQ] + [p for p in positions if isinstance(p, int) and p > 0])
-        if "input_ids" in args and getattr(config, "vocab_size", None):
-            out = {"input_ids": {"randint": [0, "vocab_size"], "shape": [2, seq]}}
-            if "token_type_ids" in args and (getattr(config, "type_vocab_size", 0) or 0) > 1:
-                out["token_type_ids"] = {"randint": [0, "type_vocab_size"], "shape": [2, seq]}
+        out = _transformers_inputs(config, args)
+        if out:
             return out
-        if "pixel_values" in args and getattr(config, "image_size", None):
-            size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
-            return {"pixel_values": {"randn": True, "shape": [2, getattr(config, "num_channels", 3), size, size]}}
     name = args[0] if args else "input"
     for module in model.modules():
         if isinstance(module, torch.nn.Embedding):
@@ -126,6 +119,33 @@ def guess_inputs(model: torch.nn.Module) -> dict[str, Any]:
             return {name: {"randn": True, "shape": [2, module.in_features]}}
     raise UsageError(f"cannot guess the inputs of {type(model).__name__}.forward({', '.join(args)}); "
                      "pass them as JSON, e.g. --inputs '{\"x\": {\"randn\": true, \"shape\": [2, 3, 32, 32]}}'")
+
+
+def _transformers_inputs(config, args: list[str]) -> dict[str, Any]:
+    """Text and image inputs from a transformers config. A two-tower model (CLIP) keeps them in
+    ``text_config``/``vision_config``: sizes from there are written as numbers, since input specs
+    name only top-level config keys; an encoder-decoder (T5) also gets ``decoder_input_ids``."""
+    out: dict[str, Any] = {}
+    text = getattr(config, "text_config", None) if not getattr(config, "vocab_size", None) else None
+    text_config = text if text is not None else config
+    vocab = getattr(text_config, "vocab_size", None)
+    if "input_ids" in args and vocab:
+        positions = [getattr(text_config, k, None) for k in ("n_positions", "max_position_embeddings")]
+        seq = min([SEQ] + [p for p in positions if isinstance(p, int) and p > 0])
+        bound = "vocab_size" if text is None else vocab
+        out["input_ids"] = {"randint": [0, bound], "shape": [2, seq]}
+        if "token_type_ids" in args and (getattr(text_config, "type_vocab_size", 0) or 0) > 1:
+            out["token_type_ids"] = {"randint": [0, "type_vocab_size" if text is None else text_config.type_vocab_size],
+                                     "shape": [2, seq]}
+        if "decoder_input_ids" in args and getattr(config, "is_encoder_decoder", False):
+            out["decoder_input_ids"] = {"randint": [0, bound], "shape": [2, seq]}
+    vision = getattr(config, "vision_config", None) if not getattr(config, "image_size", None) else None
+    vision_config = vision if vision is not None else config
+    image = getattr(vision_config, "image_size", None)
+    if "pixel_values" in args and image:
+        size = image if isinstance(image, int) else image[0]
+        out["pixel_values"] = {"randn": True, "shape": [2, getattr(vision_config, "num_channels", 3), size, size]}
+    return out
 
 
 def _image_size(model: torch.nn.Module):
