@@ -94,3 +94,25 @@ def test_clip_model_claims_the_similarity_logits_and_moves_the_joint_embedding()
     assert {name: pattern for name, pattern, _ in draft.outputs} == {"text_embeds": f"_ {joint}",
                                                                     "image_embeds": f"_ {joint}"}
     assert check_draft(draft.text, registries=REGISTRIES, tolerance=1e-6).ok
+
+
+def test_t5_is_traced_without_config_edits_and_gets_one_rotation_for_both_stacks():
+    config = transformers.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
+                                   num_heads=4, decoder_start_token_id=0)
+    draft = symdsl.infer(_perturbed(transformers.T5ForConditionalGeneration(config)), registries=REGISTRIES)
+    # encoder and decoder inputs guessed; the KV cache (kept in the decoder stack's own config) is off
+    assert set(draft.example["inputs"]) == {"input_ids", "decoder_input_ids"}
+    # the logits are the claim; encoder_last_hidden_state is an intermediate state
+    assert draft.example["output"] == "logits" and not draft.outputs
+    sites = _sites(draft)
+    # T5's norm is an RMSNorm: the stream shared by both stacks (tied embeddings) takes any rotation
+    assert sites["resid"] == ("orthogonal", None)
+    steps = [step for step, _ in draft.canonicalize]
+    assert {"untie": ["lm_head.weight", "shared.weight"]} in steps       # lm_head reads decoder.final_layer_norm
+    assert ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"] in draft.tied
+    # the relative position bias of block 0 is reused by every block: one head permutation per stack
+    tensors = {name: pattern for name, pattern, _ in draft.tensors}
+    heads = tensors["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].split()[1]
+    assert tensors["encoder.block.1.layer.0.SelfAttention.q.weight"].startswith(f"({heads} ")
+    assert not draft.notes
+    assert check_draft(draft.text, registries=REGISTRIES).ok

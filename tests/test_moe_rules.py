@@ -231,3 +231,34 @@ def test_a_site_on_an_axis_gathered_by_several_index_tensors_is_refused():
     report = static_check(spec, TokenSite().double(), registries=REGISTRIES)
     assert [f.op for f in report.findings] == ["index"]
     assert "index gathers entries of this axis at computed positions" in report.findings[0].message
+
+
+class MaskedMix(torch.nn.Module):
+    """where(mask, x W^T, fill) + zeros(...): a mask fill (T5's attention masks) and a constant tensor."""
+
+    def __init__(self, fill: float = -1.5):
+        super().__init__()
+        self.fill = fill
+        self.w = torch.nn.Parameter(torch.randn(5, 4))
+        self.v = torch.nn.Parameter(torch.randn(3, 5))
+
+    def forward(self, x):                                  # x (B, T, 4)
+        h = x @ self.w.T                                   # (B, T, 5)
+        keep = (x[..., :1] > 0)                            # (B, T, 1): one choice per token
+        h = torch.where(keep, h, self.fill) + torch.zeros(1, 1, 5, dtype=x.dtype)
+        return torch.tanh(h) @ self.v.T
+
+
+@pytest.mark.parametrize("fill, group, ok", [
+    (-1.5, "permutation", True),         # a number fills whole vectors: c·1 stays c·1 under a permutation
+    (-1.5, "orthogonal", False),         # ... but not under a general rotation: refused at where
+    (0.0, "orthogonal", False),          # zero fill is linear, but tanh after it needs coordinate moves
+])
+def test_where_fills_are_shifts_and_constant_tensors_are_copies(fill, group, ok):
+    spec = symdsl.load_spec_text(
+        f"symdsl: 1\nname: masked\nsites: {{u: {{group: {group}, size: 5}}}}\ntensors: {{w: \"u _\", v: \"_ u'\"}}\n"
+        "example: {factory: \"x:y\", inputs: {x: {randn: true, shape: [2, 6, 4]}}}\n", trust_code=True)
+    report = static_check(spec, MaskedMix(fill).double(), registries=REGISTRIES)
+    assert report.ok is ok, [str(f) for f in report.findings]
+    if not ok and fill != 0:
+        assert report.findings[0].op == "where"

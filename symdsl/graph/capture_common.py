@@ -167,15 +167,16 @@ def split_inputs(inputs: Any) -> tuple[tuple, dict]:
 
 @contextlib.contextmanager
 def without_kv_cache(model: torch.nn.Module) -> Iterator[None]:
-    """Set ``model.config.use_cache = False`` while capturing (a KV cache is an extra output
-    that tracing cannot follow), and restore it afterwards."""
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "use_cache"):
-        yield
-        return
-    old = config.use_cache
-    config.use_cache = False
+    """Set ``use_cache = False`` on the model's config, and on every submodule's own config (T5's
+    decoder stack keeps a copy), while capturing (a KV cache is an extra output that tracing
+    cannot follow), and restore them afterwards."""
+    configs = {id(c): c for c in (getattr(m, "config", None) for m in model.modules())
+               if c is not None and hasattr(c, "use_cache")}
+    saved = {key: config.use_cache for key, config in configs.items()}
+    for config in configs.values():
+        config.use_cache = False
     try:
         yield
     finally:
-        config.use_cache = old
+        for key, config in configs.items():
+            config.use_cache = saved[key]

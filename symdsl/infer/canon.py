@@ -146,7 +146,7 @@ def plan_fold(walk: Walk, record: tuple) -> FoldPlan:
                 readers.setdefault(found[0], []).append(user)
                 continue
             out = walk.values.get(user.name)
-            if user.op in _TRANSPARENT and isinstance(out, tuple) and track in out:
+            if (user.op in _TRANSPARENT or _by_a_number(user, current)) and isinstance(out, tuple) and track in out:
                 if user.name not in seen:
                     seen.add(user.name)
                     queue.append((user.name, track))
@@ -166,14 +166,24 @@ def plan_fold(walk: Walk, record: tuple) -> FoldPlan:
                   and not (u.op == "index" and all(x in ops for x in graph.users(u.name)))]
         if others:
             # the weight is shared (tied) with something that does not read this norm
+            # (GPT-2's lm_head/wte; T5's lm_head with shared and both stacks' embed_tokens): each other
+            # use must be through a name its own module owns, which untie leaves tied together
             rest = [n for n in names if n != reader_alias]
-            if len(names) != 2 or len(modules) != 1 or owner(reader_alias) not in modules or \
-                    any(alias_for(walk, param, u.module) != rest[0] or owner(rest[0]) != u.module for u in others):
+            if len(modules) != 1 or owner(reader_alias) not in modules or \
+                    any(alias_for(walk, param, u.module) not in rest or owner(alias_for(walk, param, u.module)) != u.module
+                        for u in others):
                 return _fail(plan, f"its reader {reader_alias} shares its weight with another use")
             plan.unties.append([reader_alias, rest[0]])
             plan.untied_ops.update(u.name for u in ops)   # after untie they read the copy
         plan.readers.append(reader_alias)
     return plan
+
+
+def _by_a_number(user, current: str) -> bool:
+    """``x * c`` or ``x / c`` with a number ``c`` (T5 scales the decoder's output by d^-1/2 before
+    lm_head): linear, so a gain folds through it into the reader."""
+    return user.op in ("mul", "div") and len(user.args) == 2 and user.args[0] == Ref(current) and \
+        isinstance(user.args[1], (int, float)) and not isinstance(user.args[1], bool)
 
 
 def _only_feeds(graph, param: str, node: str) -> bool:

@@ -418,11 +418,13 @@ class _Builder:
             else:
                 draft.tensors.append((key, text, self.comment(alias)))
         ties = []
-        untied = {n for step, _ in draft.canonicalize if "untie" in step for n in step["untie"]}
+        # untie gives every name but its last a copy: the last stays tied to the names untie left out
+        # (T5: lm_head gets a copy; shared and both stacks' embed_tokens remain one tensor)
+        copies = {n for step, _ in draft.canonicalize if "untie" in step for n in step["untie"][:-1]}
         for node, aliases in self.graph.params.items():
-            aliases = [a for a in aliases if a in self.descs]
-            if len(aliases) > 1 and not any(a in untied or (layers and _untied_template(a, untied, layers))
-                                            for a in aliases):
+            aliases = [a for a in aliases if a in self.descs
+                       and not (a in copies or (layers and _untied_template(a, copies, layers)))]
+            if len(aliases) > 1:
                 ties.append(aliases)
         draft.tied = self.template_groups(ties)
         for output, node in self.w.outputs:

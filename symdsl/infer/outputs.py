@@ -7,8 +7,9 @@ them applies the same transform, so a symmetry of the residual stream may act on
 as the spec says so under ``outputs:``. Logits, losses and class scores are results: an output
 that is not named here stays fixed (``returned by the model``), which is the conservative
 choice for plain modules whose outputs have no names. A model that returns logits beside the
-nested outputs of its parts (CLIPModel's ``text_model_output``) claims the logits
-(``example.output``) and the features; the nested outputs are no claim.
+nested outputs of its parts (CLIPModel's ``text_model_output``) or its encoder's states (T5's
+``encoder_last_hidden_state``) claims the logits (``example.output``) and the features; those
+intermediate outputs are no claim.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from typing import Sequence
 
 # output names (Hugging Face ModelOutput fields) that carry features, not results
 FEATURE_OUTPUTS = ("last_hidden_state", "pooler_output", "image_embeds", "text_embeds")
+# outputs that only expose a part's intermediate states (a seq2seq model's encoder)
+INTERMEDIATE_PREFIXES = ("encoder_",)
 
 
 @dataclass
@@ -44,8 +47,10 @@ def plan_outputs(names: Sequence[str] | None, features: Sequence[str] = FEATURE_
     if names is None:
         return OutputPlan()
     plan = OutputPlan(features={p: n for p, n in enumerate(names) if n in features})
-    nested = [p for p, n in enumerate(names) if "." in n]
+    # beside logits, the intermediate states of the model's parts are no claim: a two-tower
+    # model's nested tower outputs, a seq2seq model's encoder_last_hidden_state
+    parts = [p for p, n in enumerate(names) if "." in n or n.startswith(INTERMEDIATE_PREFIXES)]
     logits = [n for n in names if n.startswith("logits")]
-    if nested and logits:
-        plan.primary, plan.ignored = logits[0], set(nested)
+    if parts and logits:
+        plan.primary, plan.ignored = logits[0], set(parts)
     return plan

@@ -77,8 +77,14 @@ def check_ties(context: ResolveContext, tensors: Mapping[str, TensorBinding], in
     shared parameters, and the tensors of one group must transform alike."""
     actual = detect_ties(context.state)
     declared = [set(g) for g, _ in tied] + [set(s.args.names) for s in steps if s.name == "untie"]
+    # untie gives every name but its last its own copy; the names it leaves out stay one tensor
+    # (T5: lm_head untied from shared, which stays tied to both stacks' embed_tokens)
+    copies = {n for s in steps if s.name == "untie" for n in s.args.names[:-1]}
     for group in actual if not context.ties_incomplete else []:
-        if not any(set(group) <= d for d in declared):
+        rest = set(group) - copies
+        covered = any(set(group) <= d for d in declared) or \
+            (rest != set(group) and (len(rest) <= 1 or any(rest <= d for d in declared)))
+        if not covered:
             where = next((tensors[n].origin for n in group if n in tensors),
                          next((invariant[n] for n in group if n in invariant), ("tied",)))
             context.problem(where, f"tensors {group} are one shared parameter in the model but the spec does not say so",

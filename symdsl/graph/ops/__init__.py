@@ -20,7 +20,7 @@ the caller may extend and pass to the analyses (``op_rules=``); the built-in plu
 from __future__ import annotations
 
 from ..walker import OpRules, Rule
-from . import attention, contract, elementwise, layout, norm, select
+from . import attention, contract, elementwise, factory, layout, norm, select
 from . import moe
 from .base import op_rule, rules_in
 
@@ -29,4 +29,4 @@ __all__ = ["OpRules", "Rule", "builtin_op_rules", "op_rule", "rules_in"]
 
 def builtin_op_rules() -> dict[str, Rule]:
     """A fresh dict of symdsl's built-in rules (the caller may add to it)."""
-    return rules_in(attention, contract, elementwise, layout, norm, select, moe)
+    return rules_in(attention, contract, elementwise, factory, layout, norm, select, moe)

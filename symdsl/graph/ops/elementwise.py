@@ -125,6 +125,22 @@ def _scaled(call, x: tuple, g: tuple, index: int) -> tuple:
     return tuple(reversed(out))
 
 
+@op_rule("where")
+def where_rule(call):
+    # where(cond, a, b): coordinate by coordinate a or b. Where two operands vary along an axis it
+    # acts like a product (only coordinate moves keep it); a nonzero number operand fills the
+    # unselected entries with c·1 (attention masks: -inf), a constant shift of every axis
+    tensors = [call.tensor(i) for i in (0, 1, 2) if call.has_tensor(i)]
+    if not tensors:
+        raise ValueError("where of three numbers")
+    out = broadcast(call, tensors, call.op, product=True)
+    numbers = [a for a in call.node.args[1:3] if isinstance(a, (int, float)) and not isinstance(a, bool)]
+    if any(n != 0 for n in numbers):
+        for axis in out:
+            call.shift(axis, "where fills the entries it does not select with a number")
+    return out
+
+
 @op_rule("square")
 def square_rule(call):
     # x ** 2 coordinate by coordinate: a sum or mean of it over an axis is a squared norm
