@@ -165,6 +165,11 @@ class OpCall:
         it repeats a value (expand), so anything added along it is a constant shift."""
         raise NotImplementedError
 
+    def constant_axis(self, size: int, why: str):
+        """An axis of a tensor that holds one number everywhere (``zeros``, ``full``): copies, as
+        :meth:`new_axis` with ``broadcast``; an analysis may also keep it from joining spaces."""
+        return self.new_axis(size, broadcast=why)
+
     def same(self, a, b, what: str):
         """Axes ``a`` and ``b`` are the same space (a bias and the axis it is added to)."""
         raise NotImplementedError

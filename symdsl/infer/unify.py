@@ -69,11 +69,25 @@ class InferCall(OpCall):
                 self.vars.union(source, axis, why=self.where)
 
     def same(self, a, b, what):
+        constants = self.walker.result.constants
+        if a in constants or b in constants:
+            # one number everywhere (T5's zeros(1, heads, q, k) bias, reused by every block): no
+            # space to share; meeting it is at most a constant shift of the other operand's axis
+            other = b if a in constants else a
+            self.settle(other)
+            if other not in constants:
+                self.vars.flag(other, "shift", self._why(what))
+            return other
         self.settle(a, b)
         self.vars.union(a, b, why=self.where)
         return a
 
     combine = same
+
+    def constant_axis(self, size, why):
+        var = self.vars.new(size)
+        self.walker.result.constants.add(var)
+        return var
 
     def contract(self, a, b, what):
         self.settle(a, b)

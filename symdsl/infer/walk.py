@@ -47,6 +47,7 @@ class Walk:
     low_precision: list[str] = field(default_factory=list)   # op nodes computed below float64
     rotary: list[tuple[int, str]] = field(default_factory=list)   # (var, pair layout) RoPE acts on
     outputs: list[tuple[str, str]] = field(default_factory=list)  # (output name, node) of feature outputs
+    constants: set[int] = field(default_factory=set)   # axes of tensors that hold one number everywhere
 
 
 _LOW = (torch.float32, torch.float16, torch.bfloat16)
