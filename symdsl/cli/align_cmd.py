@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -15,8 +14,11 @@ from ..errors import UsageError
 from ..evaluate import plot_curves
 from ..models import load_model
 from ..models.output import check_output, check_output_file
+from .logs import get_logger
 from .progress import progress_bar
 from .text_data import add_text_options, text_options
+
+log = get_logger("align")
 
 
 def _common(p, *, data_required=False) -> None:
@@ -30,7 +32,8 @@ def _common(p, *, data_required=False) -> None:
                    help="evaluation/activation data: digits, stdlib-text, text:PATH (see docs)")
     add_text_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the matcher (learned matching's batches and sampled points; default 0)")
     p.add_argument("--trust-code", action="store_true",
                    help="let model folders name classes outside timm, transformers, torch.nn and registered loaders "
                         "(runs code named in their symdsl_model.json; see docs/security.md)")
@@ -68,11 +71,12 @@ def add_parsers(sub) -> None:
     m.set_defaults(run=run_merge)
 
     b = sub.add_parser("barrier", help="loss/accuracy along the straight line from B to A, vanilla and aligned")
-    b.add_argument("a", metavar="A")
-    b.add_argument("b", metavar="B")
+    b.add_argument("a", metavar="A", help="model at lambda=1 (the reference B is aligned to), as for align")
+    b.add_argument("b", metavar="B", help="model at lambda=0, aligned to A for the aligned curve")
     _common(b, data_required=True)
     b.add_argument("--points", type=int, default=11, help="grid points on [0, 1] (default 11)")
-    b.add_argument("--split", default="test", choices=["test", "train"])
+    b.add_argument("--split", default="test", choices=["test", "train"],
+                   help="which split of --data to evaluate the curves on (default: test)")
     b.add_argument("--max-batches", type=int, default=None, help="evaluate only the first N batches of the split")
     b.add_argument("--json", metavar="FILE", help="write curves and barriers as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="write the curves as a PNG plot")
@@ -129,7 +133,7 @@ def _check_output(args, refs) -> None:
 def _common_kwargs(args, bar) -> dict:
     return dict(data=_data(args), seed=args.seed, device=_device(args.device), registries=args.registries,
                 verify=args.verify,
-                progress=lambda phase, done, total: bar(done, total), **_options(args))
+                progress=bar, **_options(args))
 
 
 def run_align(args) -> int:
@@ -142,13 +146,22 @@ def run_align(args) -> int:
     out = alignment.save(args.output, {"command": "align", "a": args.a, "b": args.b, "seconds": seconds},
                          overwrite=args.overwrite)
     for note in alignment.notes:          # known once the model is built (it is, to be saved)
-        print(f"note: {note}", file=sys.stderr)
-    objective = alignment.result.objective
-    progress = f"objective {objective[0]:.4g} -> {objective[-1]:.4g}, " if objective else ""
+        log.info("note: %s", note)
     print(f"aligned {args.b} to {args.a} with spec {alignment.spec.name}, matcher {args.matcher}: "
-          f"{progress}{seconds:.1f} s")
+          f"{_objective_text(alignment.result)}{seconds:.1f} s")
     print(f"wrote {out}/ (standard checkpoint, transform.safetensors, symdsl.json)")
     return 0
+
+
+def _objective_text(result) -> str:
+    """``objective 0.07106 at the start -> 0.02433 kept (what it measures), ``: the value of the transform
+    kept (the best one, for matchers that keep the best of several), and the matcher's words for it."""
+    objective = result.objective
+    if not objective:
+        return ""
+    kept = result.info.get("kept_objective", objective[-1])
+    means = result.info.get("objective_means", "the matcher's objective, lower is better")
+    return f"objective {objective[0]:.4g} at the start -> {kept:.4g} kept ({means}), "
 
 
 def run_merge(args) -> int:
