@@ -5,7 +5,9 @@ Every test runs with ``HF_HUB_OFFLINE=1`` and the sockets blocked: the network i
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,10 +19,29 @@ from symdsl.errors import UsageError
 from symdsl.models import load_model
 from symdsl.models.hub import parse_hub_ref
 
-from outputs_helpers import COMMIT, hub_cache_entry
 from safety_models import gpt2_folder
 
 FAST = ["--no-verify", "--option", "max_iter=2"]
+COMMIT = "0123456789abcdef0123456789abcdef01234567"   # a snapshot's commit hash
+
+
+def hub_cache_entry(cache: Path, repo_id: str, folder: Path, *, commit: str = COMMIT, ref: str = "main") -> Path:
+    """Put ``folder``'s files into ``cache`` as the Hub model ``repo_id`` at ``commit`` (``refs/<ref>``).
+
+    Like huggingface_hub's own cache: files live in ``blobs/`` and the snapshot holds relative
+    links to them. Returns the snapshot folder.
+    """
+    entry = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = entry / "snapshots" / commit
+    (entry / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for file in folder.iterdir():
+        blob = entry / "blobs" / f"{commit[:8]}-{file.name}"
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    (entry / "refs").mkdir(exist_ok=True)
+    (entry / "refs" / ref).write_text(commit)
+    return snapshot
 
 
 @pytest.fixture

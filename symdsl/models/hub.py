@@ -104,5 +104,6 @@ def hub_folder(ref: str) -> Path:
                              "folder") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"no local folder '{ref}', and the Hub model '{ref}' could not be fetched "
-                         f"(HF_HUB_CACHE={cache}): {first[:300]}") from None
+                         f"(HF_HUB_CACHE={cache}): {first[:300]}; for a local folder check the path (./PATH is "
+                         "never looked up on the Hub)") from None
     return folder
