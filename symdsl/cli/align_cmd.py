@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -42,6 +43,17 @@ def _common(p, *, data_required=False) -> None:
                         "cached; a spec that fails them is refused)")
 
 
+def _dtype(p) -> None:
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype of the written tensors (default auto: the input's own; computation is float32 or "
+                        "better either way)")
+
+
+def _command_line(args) -> str:
+    """The command as typed (for the model card and symdsl.json)."""
+    return shlex.join(["symdsl", *getattr(args, "argv", [])])
+
+
 def add_parsers(sub) -> None:
     a = sub.add_parser("align", help="write model B aligned to model A (a standard checkpoint of B's class)")
     a.add_argument("a", metavar="A", help="reference model: a save_pretrained or symdsl folder, timm:NAME@FILE, "
@@ -50,6 +62,7 @@ def add_parsers(sub) -> None:
     _common(a)
     a.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write aligned B into (new or empty)")
     a.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
+    _dtype(a)
     a.set_defaults(run=run_align)
 
     m = sub.add_parser("merge", help="align models to the first and average them into one standard checkpoint")
@@ -68,6 +81,7 @@ def add_parsers(sub) -> None:
     m.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="folder to write the merged model into (new or empty)")
     m.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
+    _dtype(m)
     m.set_defaults(run=run_merge)
 
     b = sub.add_parser("barrier", help="loss/accuracy along the straight line from B to A, vanilla and aligned")
@@ -143,13 +157,13 @@ def run_align(args) -> int:
     with progress_bar(f"align ({args.matcher})") as bar:
         alignment = align(a, b, args.spec, args.matcher, **_common_kwargs(args, bar))
     seconds = time.perf_counter() - start
-    out = alignment.save(args.output, {"command": "align", "a": args.a, "b": args.b, "seconds": seconds},
-                         overwrite=args.overwrite)
+    out = alignment.save(args.output, {"command": "align", "a": args.a, "b": args.b, "seconds": seconds,
+                                       "command_line": _command_line(args)}, overwrite=args.overwrite, dtype=args.dtype)
     for note in alignment.notes:          # known once the model is built (it is, to be saved)
         log.info("note: %s", note)
     print(f"aligned {args.b} to {args.a} with spec {alignment.spec.name}, matcher {args.matcher}: "
           f"{_objective_text(alignment.result)}{seconds:.1f} s")
-    print(f"wrote {out}/ (standard checkpoint, transform.safetensors, symdsl.json)")
+    print(f"wrote {out}/ (standard checkpoint, transform.safetensors, README.md, symdsl.json)")
     return 0
 
 
@@ -181,8 +195,8 @@ def run_merge(args) -> int:
         merged = merge(models, args.spec, args.matcher, weights=args.weights, merger=args.merger, refine=args.refine,
                        pairwise=args.pairwise, plot=args.plot, **_common_kwargs(args, bar))
     seconds = time.perf_counter() - start
-    out = merged.save(args.output, {"command": "merge", "models": args.models, "seconds": seconds},
-                      overwrite=args.overwrite)
+    out = merged.save(args.output, {"command": "merge", "models": args.models, "seconds": seconds,
+                                    "command_line": _command_line(args)}, overwrite=args.overwrite, dtype=args.dtype)
     method = merged.record["method"].replace("universe", "universe matching").replace("pairwise", f"{args.matcher} "
                                                                                       "matching")
     print(f"merged {len(models)} models ({method}, {args.merger}) in {seconds:.1f} s; wrote {out}/")

@@ -60,6 +60,7 @@ def _add_verbosity(parser: argparse.ArgumentParser, default) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)     # the command line, for outputs' records
     if not args.command:
         parser.print_help()
         return 2
