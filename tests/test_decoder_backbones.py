@@ -127,9 +127,21 @@ def test_the_causal_lm_class_still_matches_the_family_spec(case):
     model = backbone(case, causal=True)
     assert type(model).__name__ == causal_cls
     assert symdsl.api.pipeline.spec_for(None, model, REGISTRIES).name == causal_spec
-    # and the backbone spec, named explicitly, does not bind to it
-    with pytest.raises(SymdslError):
+    # and the backbone spec, named explicitly, does not bind to it: its names lack the task model's
+    # prefix (reported at the first dim read from a module, else at the tensors)
+    with pytest.raises(SymdslError, match="tensors are not in the model|no module|no tensor") as error:
         resolve(symdsl.find_spec(spec_name(case)), model, registries=REGISTRIES)
+    assert f"{spec_name(case)}.yaml:" in str(error.value)
+
+
+def test_pre_and_post_layernorm_opt_backbones_are_told_apart_by_their_config():
+    pre, post = backbone("hf-opt-backbone"), backbone("hf-opt-postln-backbone")
+    assert symdsl.api.pipeline.spec_for(None, pre, REGISTRIES).name == "hf-opt-backbone"
+    assert symdsl.api.pipeline.spec_for(None, post, REGISTRIES).name == "hf-opt-postln-backbone"
+    with pytest.raises(SymdslError, match="do_layer_norm_before = True, but this model's is False"):
+        resolve(symdsl.find_spec("hf-opt-backbone"), post, registries=REGISTRIES)
+    with pytest.raises(SymdslError, match="do_layer_norm_before = False, but this model's is True"):
+        resolve(symdsl.find_spec("hf-opt-postln-backbone"), pre, registries=REGISTRIES)
 
 
 @pytest.mark.parametrize("case", FAMILIES)
