@@ -101,8 +101,8 @@ def test_overwrite_replaces_the_folder_and_the_result_loads(pair, tmp_path, caps
     out.mkdir()
     (out / "symdsl_model.json").write_text("{}")
     assert main(["align", *map(str, pair), "-o", str(out), "--overwrite", "--no-verify"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
-                                                      "symdsl.json", "transform.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "generation_config.json",
+                                                      "model.safetensors", "symdsl.json", "transform.safetensors"]
     assert type(load_model(str(out))).__name__ == "GPT2LMHeadModel"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]     # no staging folder left
 

@@ -31,6 +31,9 @@ DECODERS = {"hf-llama": "hf-llama.yaml", "hf-qwen2": "hf-qwen2.yaml",           
             "hf-mixtral": "hf-mixtral.yaml",                                                    # tests/test_mixtral.py
             "hf-qwen3": "hf-qwen3.yaml", "hf-gemma": "hf-gemma.yaml", "hf-gemma2": "hf-gemma2.yaml",  # test_qwen3/gemma.py
             "hf-opt": "hf-opt.yaml", "hf-opt-postln": "hf-opt-postln.yaml"}                        # tests/test_opt.py
+DECODERS.update({f"{name}-backbone": f"{name}-backbone.yaml" for name in                     # tests/test_decoder_backbones.py
+                 ["hf-llama", "hf-qwen2", "hf-qwen3", "hf-gemma", "hf-gemma2", "hf-phi3", "hf-gpt-neox", "hf-gptj",
+                  "hf-opt", "hf-opt-postln", "hf-mixtral"]})
 
 
 # --------------------------------------------------------------------------- models

@@ -13,7 +13,9 @@ import torch
 
 from ..act import act_state_dict
 from ..errors import UsageError
+from ..models.origin import origin_of
 from ..models.output import check_output
+from ..models.save import output_dtype
 from ..plugins import default_registries
 from ..registry import Registries
 from ..spec.cache import resolve_cached
@@ -39,7 +41,7 @@ def refuse_architecture_change(spec: Spec, model: torch.nn.Module, registries: R
 def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str | None = None,
           matcher: str = "weight", *, data=None, seed: int = 0, device=None, standard: bool = True,
           verify: bool = True, progress=None, out: str | Path | None = None, overwrite: bool = False,
-          registries: Registries | None = None, **options: Any) -> Alignment:
+          dtype: str = "auto", registries: Registries | None = None, **options: Any) -> Alignment:
     """Align ``model_b`` to ``model_a`` modulo the symmetries of their spec.
 
     ``spec``: a spec name, a ``.yaml`` path, a :class:`~symdsl.spec.Spec`, or None (the one
@@ -53,8 +55,10 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     :mod:`symdsl.api.verify`). The models must be one architecture (:mod:`symdsl.api.compat`:
     configurations agree up to fields that cannot matter, or differ in width where B is
     narrower), checked before any work. ``out``: a folder to save the result into
-    (:meth:`Alignment.save`), validated before any work (not an input, writable, empty unless
-    ``overwrite``).
+    (:meth:`Alignment.save`: checkpoint, transform, B's tokenizer files, model card), validated
+    before any work (not an input, writable, empty unless ``overwrite``), written in ``dtype``
+    (``auto``: B's own; ``float32``, ``bfloat16``, ``float16``). Computation runs in float32 or
+    better whatever the inputs' dtype.
 
     >>> import symdsl, torch
     >>> from symdsl.experiments.train import small_vit
@@ -66,6 +70,8 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     (True, True)
     """
     registries = registries or default_registries()
+    origin = origin_of([model_a, model_b], layout=1)       # the output keeps B's layout, tokenizer and dtype
+    output_dtype(dtype)
     if out is not None:
         check_output(out, inputs=model_sources([model_a, model_b]), overwrite=overwrite)
     spec = spec_for(spec, model_a, registries)
@@ -86,14 +92,16 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
                              registries=registries, **options)
         alignment = Alignment(width.prepared, width.result, width.aligned, {"width_lift": width.lifted.to_record()},
                               ["B was narrower than A: lifted into A's configuration (same function), then matched "
-                               "there"])
+                               "there"], origin=origin)
     else:
         prepared = prepare([model_a, model_b], spec, device=device, registries=registries)
         result = match(prepared, 1, matcher, data=data, seed=seed, progress=progress, registries=registries, **options)
         aligned = act_state_dict(prepared.resolved, prepared.states[1], result.elements)
-        alignment = Alignment(prepared, result, aligned, original_b=model_b)
+        alignment = Alignment(prepared, result, aligned, original_b=model_b, origin=origin)
+    if options:
+        alignment.info["options"] = dict(options)
     if out is not None:
-        alignment.save(out, overwrite=overwrite)
+        alignment.save(out, overwrite=overwrite, dtype=dtype)
     return alignment
 
 

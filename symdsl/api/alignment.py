@@ -11,8 +11,9 @@ import torch
 from ..canon import RestoreContext, restore
 from ..evaluate import interpolate
 from ..match import MatchResult
+from ..models.origin import Origin
 from ..models.output import hide_records, staged_output
-from ..models.save import write_model, write_provenance
+from ..models.save import output_dtype, write_extras, write_model, write_provenance
 from ..spec import ResolvedSpec
 from ..spec.load import Spec
 from .pipeline import Prepared
@@ -40,6 +41,7 @@ class Alignment:
     _notes: list[str] = field(default_factory=list)
     original_b: torch.nn.Module | None = field(default=None, repr=False)   # B as given (None after a width lift)
     _model: torch.nn.Module | None = field(default=None, repr=False)
+    origin: Origin = field(default_factory=Origin)   # the inputs: card's base models, B's tokenizer, B's dtype
 
     @property
     def spec(self) -> Spec:
@@ -82,20 +84,27 @@ class Alignment:
         """A JSON-serialisable summary: spec, matcher result, notes, extra information."""
         return {"spec": self.spec.name, **self.result.to_record(), "notes": self.notes, **self.info}
 
-    def save(self, folder: str | Path, provenance: dict[str, Any] | None = None, *, overwrite: bool = False) -> Path:
-        """Write ``model`` as a standard checkpoint, ``transform.safetensors`` and ``symdsl.json``.
+    def save(self, folder: str | Path, provenance: dict[str, Any] | None = None, *, overwrite: bool = False,
+             dtype: str = "auto") -> Path:
+        """Write ``model`` as a standard checkpoint, ``transform.safetensors``, B's companion files
+        (tokenizer, chat template, generation and preprocessor configs: :mod:`symdsl.models.companions`),
+        a model card (``README.md``) and ``symdsl.json``.
 
+        ``dtype``: ``auto`` writes B's own dtype (a float16 B, matched in float32, is written in
+        float16), or ``float32``, ``bfloat16``, ``float16``; the transform stays in its own precision.
         Atomic (:func:`symdsl.models.output.staged_output`): written beside ``folder`` and moved
         into place at the end, ``symdsl.json`` last; an existing non-empty ``folder`` is refused
-        unless ``overwrite``.
+        unless ``overwrite``, and one that is or holds an input always.
         """
         from safetensors.torch import save_file
 
+        cast = output_dtype(dtype, self.origin)
         record = {**self.record(), **(provenance or {})}
-        with staged_output(folder, overwrite=overwrite) as stage:
-            write_model(self.model.cpu(), stage)
+        with staged_output(folder, overwrite=overwrite, inputs=self.origin.sources) as stage:
+            write_model(self.model.cpu(), stage, cast)
             hide_records(stage)
             elements = {k: v.detach().contiguous().cpu() for k, v in self.transform.items()}
             save_file(elements, str(stage / "transform.safetensors"))
+            record.update(write_extras(stage, "align", self.model, record, self.origin, cast))
             write_provenance(stage, record)
         return Path(folder)

@@ -14,7 +14,9 @@ import torch
 
 from ..errors import UsageError
 from ..models import save_model
+from ..models.origin import Origin, origin_of
 from ..models.output import check_output
+from ..models.save import output_dtype
 from ..plugins import default_registries
 from ..registry import Registries
 from ..spec.load import Spec
@@ -30,23 +32,34 @@ UNIVERSE_OPTIONS = ("max_iter", "tol", "permutations_only", "invertible_steps", 
 
 @dataclass
 class Merged:
-    """The merged model (of the first model's class, in symdsl's canonical form) and how it was made."""
+    """The merged model (of the first model's class, in symdsl's canonical form) and how it was made.
+
+    The merge is loaded into the first model's canonical copy, so the output keeps the first
+    model's checkpoint layout, and carries its tokenizer and companion files (``origin.layout``
+    is 0).
+    """
 
     model: torch.nn.Module
     record: dict[str, Any] = field(default_factory=dict)
     details: Any = None          # the UniverseMerge of a universe merge (surfaces, transforms ...)
+    origin: Origin = field(default_factory=Origin)   # the inputs: card's base models, model 0's tokenizer and dtype
 
-    def save(self, folder: str | Path, provenance: dict[str, Any] | None = None, *, overwrite: bool = False) -> Path:
-        """Write ``model`` as a standard checkpoint with ``symdsl.json``, atomically (an existing
-        non-empty ``folder`` is refused unless ``overwrite``; see :func:`symdsl.models.save_model`)."""
-        return save_model(self.model.cpu(), folder, {**self.record, **(provenance or {})}, overwrite=overwrite)
+    def save(self, folder: str | Path, provenance: dict[str, Any] | None = None, *, overwrite: bool = False,
+             dtype: str = "auto") -> Path:
+        """Write ``model`` as a standard checkpoint with the first model's companion files (tokenizer ...),
+        a model card and ``symdsl.json``, atomically (an existing non-empty ``folder`` is refused
+        unless ``overwrite``; see :func:`symdsl.models.save_model`). ``dtype``: ``auto`` (the first
+        model's own), ``float32``, ``bfloat16`` or ``float16``."""
+        return save_model(self.model.cpu(), folder, {**self.record, **(provenance or {})}, overwrite=overwrite,
+                          kind="merge", origin=self.origin, dtype=dtype)
 
 
 def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, matcher: str = "weight", *,
           weights: Sequence[float] | None = None, merger: str = "average", data=None, refine: bool = False,
           pairwise: bool = False, plot: str | Path | None = None, seed: int = 0, device=None,
           standard: bool = True, verify: bool = True, progress=None, out: str | Path | None = None,
-          overwrite: bool = False, registries: Registries | None = None, **options: Any) -> Merged:
+          overwrite: bool = False, dtype: str = "auto", registries: Registries | None = None,
+          **options: Any) -> Merged:
     """Align ``models[1:]`` to ``models[0]`` and merge them with ``merger`` (default: weighted average).
 
     Three or more models use universe matching unless ``pairwise``; ``refine`` (or
@@ -68,6 +81,7 @@ def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, mat
     registries = registries or default_registries()
     if len(models) < 2:
         raise UsageError("merging needs at least two models")
+    output_dtype(dtype)
     if out is not None:
         check_output(out, inputs=model_sources(models), overwrite=overwrite)
     spec = spec_for(spec, models[0], registries)
@@ -78,8 +92,11 @@ def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, mat
         check_data_fits(models[0], data)
     merged = _merge(models, spec, matcher, weights, merger, data, refine, pairwise, plot, seed, device, standard,
                     verify, progress, registries, options)
+    merged.origin = origin_of(models, layout=0)
+    if options:
+        merged.record["options"] = dict(options)
     if out is not None:
-        merged.save(out, overwrite=overwrite)
+        merged.save(out, overwrite=overwrite, dtype=dtype)
     return merged
 
 

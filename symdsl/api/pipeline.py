@@ -20,6 +20,7 @@ from ..canon import canonicalize
 from ..data import Dataset, load_dataset
 from ..errors import UsageError
 from ..match import MatchResult
+from ..models.origin import HALF, storage_dtype
 from ..plugins import default_registries
 from ..registry import Registries
 from ..spec import ResolvedSpec
@@ -58,7 +59,12 @@ def dataset_for(data: Dataset | str | None, registries: Registries, **options) -
 
 def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *, device=None,
             registries: Registries | None = None) -> Prepared:
-    """Copy and canonicalize every model (function-preserving) under one spec."""
+    """Copy and canonicalize every model (function-preserving) under one spec.
+
+    Half-precision models (float16, bfloat16) are copied in float32: canonicalizing, matching and
+    transforming run in float32 or better, and outputs are cast back when they are written
+    (``dtype="auto"``: the input's dtype).
+    """
     registries = registries or default_registries()
     if len(models) < 2:
         raise UsageError("alignment needs at least two models")
@@ -69,6 +75,8 @@ def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *
     copies = []
     for model in models:
         model = copy.deepcopy(model).eval()
+        if storage_dtype(model) in HALF:
+            model.float()
         if device is not None:
             model.to(device)
         canonicalize(model, resolve_cached(spec, model, registries))

@@ -9,7 +9,10 @@ from ..check.static import StaticReport, static_check
 from ..errors import SpecError, UsageError
 from ..models.load import load_model
 from ..spec.registry import find_spec, list_specs, match_spec
+from .logs import get_logger
 from .progress import progress_bar
+
+log = get_logger("check")
 
 
 def add_parser(sub) -> None:
@@ -25,7 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--trust-code", action="store_true", help="let a spec file's example.factory and a model folder's "
                    "record import and run code (see docs/security.md); specs of installed plugins need no flag")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="relative error allowed (default 1e-9)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the example model's weights, the test inputs and the random group elements (default 0)")
     p.add_argument("--backend", default="auto", help="graph capture backend for the static check: auto (export, "
                    "then fx), export, fx, or a plugin's")
     only = p.add_mutually_exclusive_group()
@@ -99,14 +103,14 @@ def run(args) -> int:
             if not args.static_only:
                 with progress_bar(f"check {spec.name}", disable=args.json) as bar:
                     numeric = numeric_check(spec, model, registries=registries, seed=args.seed, tolerance=args.tolerance,
-                                            progress=bar)
+                                            progress=bar.counter("numeric check"))
                 result["numeric"] = numeric.to_dict()
                 if not args.json:
                     print(_report_text(numeric, spec.file))
         except SpecError as exc:
             result["problems"] = [str(p) for p in exc.problems]
             if not args.json:
-                print(f"spec {spec.name} ({spec.file}): {exc}", file=sys.stderr)
+                log.error("spec %s (%s): %s", spec.name, spec.file, exc)
         result["ok"] = "problems" not in result and all(result[k]["ok"] for k in ("static", "numeric") if k in result)
         failed |= not result["ok"]
         results.append(result)

@@ -16,6 +16,9 @@ from ..infer import check_draft, infer_spec
 from ..models.build import import_object
 from ..models.load import load_model
 from ..models.output import check_output_file
+from .logs import get_logger
+
+log = get_logger("infer")
 
 
 def add_parser(sub) -> None:
@@ -33,7 +36,8 @@ def add_parser(sub) -> None:
                    "'{\"x\": {\"randn\": true, \"shape\": [2, 3, 32, 32]}}' (default: guessed from the model)")
     p.add_argument("--name", help="spec name (default: CLASS-draft)")
     p.add_argument("--backend", default="auto", help="graph capture backend: auto, export, fx, or a plugin's")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the example inputs traced and of the draft's numeric check (default 0)")
     p.add_argument("--trust-code", action="store_true", help="let a model folder's symdsl_model.json name a class "
                    "outside timm, transformers, torch.nn and registered loaders (see docs/security.md)")
     p.add_argument("--tolerance", type=float, default=None, help="relative error the numeric check allows "
@@ -122,9 +126,9 @@ def run(args) -> int:
         sys.stdout.write(draft.text)
     _report(draft, check, sys.stderr)
     if args.output:
-        print(f"  wrote {args.output}", file=sys.stderr)
+        log.info("  wrote %s", args.output)
     if check is not None and not check.ok:
-        print("  the draft fails its own check: the sites named above are guesses the model does not support; "
-              "edit or remove them", file=sys.stderr)
+        log.error("  the draft fails its own check: the sites named above are guesses the model does not support; "
+                  "edit or remove them")
         return 1
     return 0

@@ -7,7 +7,7 @@ import sys
 
 def add_parser(sub) -> None:
     p = sub.add_parser("plugins", help="list group kinds, canonicalizers, matchers, mergers, rules ... and their plugins")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a machine-readable list")
     p.add_argument("--all", action="store_true", help="also list every op rule (long)")
     p.set_defaults(run=run)
 

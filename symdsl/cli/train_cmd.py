@@ -15,16 +15,17 @@ RECIPES = ("vit-digits", "gpt2-text", "llama-text")
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a small ViT on digits, or a small GPT-2 or Llama (GQA, RoPE) on a text corpus")
-    p.add_argument("recipe", choices=RECIPES)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("recipe", choices=RECIPES, help="what to train: " + ", ".join(RECIPES))
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights and the batch order (default 0)")
     p.add_argument("--data", default=None, help="for gpt2-text and llama-text: stdlib-text (default) or text:PATH")
     add_text_options(p)
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--width", type=int, default=64, help="residual width (default 64)")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--layers", type=int, default=2, help="Transformer blocks (default 2)")
+    p.add_argument("--heads", type=int, default=4, help="attention heads per block (default 4)")
     p.add_argument("--kv-heads", type=int, default=2, help="llama-text: key/value heads shared by the query heads")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N to train on (default: the CPU)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write the model into (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
     p.set_defaults(run=run)
@@ -60,7 +61,7 @@ def run(args) -> int:
     options = with_steps(recipe, args.steps)
     start = time.perf_counter()
     with progress_bar(f"train {args.recipe} seed {args.seed}") as bar:
-        metrics = train(model, dataset, seed=args.seed, device=args.device, progress=bar, **options)
+        metrics = train(model, dataset, seed=args.seed, device=args.device, progress=bar.counter("training"), **options)
     seconds = time.perf_counter() - start
     record = {"command": "train", "recipe": args.recipe, "seed": args.seed, "data": dataset.name, "seconds": seconds,
               **{k: v for k, v in metrics.items() if k != "losses"}}

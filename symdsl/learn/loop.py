@@ -20,6 +20,7 @@ from ..data import Dataset
 from .schedule import lr_multiplier
 from .objective import PathLoss
 from ..groups.parametrizations import Parametrization
+from ..match.base import report
 
 Params = Mapping[str, Parametrization]
 
@@ -111,8 +112,7 @@ def learn_transforms(path: PathLoss, params: Sequence[Params | None], sampler, d
                 q.project()
         recent.append(float(loss.detach()))
         step += 1
-        if progress is not None:
-            progress("learned matching", step, steps)
+        report(progress, "learned matching", step, steps, loss=sum(recent) / len(recent), best_validation=best_value)
         if step % eval_every == 0 or step == steps:
             value = validation_objective(path, params, sampler, val)
             history.append({"step": step, "validation": value, "train": sum(recent) / len(recent)})
@@ -124,6 +124,8 @@ def learn_transforms(path: PathLoss, params: Sequence[Params | None], sampler, d
                 if since_best >= patience:
                     stopped = "early stop"
                     break
+    # the true total (early stopping ends before ``steps``), with the value kept
+    report(progress, "learned matching", step, step, best_validation=best_value)
     info = {"steps": step, "stopped": stopped, "seconds": time.perf_counter() - start,
             "start_validation": history[0]["validation"], "best_validation": best_value}
     return LearnResult(best, history, info)

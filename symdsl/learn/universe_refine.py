@@ -24,6 +24,7 @@ import torch
 from ..act import act_state_dict, identity_transform
 from ..data import Dataset, load_dataset
 from ..errors import UsageError
+from ..match.base import renamed
 from ..match.universe import UniverseResult, compose_transforms
 from ..spec.binding import ResolvedSpec
 
@@ -111,6 +112,4 @@ def refine_universe(model: torch.nn.Module, resolved: ResolvedSpec, states: Sequ
 
 
 def _renamed(progress):
-    if progress is None:
-        return None
-    return lambda phase, done, total: progress("universe refinement", done, total)
+    return renamed(progress, "universe refinement")

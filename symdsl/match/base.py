@@ -11,6 +11,44 @@ from ..spec.binding import ResolvedSpec
 Progress = Callable[[str, int, int], None]   # (phase, done, total)
 
 
+def report(progress: Progress | None, phase: str, done: int, total: int, **metrics: float) -> None:
+    """Call ``progress(phase, done, total)``; pass ``metrics`` (``loss=``, ``distance=`` ...) as keywords
+    only to a callback that says it takes them (an attribute ``takes_metrics = True``), so that
+    a plain three-argument callback keeps working.
+
+    >>> seen = []
+    >>> report(lambda phase, done, total: seen.append((phase, done, total)), "weight matching", 1, 5, distance=0.5)
+    >>> seen
+    [('weight matching', 1, 5)]
+    """
+    if progress is None:
+        return
+    if metrics and getattr(progress, "takes_metrics", False):
+        progress(phase, done, total, **metrics)
+    else:
+        progress(phase, done, total)
+
+
+def renamed(progress: Progress | None, phase: str) -> Progress | None:
+    """``progress`` with every phase reported as ``phase`` (metrics still passed where taken): a
+    matcher run inside another (learned matching's weight-matching start) shows as its own phase.
+
+    >>> seen = []
+    >>> renamed(lambda *event: seen.append(event), "learned matching: start")("weight matching", 2, 4)
+    >>> seen
+    [('learned matching: start', 2, 4)]
+    """
+    if progress is None:
+        return None
+    inner = progress
+
+    def relay(_phase: str, done: int, total: int, **metrics: float) -> None:
+        report(inner, phase, done, total, **metrics)
+
+    relay.takes_metrics = True   # type: ignore[attr-defined]
+    return relay
+
+
 @dataclass
 class MatchResult:
     """A transform for B (site -> element; act(elements, B) is aligned to A) and how it was found."""

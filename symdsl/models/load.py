@@ -1,4 +1,4 @@
-"""Load a model from a REF: a Hugging Face save_pretrained folder, ``timm:NAME``, or ``module:factory``."""
+"""Load a model from a REF: a save_pretrained folder, a Hub id, ``timm:NAME``, or ``module:factory``."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import torch
 from ..errors import UsageError
 from .build import import_object, quiet_transformers
 from .checkpoint import completeness_error, load_complete, read_state
+from .hub import hub_folder, parse_hub_ref
 from .loader import ModelLoader
 from .output import is_partial
 from .save import MODEL_RECORD, load_symdsl_folder
@@ -21,24 +22,37 @@ def load_model(ref: str, *, checkpoint: str | None = None, loaders: Iterable[Mod
 
     REF forms: a folder written by ``save_pretrained`` (its config.json names the class) or by
     :func:`symdsl.models.save_model` (``symdsl_model.json``),
+    a Hugging Face Hub id (``org/name``, ``org/name@revision``, bare ``gpt2``; fetched into the Hub
+    cache, ``HF_HUB_OFFLINE`` honoured, then loaded as a folder: :mod:`symdsl.models.hub`) when no
+    local path of that name exists (a local folder always wins),
     ``timm:MODEL_NAME`` (random init unless ``checkpoint`` names a safetensors/pt file; also written
     ``timm:MODEL_NAME@weights.safetensors``), or
     ``package.module:factory`` (called with no arguments: the caller's own code, named by the caller).
     ``loaders``: plugin loaders (``registries.model_loaders.values()``), asked first, in order.
     A folder's record may name only model classes of known libraries and of ``loaders``
     unless ``trust_code`` (:mod:`symdsl.models.trust`); checkpoints must be complete
-    (:mod:`symdsl.models.checkpoint`). The model remembers the path it came from
-    (``symdsl_source``), so an output can be refused when it would overwrite it.
+    (:mod:`symdsl.models.checkpoint`). The model remembers the REF (``symdsl_ref``) and the
+    folder it came from (``symdsl_source``: for a Hub id, its snapshot), so an output can be
+    refused when it would overwrite it, name its base models and carry its tokenizer
+    (:mod:`symdsl.models.origin`).
 
-    >>> load_model("no/such/folder")
+    >>> load_model("./no/such/folder")
     Traceback (most recent call last):
     ...
-    symdsl.errors.UsageError: model folder 'no/such/folder' does not exist
+    symdsl.errors.UsageError: model folder './no/such/folder' does not exist
     """
     loaders = list(loaders)
-    model = _load(ref, checkpoint, loaders, trust_code)
-    if Path(ref).exists():
-        model.symdsl_source = str(Path(ref).resolve())
+    source = None
+    if not Path(ref).exists() and not any(loader.can_load(ref) for loader in loaders) \
+            and parse_hub_ref(ref) is not None:
+        source = hub_folder(ref)
+        model = _load_folder(source, loaders, trust_code)    # the same rules as a local folder
+    else:
+        model = _load(ref, checkpoint, loaders, trust_code)
+        source = Path(ref) if Path(ref).exists() else None
+    model.symdsl_ref = ref
+    if source is not None:
+        model.symdsl_source = str(Path(source).resolve())
     return model
 
 
@@ -50,7 +64,7 @@ def _load(ref: str, checkpoint: str | None, loaders: list[ModelLoader], trust_co
                 raise UsageError(f"model loader '{loader.name}' returned {type(model).__name__} for '{ref}'")
             return model.eval()
     path = Path(ref)
-    if not path.exists() and "@" in ref and checkpoint is None:   # timm:NAME@weights.safetensors
+    if not path.exists() and "@" in ref and ":" in ref and checkpoint is None:   # timm:NAME@weights.safetensors
         ref, checkpoint = ref.rsplit("@", 1)
         if not Path(checkpoint).is_file():
             raise UsageError(f"checkpoint file '{checkpoint}' does not exist")

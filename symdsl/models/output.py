@@ -131,11 +131,14 @@ def is_partial(folder: Path) -> bool:
 
 
 @contextlib.contextmanager
-def staged_output(folder: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def staged_output(folder: str | Path, *, overwrite: bool = False,
+                  inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
     """Yield a hidden staging folder beside ``folder``; on success move it into place, else remove it.
 
-    The caller writes the model (then :func:`hide_records`), any other files, and ``symdsl.json``
-    last. An existing ``folder`` is replaced only with ``overwrite`` (checked again here).
+    The caller writes the model (then :func:`hide_records`), any other files (model card,
+    tokenizer ...), and ``symdsl.json`` last. An existing ``folder`` is replaced only with
+    ``overwrite``, and never when it is, holds or lies in one of ``inputs`` (checked again here:
+    a Hub id's snapshot folder is only known once the model is loaded).
 
     >>> import tempfile, pathlib
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "out"
@@ -145,7 +148,7 @@ def staged_output(folder: str | Path, *, overwrite: bool = False) -> Iterator[Pa
     >>> sorted(p.name for p in out.iterdir())
     ['config.json']
     """
-    target = check_output(folder, overwrite=overwrite)
+    target = check_output(folder, inputs=inputs, overwrite=overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING}", dir=target.parent))
     try:

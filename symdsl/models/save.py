@@ -5,7 +5,11 @@
 - other models (timm, plain torch): ``model.safetensors`` plus ``symdsl_model.json`` naming the
   class and its constructor arguments (``model.symdsl_config``), so :func:`load_model` and
   anyone with the class can rebuild it.
-Every folder also gets ``symdsl.json``: the command, spec, matcher and inputs that produced it.
+Every output folder also gets ``symdsl.json`` (the command, spec, matcher and inputs that produced
+it, written last), a model card (``README.md``, :mod:`symdsl.models.card`) and the companion files
+of the input whose layout it keeps (tokenizer, chat template ...: :mod:`symdsl.models.companions`).
+Tensors are written in the input's dtype (``dtype="auto"``) or cast to ``float32``, ``bfloat16``
+or ``float16``; computation always ran in float32 or better.
 """
 from __future__ import annotations
 
@@ -17,20 +21,60 @@ import torch
 
 from .._version import __version__
 from ..errors import UsageError
+from .card import write_card
+from .companions import copy_companions
+from .origin import Origin, origin_of, storage_dtype
 from .output import hide_records, staged_output
 
 MODEL_RECORD = "symdsl_model.json"
 PROVENANCE = "symdsl.json"
+OUTPUT_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def output_dtype(name: str, origin: Origin | None = None) -> torch.dtype | None:
+    """The dtype an output is written in: ``auto`` is the layout input's (None: as the model is).
+
+    >>> output_dtype("bfloat16"), output_dtype("auto", Origin(dtypes=(torch.float16,)))
+    (torch.bfloat16, torch.float16)
+    >>> output_dtype("int8")
+    Traceback (most recent call last):
+    ...
+    symdsl.errors.UsageError: dtype 'int8' is not an output dtype; choose one of auto, float32, bfloat16, float16
+    """
+    if name not in OUTPUT_DTYPES:
+        raise UsageError(f"dtype '{name}' is not an output dtype; choose one of {', '.join(OUTPUT_DTYPES)}")
+    return OUTPUT_DTYPES[name] if name != "auto" else (origin.dtype if origin is not None else None)
+
+
+def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Floating tensors in ``dtype`` (integer buffers such as position ids keep theirs)."""
+    if dtype is None:
+        return state
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
 
 def is_transformers_model(model: torch.nn.Module) -> bool:
     return type(model).__module__.startswith("transformers.") and hasattr(model, "save_pretrained")
 
 
-def write_model(model: torch.nn.Module, folder: Path) -> None:
-    """Write ``model``'s checkpoint files into an existing ``folder`` (no provenance, not atomic)."""
+def write_model(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None = None) -> None:
+    """Write ``model``'s checkpoint files into an existing ``folder`` (no provenance, not atomic).
+
+    ``dtype``: cast the written floating tensors (the model itself is left as it is).
+    """
+    if dtype == storage_dtype(model) and all(p.dtype == dtype for p in model.parameters() if p.is_floating_point()):
+        dtype = None
     if is_transformers_model(model):
-        model.save_pretrained(folder)
+        if dtype is None:
+            model.save_pretrained(folder)
+            return
+        model.save_pretrained(folder, state_dict=_cast(model.state_dict(), dtype))
+        before = model.config.dtype
+        model.config.dtype = str(dtype).removeprefix("torch.")    # what the tensors are, for dtype="auto" loaders
+        try:
+            model.config.save_pretrained(folder)
+        finally:
+            model.config.dtype = before
         return
     from safetensors.torch import save_file
 
@@ -39,7 +83,7 @@ def write_model(model: torch.nn.Module, folder: Path) -> None:
     if config is None and timm_name is None:
         raise UsageError(f"cannot save a {type(model).__name__} without its constructor arguments: set "
                          "model.symdsl_config = {...} (the keyword arguments that rebuild it)")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = _cast({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, dtype)
     save_file(_unshared(state), str(folder / "model.safetensors"))
     record = ({"timm": timm_name["name"], "config": timm_name["kwargs"]} if config is None else
               {"class": f"{type(model).__module__}:{type(model).__qualname__}", "config": config})
@@ -51,25 +95,56 @@ def write_provenance(folder: Path, provenance: dict[str, Any]) -> None:
     (folder / PROVENANCE).write_text(json.dumps({"symdsl": __version__, **provenance}, indent=2, default=str) + "\n")
 
 
+def library_name(model: torch.nn.Module) -> str | None:
+    """The library a model card names (``library_name``): transformers or timm, else None."""
+    if is_transformers_model(model):
+        return "transformers"
+    return "timm" if getattr(model, "symdsl_timm", None) else None
+
+
+def write_extras(stage: Path, kind: str, model: torch.nn.Module, record: dict[str, Any], origin: Origin,
+                 dtype: torch.dtype | None) -> dict[str, Any]:
+    """Copy the layout input's companion files into ``stage`` and write the model card.
+
+    Returns what ``symdsl.json`` adds about them (``dtype``, ``companions``); the caller writes
+    ``symdsl.json`` after this, as the last file.
+    """
+    copied = copy_companions(origin.companion_folder, stage) if origin.companion_folder else []
+    written = str(dtype or storage_dtype(model) or "").removeprefix("torch.") or None
+    extra = {"dtype": written, "companions": copied, "base_models": origin.base_models}
+    write_card(stage, kind, {**record, **extra}, origin, library_name=library_name(model), dtype=written,
+               companions=copied)
+    return extra
+
+
 def save_model(model: torch.nn.Module, folder: str | Path, provenance: dict[str, Any] | None = None, *,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, kind: str = "train", origin: Origin | None = None,
+               dtype: str = "auto") -> Path:
     """Write ``model`` to ``folder`` as a standard checkpoint plus ``symdsl.json``, atomically.
 
     An existing non-empty ``folder`` is refused unless ``overwrite``; the files are written
     beside it and moved into place at the end (:func:`symdsl.models.output.staged_output`), so
-    an interrupted save leaves no folder that loads as a model.
+    an interrupted save leaves no folder that loads as a model. With a ``provenance`` the folder
+    also gets a model card (``README.md``) and, when ``origin`` names a layout input with a
+    folder, that input's tokenizer and other companion files. ``kind``: ``train``, ``align`` or
+    ``merge`` (the card's wording); ``dtype``: ``auto`` (the layout input's, else the model's),
+    ``float32``, ``bfloat16`` or ``float16``.
 
     >>> import tempfile, pathlib, torch
     >>> net = torch.nn.Linear(2, 3); net.symdsl_config = {"in_features": 2, "out_features": 3}
     >>> out = save_model(net, pathlib.Path(tempfile.mkdtemp()) / "net", {"command": "example"})
     >>> sorted(p.name for p in out.iterdir())
-    ['model.safetensors', 'symdsl.json', 'symdsl_model.json']
+    ['README.md', 'model.safetensors', 'symdsl.json', 'symdsl_model.json']
     """
-    with staged_output(folder, overwrite=overwrite) as stage:
-        write_model(model, stage)
+    inputs = origin.sources if origin is not None else []      # a given origin's folders are never written into
+    origin = origin if origin is not None else origin_of([model])
+    cast = output_dtype(dtype, origin)
+    with staged_output(folder, overwrite=overwrite, inputs=inputs) as stage:
+        write_model(model, stage, cast)
         hide_records(stage)
         if provenance is not None:
-            write_provenance(stage, provenance)
+            extra = write_extras(stage, kind, model, provenance, origin, cast)
+            write_provenance(stage, {**provenance, **extra})
     return Path(folder)
 
 

@@ -83,8 +83,11 @@ def match_spec(model: torch.nn.Module, registries: Registries) -> Spec:
     """The one spec that matches ``model``; a clear error when none or several do."""
     found = [e for e in list_specs(registries) if spec_matches(e.spec, model)]
     if not found:
-        raise UsageError(f"no spec matches {type(model).__module__}.{type(model).__name__}; pass the spec name or file as SPEC "
-                         "(see docs/spec-language.md to write one)")
+        raise UsageError(f"no spec matches {type(model).__module__}.{type(model).__name__}; give one by name or .yaml "
+                         "file (spec=...; command line: --spec, or SPEC for check), or draft one from the model's "
+                         "graph with symdsl.infer(model) (command line: symdsl infer --model MODEL -o SPEC.yaml) "
+                         "and check it before use")
     if len(found) > 1:
-        raise UsageError(f"several specs match {type(model).__name__}: {[e.name for e in found]}; pass the spec name as SPEC")
+        raise UsageError(f"several specs match {type(model).__name__}: {[e.name for e in found]}; choose one by name "
+                         "(spec=...; command line: --spec, or SPEC for check)")
     return found[0].spec

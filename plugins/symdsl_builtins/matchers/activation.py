@@ -160,7 +160,8 @@ class ActivationMatching(Matcher):
         before, after = collected.distance(aligned)
         info = {"evaluator": sorted(collected.evaluators), "batches": collected.batches, "samples": collected.samples,
                 "nodes": solver.nodes, "methods": solver.methods, "identity": solver.identity,
-                "activation_distance": {"before": before, "after": after},
+                "activation_distance": {"before": before, "after": after}, "kept_objective": after,
+                "objective_means": "relative distance between A's and aligned B's activations on the first batch",
                 "notes": list(dict.fromkeys(collected.notes + solver.notes))}
         return MatchResult(elements, self.name, [before, after], info)
 

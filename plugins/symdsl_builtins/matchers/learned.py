@@ -23,7 +23,7 @@ from typing import Mapping
 import torch
 
 from symdsl.errors import UsageError
-from symdsl.match.base import Matcher, MatchResult
+from symdsl.match.base import Matcher, MatchResult, renamed
 
 from .weight import WeightMatching
 
@@ -59,7 +59,9 @@ class LearnedMatching(Matcher):
             settings["lam"] = "uniform:0.4,0.6" if permutations_only else "uniform:0.1,0.9"
         if start is None:
             initial = WeightMatching().match(resolved, state_a, state_b, seed=seed,
-                                                  permutations_only=permutations_only, **(init or {}))
+                                                  permutations_only=permutations_only,
+                                                  progress=renamed(progress, "learned matching: weight-matching start"),
+                                                  **(init or {}))
             start, start_record = initial.elements, initial.to_record()
         else:
             start_record = {"matcher": "given"}
@@ -94,7 +96,11 @@ class LearnedMatching(Matcher):
         learned = result.elements[1]
         elements = {name: _native(learned[name]) for name in resolved.sites}
         info = {**result.info, "history": result.history, "permutations_only": permutations_only,
-                "lam": settings["lam"], "start": start_record, "learned_sites": trained_sites(params)}
+                "lam": settings["lam"], "start": start_record, "learned_sites": trained_sites(params),
+                # the objective list is every validation; the transform kept is the best of them
+                "kept_objective": result.info["best_validation"],
+                "objective_means": "validation loss barrier: the most the loss along the path from B to A rises above "
+                                   "the line between their losses, on held-out batches"}
         return MatchResult(elements, self.name, [h["validation"] for h in result.history], info)
 
 

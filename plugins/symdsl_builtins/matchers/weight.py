@@ -40,7 +40,7 @@ from typing import Mapping
 
 import torch
 
-from symdsl.match.base import Matcher, MatchResult
+from symdsl.match.base import Matcher, MatchResult, report
 from symdsl.match.refine import refine_lbfgs
 from symdsl.match.solvers import Gram, gram_gradient, gram_objective, least_squares_candidates
 from symdsl.match.unfold import unfold
@@ -90,17 +90,25 @@ class WeightMatching(Matcher):
         eps = max(torch.finfo(s[n].dtype).eps for s in (state_a, state_b) for n in resolved.tensors
                   if s[n].is_floating_point())
         exact = (10 * eps) ** 2 * sum(problem.norm_a.values())
+        norm = max(sum(problem.norm_a.values()), 1e-300)
+        shown = {"distance": (max(history[-1], 0.0) / norm) ** 0.5}   # relative weight distance, as in info
+        sweeps = 0
         for sweep in range(max_iter if history[-1] > exact else 0):
             for index, unit in enumerate(units):
                 _update(problem, unit)
-                if progress is not None:
-                    progress("weight matching", sweep * len(units) + index + 1, max_iter * len(units))
+                report(progress, "weight matching", sweep * len(units) + index + 1, max_iter * len(units), **shown)
             history.append(sum(problem.cache.values()))
+            sweeps, shown = sweep + 1, {"distance": (max(history[-1], 0.0) / norm) ** 0.5}
             if history[-2] - history[-1] <= tol * max(history[-2], 1e-300):
                 break
+        # the true total: sweeps stop early once converged, so the planned max_iter sweeps never all run
+        report(progress, "weight matching", sweeps * len(units), sweeps * len(units), **shown)
         return MatchResult(problem.elements, self.name, history,
                            {"sweeps": len(history) - 1, "permutations_only": permutations_only,
-                            "relative_distance": (max(history[-1], 0.0) / max(sum(problem.norm_a.values()), 1e-300)) ** 0.5})
+                            "relative_distance": (max(history[-1], 0.0) / max(sum(problem.norm_a.values()), 1e-300)) ** 0.5,
+                            "kept_objective": history[-1],
+                            "objective_means": "squared distance between A's and aligned B's weights over the spec's "
+                                               "tensors"})
 
 
 def _units(resolved) -> list[tuple[str, list[str]]]:
