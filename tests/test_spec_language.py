@@ -34,6 +34,7 @@ DECODERS = {"hf-llama": "hf-llama.yaml", "hf-qwen2": "hf-qwen2.yaml",           
 DECODERS.update({f"{name}-backbone": f"{name}-backbone.yaml" for name in                     # tests/test_decoder_backbones.py
                  ["hf-llama", "hf-qwen2", "hf-qwen3", "hf-gemma", "hf-gemma2", "hf-phi3", "hf-gpt-neox", "hf-gptj",
                   "hf-opt", "hf-opt-postln", "hf-mixtral"]})
+OTHERS = {name: f"{name}.yaml" for name in ["hf-t5", "hf-clip", "hf-clip-text", "hf-clip-vision"]}  # test_t5/clip.py
 
 
 # --------------------------------------------------------------------------- models
@@ -557,9 +558,9 @@ def test_registry_finds_exactly_the_shipped_specs(monkeypatch):
     from symdsl.spec import registry
 
     entries = [e for e in registry.list_specs(REGISTRIES) if e.origin == "symdsl-builtins"]  # the built-in plugin's folder
-    assert sorted(e.name for e in entries) == sorted({**SHIPPED, **PAPER_ROUTE, **DECODERS})
+    assert sorted(e.name for e in entries) == sorted({**SHIPPED, **PAPER_ROUTE, **DECODERS, **OTHERS})
     for e in entries:
-        assert e.file.name == {**SHIPPED, **PAPER_ROUTE, **DECODERS}[e.name]
+        assert e.file.name == {**SHIPPED, **PAPER_ROUTE, **DECODERS, **OTHERS}[e.name]
     assert registry.find_spec("hf-gpt2", REGISTRIES).name == "hf-gpt2"
 
 
@@ -594,3 +595,14 @@ def test_models_without_data_resolve_and_keep_their_real_ties():
     assert detect_ties(tied.state_dict(keep_vars=True)) == [["blocks.0.a.weight", "blocks.0.b.weight"],
                                                             ["blocks.1.a.weight", "blocks.1.b.weight"]]
     assert len(resolve(load_spec_text(GRID_SPEC), grid, registries=REGISTRIES).sites) == 6
+
+
+@pytest.mark.parametrize("name", sorted({**PAPER_ROUTE, **DECODERS, **OTHERS}))
+def test_every_other_shipped_spec_builds_its_example_and_covers_it(name):
+    # `symdsl check NAME` without --model rebuilds this example: it must build and bind fully
+    from symdsl.models import build_example
+
+    spec = load_spec(ROOT / "specs" / {**PAPER_ROUTE, **DECODERS, **OTHERS}[name])
+    model = build_example(spec)
+    r = resolve(spec, model, registries=REGISTRIES)          # refuses unbound tensors and undeclared ties
+    assert r.sites and all(r.site_tensors(s) for s in r.sites)
