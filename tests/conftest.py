@@ -1,6 +1,12 @@
 """Shared helpers: shipped spec names and tiny models of every matched class."""
 from __future__ import annotations
 
+import os
+
+# no test reaches a model hub: a name that is not a local folder fails at once instead of
+# waiting for the network (tests of Hub ids populate a local cache and set this themselves)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 import torch
 
