@@ -16,9 +16,9 @@ from ._version import __version__
 # imported first, so that the function, bound below, is what ``symdsl.check`` names; their
 # modules stay importable as usual (``from symdsl.check.static import static_check``).
 from . import check as _check_package, infer as _infer_package, merge as _merge_package  # noqa: F401
-from .api import (Alignment, BarrierReport, CheckReport, Merged, Registries, SymdslError, align, barrier, check,
+from .api import (Alignment, BarrierReport, CheckReport, Merged, Registries, SymdslError, align, apply, barrier, check,
                   find_spec, infer, load_dataset, load_model, load_spec, load_spec_text, merge)
 
-__all__ = ["Alignment", "BarrierReport", "CheckReport", "Merged", "Registries", "SymdslError", "__version__", "align",
+__all__ = ["Alignment", "BarrierReport", "CheckReport", "Merged", "Registries", "SymdslError", "__version__", "align", "apply",
            "barrier", "check", "find_spec", "infer", "load_dataset", "load_model", "load_spec", "load_spec_text",
            "merge"]

@@ -12,6 +12,7 @@ from ..spec import load_spec, load_spec_text
 from ..spec.load import Spec
 from ..spec.registry import find_spec as _find_spec
 from .align import align
+from .apply import apply
 from .alignment import Alignment
 from .barrier import BarrierReport, barrier
 from .check import CheckReport, check, infer
@@ -28,5 +29,5 @@ def find_spec(name_or_path: str, registries: Registries | None = None, *, trust_
     return _find_spec(name_or_path, registries or default_registries(), trust_code=trust_code)
 
 
-__all__ = ["Alignment", "BarrierReport", "CheckReport", "Merged", "Registries", "SymdslError", "align", "barrier",
+__all__ = ["Alignment", "BarrierReport", "CheckReport", "Merged", "Registries", "SymdslError", "align", "apply", "barrier",
            "check", "find_spec", "infer", "load_dataset", "load_model", "load_spec", "load_spec_text", "merge"]

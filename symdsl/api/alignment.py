@@ -17,6 +17,7 @@ from ..models.save import output_dtype, write_extras, write_model, write_provena
 from ..spec import ResolvedSpec
 from ..spec.load import Spec
 from .pipeline import Prepared
+from .transform_file import TRANSFORM_FILE, state_digest, transform_metadata
 
 
 @dataclass
@@ -42,6 +43,9 @@ class Alignment:
     original_b: torch.nn.Module | None = field(default=None, repr=False)   # B as given (None after a width lift)
     _model: torch.nn.Module | None = field(default=None, repr=False)
     origin: Origin = field(default_factory=Origin)   # the inputs: card's base models, B's tokenizer, B's dtype
+    # A's and B's canonical digests when prepared.states does not hold them (symdsl apply: no A)
+    a_digest: str | None = None
+    b_digest: str | None = None
 
     @property
     def spec(self) -> Spec:
@@ -84,6 +88,15 @@ class Alignment:
         """A JSON-serialisable summary: spec, matcher result, notes, extra information."""
         return {"spec": self.spec.name, **self.result.to_record(), "notes": self.notes, **self.info}
 
+    def transform_metadata(self, elements: dict[str, torch.Tensor]) -> dict[str, str]:
+        """What ``transform.safetensors`` fits: spec, sites' kinds and shapes, A's and B's digests
+        (:mod:`symdsl.api.transform_file`)."""
+        states = self.prepared.states
+        kinds = {name: site.kind.name for name, site in self.resolved.sites.items()}
+        a = self.a_digest or (state_digest(states[0]) if self.b_digest is None and states else None)
+        b = self.b_digest or (state_digest(states[1]) if len(states) > 1 else None)
+        return transform_metadata(self.spec.name, elements, kinds, a, b)
+
     def save(self, folder: str | Path, provenance: dict[str, Any] | None = None, *, overwrite: bool = False,
              dtype: str = "auto") -> Path:
         """Write ``model`` as a standard checkpoint, ``transform.safetensors``, B's companion files
@@ -104,7 +117,7 @@ class Alignment:
             write_model(self.model.cpu(), stage, cast)
             hide_records(stage)
             elements = {k: v.detach().contiguous().cpu() for k, v in self.transform.items()}
-            save_file(elements, str(stage / "transform.safetensors"))
+            save_file(elements, str(stage / TRANSFORM_FILE), metadata=self.transform_metadata(elements))
             record.update(write_extras(stage, "align", self.model, record, self.origin, cast))
             write_provenance(stage, record)
         return Path(folder)

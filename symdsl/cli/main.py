@@ -17,7 +17,7 @@ from .._version import __version__
 from ..errors import SpecError, SymdslError, UsageError
 from ..plugins import load
 from . import align_cmd, check_cmd, demo_cmd, plugins_cmd, specs_cmd, train_cmd
-from . import infer_cmd
+from . import apply_cmd, infer_cmd
 from .logs import configure, get_logger
 
 BROKEN_PIPE = 141   # 128 + SIGPIPE, what a C program killed by the closed pipe would report
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_parser(sub)
     demo_cmd.add_parser(sub)
     align_cmd.add_parsers(sub)
+    apply_cmd.add_parser(sub)
     for command in sub.choices.values():   # -q / -v also after the command; the default stays the top level's
         _add_verbosity(command, argparse.SUPPRESS)
     return parser
