@@ -17,7 +17,7 @@ from .._version import __version__
 from ..errors import SpecError, SymdslError, UsageError
 from ..plugins import load
 from . import align_cmd, check_cmd, demo_cmd, plugins_cmd, specs_cmd, train_cmd
-from . import apply_cmd, infer_cmd
+from . import apply_cmd, infer_cmd, run_cmd
 from .logs import configure, get_logger
 
 BROKEN_PIPE = 141   # 128 + SIGPIPE, what a C program killed by the closed pipe would report
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.add_parser(sub)
     align_cmd.add_parsers(sub)
     apply_cmd.add_parser(sub)
+    run_cmd.add_parser(sub)
     for command in sub.choices.values():   # -q / -v also after the command; the default stays the top level's
         _add_verbosity(command, argparse.SUPPRESS)
     return parser
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)     # the command line, for outputs' records
+    args.parser, args.subparsers = parser, _subcommands(parser)   # symdsl run parses its runs with them
     if not args.command:
         parser.print_help()
         return 2
@@ -94,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
                   "    this is a bug in symdsl or one of its plugins; rerun with SYMDSL_DEBUG=1 for the traceback "
                   "and report it", args.command, type(exc).__name__, exc)
         return 1
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each subcommand's own parser, by name."""
+    found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(found[0].choices) if found else {}
 
 
 def _silence_stdout() -> None:
