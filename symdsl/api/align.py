@@ -15,7 +15,7 @@ from ..act import act_state_dict
 from ..errors import UsageError
 from ..models.origin import origin_of
 from ..models.output import check_output
-from ..models.save import output_dtype
+from ..models.save import check_savable, output_dtype
 from ..plugins import default_registries
 from ..registry import Registries
 from ..spec.cache import resolve_cached
@@ -74,6 +74,7 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     output_dtype(dtype)
     if out is not None:
         check_output(out, inputs=model_sources([model_a, model_b]), overwrite=overwrite)
+        check_savable(model_b)             # the output is B's class: refused now, not after the matching
     spec = spec_for(spec, model_a, registries)
     check_compatible([model_a, model_b], spec, lift=needs_lift(model_a, model_b))
     check_finite([model_a, model_b])

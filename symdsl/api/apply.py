@@ -18,7 +18,7 @@ from ..canon import canonicalize
 from ..match import MatchResult
 from ..models.origin import HALF, origin_of, storage_dtype
 from ..models.output import check_output
-from ..models.save import output_dtype
+from ..models.save import check_savable, output_dtype
 from ..plugins import default_registries
 from ..registry import Registries
 from ..spec.cache import resolve_cached
@@ -57,6 +57,7 @@ def apply(transform: str | Path, model: torch.nn.Module, spec: Spec | str | None
     output_dtype(dtype)
     if out is not None:
         check_output(out, inputs=model_sources([model]) + [str(saved.file.parent)], overwrite=overwrite)
+        check_savable(model)
     spec = spec_for(spec if spec is not None else saved.spec, model, registries)
     check_finite([model])
     # the same steps as align's prepare, for one model: a float32 (or better) canonical copy

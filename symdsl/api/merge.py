@@ -16,6 +16,7 @@ from ..errors import UsageError
 from ..models import save_model
 from ..models.origin import Origin, origin_of
 from ..models.output import check_output
+from ..models.save import check_savable
 from ..models.save import output_dtype
 from ..plugins import default_registries
 from ..registry import Registries
@@ -84,6 +85,7 @@ def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, mat
     output_dtype(dtype)
     if out is not None:
         check_output(out, inputs=model_sources(models), overwrite=overwrite)
+        check_savable(models[0])           # the merge is written as the first model's class
     spec = spec_for(spec, models[0], registries)
     check_compatible(models, spec, lift=len(models) == 2 and needs_lift(*models))
     check_finite(models)

@@ -15,6 +15,7 @@ from ..errors import UsageError
 from ..evaluate import plot_curves
 from ..models import load_model
 from ..models.output import check_output, check_output_file
+from ..models.save import check_savable
 from .logs import get_logger
 from .progress import progress_bar
 from .text_data import add_text_options, text_options
@@ -153,6 +154,7 @@ def _common_kwargs(args, bar) -> dict:
 def run_align(args) -> int:
     _check_output(args, [args.a, args.b])
     a, b = _load(args, args.a), _load(args, args.b)
+    check_savable(b)                       # before the matching, not after it
     start = time.perf_counter()
     with progress_bar(f"align ({args.matcher})") as bar:
         alignment = align(a, b, args.spec, args.matcher, **_common_kwargs(args, bar))
@@ -185,6 +187,7 @@ def run_merge(args) -> int:
     if args.plot:
         check_output_file(args.plot, inputs=args.models, option="--plot")
     models = [_load(args, ref) for ref in args.models]
+    check_savable(models[0])
     universe = len(models) >= 3 and not args.pairwise
     if not universe and (args.refine or args.plot):
         raise UsageError("--refine and --plot apply to universe merges of three or more models")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..api.apply import apply
 from ..models import load_model
 from ..models.output import check_output
+from ..models.save import check_savable
 from .align_cmd import _command_line, _dtype
 from .logs import get_logger
 
@@ -32,6 +33,7 @@ def add_parser(sub) -> None:
 def run_apply(args) -> int:
     check_output(args.output, inputs=[args.transform, args.model], overwrite=args.overwrite, flag="--overwrite")
     model = load_model(args.model, loaders=args.registries.model_loaders.values(), trust_code=args.trust_code)
+    check_savable(model)
     moved = apply(args.transform, model, args.spec, registries=args.registries)
     out = moved.save(args.output, {"command": "apply", "transform": args.transform, "model": args.model,
                                    "command_line": _command_line(args)}, overwrite=args.overwrite, dtype=args.dtype)

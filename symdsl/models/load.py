@@ -94,6 +94,8 @@ def _load(ref: str, checkpoint: str | None, loaders: list[ModelLoader], trust_co
             raise UsageError(f"{ref} returned {type(model).__name__}, not a torch.nn.Module")
         if checkpoint:
             load_complete(model, read_state(checkpoint), checkpoint)
+        if getattr(model, "symdsl_config", None) is None:
+            model.symdsl_factory = ref     # how an output of it is rebuilt (symdsl.models.save)
         return model.eval()
     if not path.exists() and ("/" in ref or ref.startswith(".")):
         raise UsageError(f"model folder '{ref}' does not exist")

@@ -78,16 +78,45 @@ def write_model(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None 
         return
     from safetensors.torch import save_file
 
-    config = getattr(model, "symdsl_config", None)
-    timm_name = getattr(model, "symdsl_timm", None)
-    if config is None and timm_name is None:
-        raise UsageError(f"cannot save a {type(model).__name__} without its constructor arguments: set "
-                         "model.symdsl_config = {...} (the keyword arguments that rebuild it)")
+    check_savable(model)
     state = _cast({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, dtype)
     save_file(_unshared(state), str(folder / "model.safetensors"))
-    record = ({"timm": timm_name["name"], "config": timm_name["kwargs"]} if config is None else
-              {"class": f"{type(model).__module__}:{type(model).__qualname__}", "config": config})
+    record = _model_record(model)
     (folder / MODEL_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def check_savable(model: torch.nn.Module) -> None:
+    """Refuse, before any work, a model symdsl could not write back as a loadable folder.
+
+    A transformers model saves itself; a timm model records its name and arguments; any other
+    module needs its constructor arguments (``model.symdsl_config = {...}``) or the
+    ``module:factory`` it was loaded from (``symdsl_factory``, set by :func:`load_model`).
+
+    >>> check_savable(torch.nn.Linear(2, 2))
+    Traceback (most recent call last):
+    ...
+    symdsl.errors.UsageError: cannot save a Linear: symdsl does not know how to rebuild it; load it as module:factory (the factory is recorded), or set model.symdsl_config = {...} (the keyword arguments of Linear(...))
+    """
+    if is_transformers_model(model) or _model_record(model) is not None:
+        return
+    name = type(model).__name__
+    raise UsageError(f"cannot save a {name}: symdsl does not know how to rebuild it; load it as module:factory (the "
+                     f"factory is recorded), or set model.symdsl_config = {{...}} (the keyword arguments of {name}(...))")
+
+
+def _model_record(model: torch.nn.Module) -> dict[str, Any] | None:
+    """``symdsl_model.json``'s content: how to rebuild ``model`` (None: unknown)."""
+    config = getattr(model, "symdsl_config", None)
+    timm_name = getattr(model, "symdsl_timm", None)
+    factory = getattr(model, "symdsl_factory", None)
+    if config is not None:
+        return {"class": f"{type(model).__module__}:{type(model).__qualname__}", "config": config}
+    if timm_name is not None:
+        return {"timm": timm_name["name"], "config": timm_name["kwargs"]}
+    if isinstance(factory, str):
+        # rebuilt by calling the factory the user named: loading it back needs --trust-code
+        return {"factory": factory, "config": {}}
+    return None
 
 
 def write_provenance(folder: Path, provenance: dict[str, Any]) -> None:
@@ -185,12 +214,18 @@ def load_symdsl_folder(folder: Path, *, trust_code: bool = False, record_modules
                 raise UsageError(f"{where}: timm: expected a timm model name, got {record['timm']!r}")
             model = timm.create_model(record["timm"], pretrained=False, **config)
             model.symdsl_timm = {"name": record["timm"], "kwargs": config}
+        elif "factory" in record:      # a module:factory model: the factory is code, named in data
+            build = record_class(record["factory"], f"{where}: factory", trust_code=trust_code, modules=record_modules)
+            model = build(**config)
+            if not isinstance(model, torch.nn.Module):
+                raise UsageError(f"{where}: factory {record['factory']} returned {type(model).__name__}, not a model")
+            model.symdsl_factory = record["factory"]
         else:
             cls = record_class(record.get("class"), f"{where}: class", trust_code=trust_code, modules=record_modules)
             model = cls(**config)
     except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
         raise UsageError(f"{where}: config does not build the model: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     load_complete(model, read_state(folder / "model.safetensors"), str(folder / "model.safetensors"))
-    if "timm" not in record:
+    if "timm" not in record and "factory" not in record:
         model.symdsl_config = config
     return model.eval()
