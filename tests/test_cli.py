@@ -67,9 +67,10 @@ def test_check_a_saved_model_finds_its_spec(tmp_path, capsys):
 def test_specs_and_schema(capsys):
     assert main(["specs", "--json"]) == 0
     names = [row["name"] for row in json.loads(capsys.readouterr().out)]
-    assert names == ["hf-bert", "hf-gemma", "hf-gemma2", "hf-gpt-neox", "hf-gpt2", "hf-gpt2-backbone", "hf-gpt2-circuits",
-                     "hf-gpt2-rmsnorm", "hf-gptj", "hf-llama", "hf-mixtral", "hf-opt", "hf-opt-postln", "hf-phi3",
-                     "hf-qwen2", "hf-qwen3", "timm-vit", "timm-vit-circuits", "timm-vit-gap", "timm-vit-rmsnorm"]
+    assert names == ["hf-bert", "hf-distilbert", "hf-gemma", "hf-gemma2", "hf-gpt-neox", "hf-gpt2", "hf-gpt2-backbone",
+                     "hf-gpt2-circuits", "hf-gpt2-rmsnorm", "hf-gptj", "hf-llama", "hf-mixtral", "hf-opt", "hf-opt-postln",
+                     "hf-phi3", "hf-qwen2", "hf-qwen3", "hf-roberta", "hf-vit", "hf-vit-backbone", "timm-vit",
+                     "timm-vit-circuits", "timm-vit-gap", "timm-vit-rmsnorm"]
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert {"sites", "tensors", "canonicalize", "heads"} <= set(schema["properties"])

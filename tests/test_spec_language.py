@@ -31,6 +31,9 @@ DECODERS = {"hf-llama": "hf-llama.yaml", "hf-qwen2": "hf-qwen2.yaml",           
             "hf-mixtral": "hf-mixtral.yaml",                                                    # tests/test_mixtral.py
             "hf-qwen3": "hf-qwen3.yaml", "hf-gemma": "hf-gemma.yaml", "hf-gemma2": "hf-gemma2.yaml",  # test_qwen3/gemma.py
             "hf-opt": "hf-opt.yaml", "hf-opt-postln": "hf-opt-postln.yaml"}                        # tests/test_opt.py
+ENCODERS = {"hf-roberta": "hf-roberta.yaml", "hf-distilbert": "hf-distilbert.yaml",         # tests/test_encoders.py
+            "hf-vit": "hf-vit.yaml", "hf-vit-backbone": "hf-vit-backbone.yaml",
+            "timm-vit-gap": "timm-vit-gap.yaml"}                                                 # test_timm_vit_variants.py
 
 
 # --------------------------------------------------------------------------- models
@@ -554,9 +557,9 @@ def test_registry_finds_exactly_the_shipped_specs(monkeypatch):
     from symdsl.spec import registry
 
     entries = [e for e in registry.list_specs(REGISTRIES) if e.origin == "symdsl-builtins"]  # the built-in plugin's folder
-    assert sorted(e.name for e in entries) == sorted({**SHIPPED, **PAPER_ROUTE, **DECODERS})
+    assert sorted(e.name for e in entries) == sorted({**SHIPPED, **PAPER_ROUTE, **DECODERS, **ENCODERS})
     for e in entries:
-        assert e.file.name == {**SHIPPED, **PAPER_ROUTE, **DECODERS}[e.name]
+        assert e.file.name == {**SHIPPED, **PAPER_ROUTE, **DECODERS, **ENCODERS}[e.name]
     assert registry.find_spec("hf-gpt2", REGISTRIES).name == "hf-gpt2"
 
 
