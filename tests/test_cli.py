@@ -67,12 +67,14 @@ def test_check_a_saved_model_finds_its_spec(tmp_path, capsys):
 def test_specs_and_schema(capsys):
     assert main(["specs", "--json"]) == 0
     names = [row["name"] for row in json.loads(capsys.readouterr().out)]
-    assert names == ["hf-bert", "hf-clip", "hf-clip-text", "hf-clip-vision", "hf-gemma", "hf-gemma-backbone", "hf-gemma2", "hf-gemma2-backbone", "hf-gpt-neox",
-                     "hf-gpt-neox-backbone", "hf-gpt2", "hf-gpt2-backbone", "hf-gpt2-circuits", "hf-gpt2-rmsnorm",
-                     "hf-gptj", "hf-gptj-backbone", "hf-llama", "hf-llama-backbone", "hf-mixtral", "hf-mixtral-backbone",
-                     "hf-opt", "hf-opt-backbone", "hf-opt-postln", "hf-opt-postln-backbone", "hf-phi3", "hf-phi3-backbone",
-                     "hf-qwen2", "hf-qwen2-backbone", "hf-qwen3", "hf-qwen3-backbone", "hf-t5", "timm-vit", "timm-vit-circuits",
-                     "timm-vit-rmsnorm"]
+    assert names == ["hf-bert", "hf-clip", "hf-clip-text", "hf-clip-vision", "hf-distilbert", "hf-gemma",
+                     "hf-gemma-backbone", "hf-gemma2", "hf-gemma2-backbone", "hf-gpt-neox", "hf-gpt-neox-backbone",
+                     "hf-gpt2", "hf-gpt2-backbone", "hf-gpt2-circuits", "hf-gpt2-rmsnorm", "hf-gptj",
+                     "hf-gptj-backbone", "hf-llama", "hf-llama-backbone", "hf-mixtral", "hf-mixtral-backbone",
+                     "hf-opt", "hf-opt-backbone", "hf-opt-postln", "hf-opt-postln-backbone", "hf-phi3",
+                     "hf-phi3-backbone", "hf-qwen2", "hf-qwen2-backbone", "hf-qwen3", "hf-qwen3-backbone",
+                     "hf-roberta", "hf-t5", "hf-vit", "hf-vit-backbone", "timm-vit", "timm-vit-circuits",
+                     "timm-vit-gap", "timm-vit-rmsnorm"]
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert {"sites", "tensors", "canonicalize", "heads"} <= set(schema["properties"])

@@ -35,6 +35,9 @@ DECODERS.update({f"{name}-backbone": f"{name}-backbone.yaml" for name in        
                  ["hf-llama", "hf-qwen2", "hf-qwen3", "hf-gemma", "hf-gemma2", "hf-phi3", "hf-gpt-neox", "hf-gptj",
                   "hf-opt", "hf-opt-postln", "hf-mixtral"]})
 OTHERS = {name: f"{name}.yaml" for name in ["hf-t5", "hf-clip", "hf-clip-text", "hf-clip-vision"]}  # test_t5/clip.py
+ENCODERS = {"hf-roberta": "hf-roberta.yaml", "hf-distilbert": "hf-distilbert.yaml",         # tests/test_encoders.py
+            "hf-vit": "hf-vit.yaml", "hf-vit-backbone": "hf-vit-backbone.yaml",
+            "timm-vit-gap": "timm-vit-gap.yaml"}                                                 # test_timm_vit_variants.py
 
 
 # --------------------------------------------------------------------------- models
@@ -558,9 +561,9 @@ def test_registry_finds_exactly_the_shipped_specs(monkeypatch):
     from symdsl.spec import registry
 
     entries = [e for e in registry.list_specs(REGISTRIES) if e.origin == "symdsl-builtins"]  # the built-in plugin's folder
-    assert sorted(e.name for e in entries) == sorted({**SHIPPED, **PAPER_ROUTE, **DECODERS, **OTHERS})
+    assert sorted(e.name for e in entries) == sorted({**SHIPPED, **PAPER_ROUTE, **DECODERS, **OTHERS, **ENCODERS})
     for e in entries:
-        assert e.file.name == {**SHIPPED, **PAPER_ROUTE, **DECODERS, **OTHERS}[e.name]
+        assert e.file.name == {**SHIPPED, **PAPER_ROUTE, **DECODERS, **OTHERS, **ENCODERS}[e.name]
     assert registry.find_spec("hf-gpt2", REGISTRIES).name == "hf-gpt2"
 
 
@@ -597,12 +600,12 @@ def test_models_without_data_resolve_and_keep_their_real_ties():
     assert len(resolve(load_spec_text(GRID_SPEC), grid, registries=REGISTRIES).sites) == 6
 
 
-@pytest.mark.parametrize("name", sorted({**PAPER_ROUTE, **DECODERS, **OTHERS}))
+@pytest.mark.parametrize("name", sorted({**PAPER_ROUTE, **DECODERS, **OTHERS, **ENCODERS}))
 def test_every_other_shipped_spec_builds_its_example_and_covers_it(name):
     # `symdsl check NAME` without --model rebuilds this example: it must build and bind fully
     from symdsl.models import build_example
 
-    spec = load_spec(ROOT / "specs" / {**PAPER_ROUTE, **DECODERS, **OTHERS}[name])
+    spec = load_spec(ROOT / "specs" / {**PAPER_ROUTE, **DECODERS, **OTHERS, **ENCODERS}[name])
     model = build_example(spec)
     r = resolve(spec, model, registries=REGISTRIES)          # refuses unbound tensors and undeclared ties
     assert r.sites and all(r.site_tensors(s) for s in r.sites)

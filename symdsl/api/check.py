@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -11,6 +11,7 @@ from ..check.static import StaticReport, static_check
 from ..infer import Draft, infer_spec
 from ..plugins import default_registries
 from ..registry import Registries
+from ..spec.inputs import with_input_shapes
 from ..spec.load import Spec
 from .pipeline import spec_for
 
@@ -33,11 +34,14 @@ class CheckReport:
 
 def check(spec: Spec | str | None = None, model: torch.nn.Module | None = None, *, static: bool = True,
           numeric: bool = True, seed: int = 0, tolerance: float = DEFAULT_TOLERANCE, backend: str = "auto",
-          trust_code: bool = False, registries: Registries | None = None) -> CheckReport:
+          trust_code: bool = False, inputs: Mapping[str, Sequence[int]] | None = None,
+          registries: Registries | None = None) -> CheckReport:
     """Check ``spec`` on ``model`` (default: the spec's own example model): traced graph and float64 invariance.
 
     ``spec`` may be None when ``model`` is given (the spec that matches its class). A spec file
     whose example is built by a ``factory`` needs ``trust_code=True`` (it imports and calls it).
+    ``inputs`` sets the shapes of the spec's example inputs (``{"x": (1, 3, 32, 32)}``); by
+    default they follow the model's configuration (its image size, channels, vocabulary).
 
     >>> import symdsl
     >>> symdsl.check("hf-gpt2").ok
@@ -46,7 +50,8 @@ def check(spec: Spec | str | None = None, model: torch.nn.Module | None = None, 
     registries = registries or default_registries()
     if spec is None and model is None:
         raise ValueError("check needs a spec, a model, or both")
-    spec = spec_for(spec, model or torch.nn.Module(), registries, trust_code=trust_code)
+    spec = with_input_shapes(spec_for(spec, model or torch.nn.Module(), registries, trust_code=trust_code),
+                             inputs or {})
     return CheckReport(static_check(spec, model, registries=registries, backend=backend, seed=seed) if static else None,
                        numeric_check(spec, model, registries=registries, seed=seed, tolerance=tolerance)
                        if numeric else None)

@@ -138,7 +138,7 @@ def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, registrie
     if dtype is None:
         shapes = "; ".join(f"{str(d).replace('torch.', '')}: {why}" for d, why in failures)
         raise SymdslError(f"{spec.file}: running {type(model).__name__} on example.inputs failed in every dtype "
-                          f"the check can use ({shapes}); check example.inputs")
+                          f"the check can use ({shapes}); check example.inputs (or the shapes given by inputs=, --inputs)")
     for failed_dtype, why in failures:
         notes.append(f"{type(model).__name__} does not run in {str(failed_dtype).replace('torch.', '')} ({why}); "
                      f"checked in {str(dtype).replace('torch.', '')}, with the tolerance that precision allows")
@@ -152,7 +152,8 @@ def numeric_check(spec: Spec, model: torch.nn.Module | None = None, *, registrie
                 shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in inputs.items())
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise SymdslError(f"{spec.file}: running {type(model).__name__} on example.inputs ({shapes}) failed: "
-                                  f"{type(exc).__name__}: {first}; check example.inputs") from None
+                                  f"{type(exc).__name__}: {first}; check example.inputs (or the shapes given by inputs=, "
+                                  "--inputs)") from None
         return select_outputs(result, primary, extra)
 
     reference = run()

@@ -8,6 +8,7 @@ from ..check.numeric import DEFAULT_TOLERANCE, NumericReport, numeric_check
 from ..check.static import StaticReport, static_check
 from ..errors import SpecError, UsageError
 from ..models.load import load_model
+from ..spec.inputs import SYNTAX, parse_input_shapes, with_input_shapes
 from ..spec.registry import find_spec, list_specs, match_spec
 from .logs import get_logger
 from .progress import progress_bar
@@ -24,6 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", metavar="REF", help="check on this model instead of the spec's example: a "
                    "save_pretrained folder, timm:NAME or module:factory")
     p.add_argument("--checkpoint", metavar="FILE", help="weights for a timm:NAME or module:factory model")
+    p.add_argument("--inputs", action="append", default=[], metavar="NAME=SHAPE", help="shape of an example input "
+                   f"instead of the one the spec derives from the model's configuration: {SYNTAX}")
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
     p.add_argument("--trust-code", action="store_true", help="let a spec file's example.factory and a model folder's "
                    "record import and run code (see docs/security.md); specs of installed plugins need no flag")
@@ -89,6 +92,8 @@ def run(args) -> int:
         specs = [match_spec(model, registries)]
     else:
         specs = [e.spec for e in list_specs(registries)]
+    shapes = parse_input_shapes(args.inputs)
+    specs = [with_input_shapes(spec, shapes) for spec in specs]
     results, failed = [], False
     for spec in specs:
         result = {"spec": spec.name, "file": spec.file}

@@ -37,13 +37,16 @@ def model_config(model: torch.nn.Module) -> dict[str, Any]:
 def expression_functions(model: torch.nn.Module | None, state: Mapping[str, torch.Tensor],
                          prefixes: list[str]) -> dict[str, Callable]:
     """The functions a dim expression may call: ``shape(name, axis)`` (of a tensor of the state
-    dict, or of a buffer the state dict leaves out), ``attr('module.path.attribute')`` and
-    ``len('module.path')``. Names are looked up under each of the spec's ``prefixes`` in turn.
+    dict, or of a buffer the state dict leaves out), ``attr('module.path.attribute')`` (with an index,
+    ``attr('patch_embed.img_size', 0)``, an entry of a tuple attribute) and ``len('module.path')``. Names are looked up under each of the spec's ``prefixes`` in turn.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
     >>> functions = expression_functions(net, net.state_dict(), [""])
     >>> functions["shape"]("0.weight", 1), functions["attr"]("0.out_features"), functions["len"]("")
     (3, 4, 2)
+    >>> net[0].grid = (5, 7)
+    >>> functions["attr"]("0.grid", 1)
+    7
     >>> functions["shape"]("1.weight", 0)
     Traceback (most recent call last):
     ...
@@ -88,7 +91,7 @@ def expression_functions(model: torch.nn.Module | None, state: Mapping[str, torc
             raise ExprError(f"shape('{name}', {axis}): the tensor has {tensor.dim()} axes (shape {tuple(tensor.shape)})")
         return int(tensor.shape[axis])
 
-    def attr(path: str):
+    def attr(path: str, index: int | None = None):
         if not isinstance(path, str):
             raise ExprError(f"expected 'module.path.attribute' in quotes, got {path!r}")
         owner, _, attribute = path.rpartition(".")
@@ -101,7 +104,7 @@ def expression_functions(model: torch.nn.Module | None, state: Mapping[str, torc
         value = getattr(target, attribute)
         if callable(value):
             raise ExprError(f"attr('{path}') is a method or module, not a value")
-        return value
+        return _entry(path, value, index)
 
     def length(path: str) -> int:
         target = module(path)
@@ -111,6 +114,23 @@ def expression_functions(model: torch.nn.Module | None, state: Mapping[str, torc
         return len(target)
 
     return {"shape": shape, "attr": attr, "len": length}
+
+
+def _entry(path: str, value: Any, index: int | None) -> Any:
+    """``value`` itself, or its entry ``index`` when it is a tuple or list (timm's ``img_size``, (H, W))."""
+    if index is None:
+        if isinstance(value, (tuple, list)):
+            raise ExprError(f"attr('{path}') is {type(value).__name__} {tuple(value)!r}, not a number; "
+                            f"pick an entry: attr('{path}', 0)")
+        return value
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise ExprError(f"attr('{path}', index): the index must be an integer, got {index!r}")
+    if not isinstance(value, (tuple, list)):
+        raise ExprError(f"attr('{path}', {index}): the attribute is {type(value).__name__} {value!r}, "
+                        "not a tuple or list; leave out the index")
+    if not -len(value) <= index < len(value):
+        raise ExprError(f"attr('{path}', {index}): the attribute has {len(value)} entries ({tuple(value)!r})")
+    return value[index]
 
 
 def eval_expr(context: ResolveContext, expr, path):

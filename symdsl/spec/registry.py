@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UsageError, suggest
+from ..errors import SpecError, UsageError, suggest
 from ..registry import Registries
+from .cache import resolve_cached
 from .config import config_mismatches, model_config
 from .load import Spec, load_spec
 
@@ -80,14 +81,44 @@ def spec_matches(spec: Spec, model: torch.nn.Module) -> bool:
 
 
 def match_spec(model: torch.nn.Module, registries: Registries) -> Spec:
-    """The one spec that matches ``model``; a clear error when none or several do."""
+    """The one spec that matches ``model`` and binds to it; a clear error when none or several do.
+
+    ``matches`` names classes, but one class can come in architectures a spec cannot describe
+    (timm's VisionTransformer without a class token, or with SwiGLU and RMSNorm): a spec is
+    chosen only when it also binds to the model (every tensor bound or invariant, every size
+    right), so an architecture no spec describes is refused here, with the reason, instead of
+    failing later inside the check.
+    """
     found = [e for e in list_specs(registries) if spec_matches(e.spec, model)]
     if not found:
         raise UsageError(f"no spec matches {type(model).__module__}.{type(model).__name__}; give one by name or .yaml "
                          "file (spec=...; command line: --spec, or SPEC for check), or draft one from the model's "
                          "graph with symdsl.infer(model) (command line: symdsl infer --model MODEL -o SPEC.yaml) "
                          "and check it before use")
-    if len(found) > 1:
-        raise UsageError(f"several specs match {type(model).__name__}: {[e.name for e in found]}; choose one by name "
+    bound, refused = [], []
+    for entry in found:
+        try:
+            resolve_cached(entry.spec, model, registries)
+            bound.append(entry)
+        except (SpecError, UsageError) as exc:
+            refused.append((entry, exc))
+    if len(bound) > 1:
+        raise UsageError(f"several specs match {type(model).__name__}: {[e.name for e in bound]}; choose one by name "
                          "(spec=...; command line: --spec, or SPEC for check)")
-    return found[0].spec
+    if bound:
+        return bound[0].spec
+    reasons = "; ".join(f"{e.name}: {_first_problem(exc)}" for e, exc in refused)
+    raise UsageError(f"{type(model).__name__}: {' and '.join(e.name for e, _ in refused)} "
+                     f"{'matches' if len(refused) == 1 else 'match'} its class but cannot bind this architecture "
+                     f"({reasons}); no known spec describes it: draft one with `symdsl infer --model MODEL -o SPEC.yaml` "
+                     "(python: symdsl.infer(model)), or give a spec (spec=...; command line: --spec, or SPEC for check)")
+
+
+def _first_problem(exc: Exception) -> str:
+    """The first binding problem, without its file position (the message names the spec)."""
+    if isinstance(exc, SpecError) and exc.problems:
+        first = exc.problems[0]
+        more = len(exc.problems) - 1
+        key = ".".join(str(p) for p in first.path)
+        return (f"{key}: " if key else "") + first.message + (f" (and {more} more)" if more else "")
+    return str(exc).splitlines()[0]

@@ -228,9 +228,15 @@ def _choose_prefix(context: ResolveContext, names: list[str]) -> str:
 
 
 def _present_heads(context: ResolveContext) -> list[str]:
-    """The heads whose tensors the model has (a head's tensors are all present or all absent)."""
+    """The heads whose tensors the model has (a head's tensors are all present or all absent).
+
+    A head whose ``requires`` tensors are not all in the model, or one of whose ``unless``
+    tensors is, does not apply: it is absent whatever tensors of its own the model has.
+    """
     present = []
     for head, h in context.head_models.items():
+        if not all(n in context.state for n in h.requires) or any(n in context.state for n in h.unless):
+            continue
         names = [n for n, *_ in expand_keys(context, context.document.heads[head].tensors,
                                             ("heads", head, "tensors"), {"prefix": context.prefix})]
         names += [n for n, _ in expand_items(context, list(h.invariant), ("heads", head, "invariant"))]

@@ -81,10 +81,17 @@ class Head(_Strict):
     """Tensors that exist only in some of the matched classes (a task head): all or none.
 
     Head names are written from the model root; ``${prefix}`` stands for the backbone prefix
-    chosen from ``prefix``. A head's canonicalize steps run before the backbone's.
+    chosen from ``prefix``. A head's canonicalize steps run before the backbone's. ``requires``
+    and ``unless`` choose between heads that share tensor names (BERT's ``classifier.weight``
+    reads the pooler in sequence classification and every token in token classification).
     """
 
     sites: dict[str, Site] = Field(default_factory=dict, description="sites that exist only with this head")
+    requires: list[str] = Field(default_factory=list, description="tensors the model must also have for this head "
+                                "to apply (tells apart heads that share tensor names, e.g. a classifier that reads the "
+                                "pooler from one that reads every token)")
+    unless: list[str] = Field(default_factory=list, description="the head does not apply to a model that has any of "
+                              "these tensors")
     tensors: dict[str, str] = Field(default_factory=dict)
     invariant: list[str] = Field(default_factory=list)
     tied: list[list[str]] = Field(default_factory=list)
