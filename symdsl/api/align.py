@@ -21,7 +21,7 @@ from ..spec.load import Spec
 from ..width import needs_lift, wide_and_narrow
 from .alignment import Alignment
 from .compat import check_compatible, check_data_fits, check_finite
-from .pipeline import dataset_for, match, prepare, spec_for
+from .pipeline import dataset_for, match, matcher_options, prepare, spec_for
 from .verify import verify_spec
 from .widths import align_widths
 
@@ -54,7 +54,8 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     configurations agree up to fields that cannot matter, or differ in width where B is
     narrower), checked before any work. ``out``: a folder to save the result into
     (:meth:`Alignment.save`), validated before any work (not an input, writable, empty unless
-    ``overwrite``).
+    ``overwrite``). ``options`` are checked against the matcher's declared options first
+    (:func:`symdsl.api.pipeline.matcher_options`; ``symdsl plugins`` lists them).
 
     >>> import symdsl, torch
     >>> from symdsl.experiments.train import small_vit
@@ -66,6 +67,7 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     (True, True)
     """
     registries = registries or default_registries()
+    options = matcher_options(matcher, options, registries)
     if out is not None:
         check_output(out, inputs=model_sources([model_a, model_b]), overwrite=overwrite)
     spec = spec_for(spec, model_a, registries)
