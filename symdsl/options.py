@@ -96,7 +96,12 @@ Device = Annotated[Any, BeforeValidator(_device), shown_as("device")]   # a decl
 
 
 def declared(plugin: Any) -> type[PluginOptions] | None:
-    """The plugin's declared options model, or None for a plugin that declares none."""
+    """The plugin's declared options model, or None for a plugin that declares none.
+
+    >>> class Plain: pass
+    >>> declared(Plain()) is None
+    True
+    """
     options = getattr(plugin, "Options", None)
     return options if isinstance(options, type) and issubclass(options, PluginOptions) else None
 
@@ -116,6 +121,15 @@ def describe_options(options: type[PluginOptions] | None, *, details: bool = Fal
     """Every option as ``name (type range, default d)``, comma-separated ('none' when there are none).
 
     ``details`` adds each option's description after a colon, one option per line.
+
+    >>> from pydantic import Field
+    >>> class Demo(PluginOptions):
+    ...     validation: float = Field(0.1, gt=0, lt=1, description="held-out fraction")
+    ...     freeze: tuple[str, ...] = ()
+    >>> describe_options(Demo)
+    'validation (float in (0, 1), default 0.1), freeze (list of text, default [])'
+    >>> describe_options(Demo, details=True).splitlines()[0]
+    'validation (float in (0, 1), default 0.1): held-out fraction'
     """
     if options is None:
         return "not declared (passed to the plugin unchecked)"
@@ -135,6 +149,12 @@ def option_rows(options: type[PluginOptions] | None) -> list[dict[str, Any]] | N
     """One ``{name, type, default, python_only, description}`` per declared option (None: not declared).
 
     What ``symdsl plugins --json`` prints; defaults as text where they are not plain JSON values.
+
+    >>> from pydantic import Field
+    >>> class Demo(PluginOptions):
+    ...     steps: int = Field(1000, ge=1, description="training steps")
+    >>> option_rows(Demo)
+    [{'name': 'steps', 'type': 'int >= 1', 'default': 1000, 'python_only': False, 'description': 'training steps'}]
     """
     if options is None:
         return None
