@@ -157,7 +157,7 @@ def test_discovered_as_a_plugin_and_rejects_bad_calls():
     state = model.state_dict()
     with pytest.raises(UsageError, match="model="):
         matcher.match(resolved, state, state)
-    with pytest.raises(TypeError, match="no option"):
+    with pytest.raises(UsageError, match="no option .max_iter."):      # declared options (was a TypeError)
         matcher.match(resolved, state, state, model=model, batches=[], max_iter=3)
     with pytest.raises(UsageError, match="no batch"):
         matcher.match(resolved, state, state, model=model, batches=[])

@@ -23,7 +23,7 @@ from ..spec.load import Spec
 from ..width import needs_lift, wide_and_narrow
 from .alignment import Alignment
 from .compat import check_compatible, check_data_fits, check_finite
-from .pipeline import dataset_for, match, prepare, spec_for
+from .pipeline import dataset_for, match, matcher_options, prepare, spec_for
 from .verify import verify_spec
 from .widths import align_widths
 
@@ -58,7 +58,8 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     (:meth:`Alignment.save`: checkpoint, transform, B's tokenizer files, model card), validated
     before any work (not an input, writable, empty unless ``overwrite``), written in ``dtype``
     (``auto``: B's own; ``float32``, ``bfloat16``, ``float16``). Computation runs in float32 or
-    better whatever the inputs' dtype.
+    better whatever the inputs' dtype. ``options`` are checked against the matcher's declared
+    options first (:func:`symdsl.api.pipeline.matcher_options`; ``symdsl plugins`` lists them).
 
     >>> import symdsl, torch
     >>> from symdsl.experiments.train import small_vit
@@ -70,6 +71,7 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     (True, True)
     """
     registries = registries or default_registries()
+    options = matcher_options(matcher, options, registries)
     origin = origin_of([model_a, model_b], layout=1)       # the output keeps B's layout, tokenizer and dtype
     output_dtype(dtype)
     if out is not None:

@@ -13,7 +13,7 @@ from ..registry import Registries
 from ..spec.load import Spec
 from .align import align
 from .alignment import Alignment
-from .pipeline import dataset_for
+from .pipeline import dataset_for, matcher_options
 
 
 @dataclass
@@ -44,6 +44,7 @@ def barrier(model_a: torch.nn.Module, model_b: torch.nn.Module, data, spec: Spec
     as in :func:`symdsl.align`.
     """
     registries = registries or default_registries()
+    options = matcher_options(matcher, options, registries)      # before the data is read
     dataset = dataset_for(data, registries)
     if dataset is None:
         raise UsageError("a barrier is measured on data: pass data ('digits', 'text:PATH', a symdsl.data.Dataset ...)")

@@ -5,6 +5,7 @@ more: universe matching (optionally refined on data), or pairwise with ``pairwis
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +25,9 @@ from ..spec.load import Spec
 from ..width import needs_lift
 from .align import align, model_sources, refuse_architecture_change
 from .compat import check_compatible, check_data_fits, check_finite
-from .pipeline import dataset_for, merge_models, spec_for
-from .universe_merge import merge_universe
+from .pipeline import dataset_for, matcher_options, merge_models, spec_for
+from .universe_merge import merge_universe, universe_options
 from .verify import verify_spec
-
-UNIVERSE_OPTIONS = ("max_iter", "tol", "permutations_only", "invertible_steps", "weight_max_iter", "weight_tol")
 
 
 @dataclass
@@ -82,6 +81,9 @@ def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, mat
     registries = registries or default_registries()
     if len(models) < 2:
         raise UsageError("merging needs at least two models")
+    options = merge_options(len(models), matcher, options, refine=refine, pairwise=pairwise, registries=registries)
+    registries.mergers.lookup(merger)
+    check_weights(weights, len(models))
     output_dtype(dtype)
     if out is not None:
         check_output(out, inputs=model_sources(models), overwrite=overwrite)
@@ -100,6 +102,47 @@ def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, mat
     if out is not None:
         merged.save(out, overwrite=overwrite, dtype=dtype)
     return merged
+
+
+def check_weights(weights: Sequence[float] | None, count: int) -> None:
+    """Merge weights must be one finite number per model, not summing to zero (checked before any work).
+
+    >>> check_weights([1.0, float("nan")], 2)
+    Traceback (most recent call last):
+    ...
+    symdsl.errors.UsageError: merge weight 2 is nan: weights must be finite numbers
+    """
+    if weights is None:
+        return
+    if len(weights) != count:
+        raise UsageError(f"{len(weights)} merge weights for {count} models: give one weight per model")
+    for index, weight in enumerate(weights, start=1):
+        if not math.isfinite(float(weight)):
+            raise UsageError(f"merge weight {index} is {weight}: weights must be finite numbers")
+    if abs(sum(float(w) for w in weights)) < 1e-12:
+        raise UsageError("merge weights sum to zero: they are normalised to sum to one")
+
+
+def merge_options(count: int, matcher: str, options: dict[str, Any], *, refine: bool = False, pairwise: bool = False,
+                  registries: Registries) -> dict[str, Any]:
+    """The options of a merge of ``count`` models checked before any work, coerced to their declared types.
+
+    Pairwise merges (two models, or ``pairwise``) take the matcher's options; universe merges
+    take universe matching's (and, with ``refine`` or matcher ``learned``, refinement's).
+
+    >>> from symdsl.plugins import load
+    >>> merge_options(3, "weight", {"steps": 5}, registries=load())
+    Traceback (most recent call last):
+    ...
+    symdsl.errors.UsageError: option(s) ['steps'] are refinement options: refine the universe (refine=True; command line: --refine)
+    """
+    if count >= 3 and not pairwise:
+        if matcher not in ("weight", "learned"):
+            raise UsageError(f"universe merging uses weight matching (refined with refine=True or matcher 'learned'); "
+                             f"for matcher '{matcher}' merge pairwise (pairwise=True; command line: --pairwise)")
+        universe, refinement = universe_options(options, refine or matcher == "learned")
+        return {**universe, **(refinement or {})}
+    return matcher_options(matcher, options, registries)
 
 
 def _merge(models, spec, matcher, weights, merger, data, refine, pairwise, plot, seed, device, standard, verify,
@@ -134,14 +177,10 @@ def _universe(models, spec, matcher, weights, merger, data, refine, plot, seed, 
         raise UsageError(f"universe merging uses weight matching (refined with refine=True or matcher 'learned'); "
                          f"for matcher '{matcher}' merge pairwise (pairwise=True; command line: --pairwise)")
     refine = refine or matcher == "learned"
-    universe_options = {k: v for k, v in options.items() if k in UNIVERSE_OPTIONS}
-    refine_options = {k: v for k, v in options.items() if k not in universe_options or k == "permutations_only"}
-    if not refine and refine_options.keys() - {"permutations_only"}:
-        raise UsageError(f"option(s) {sorted(refine_options.keys() - {'permutations_only'})} are refinement options: "
-                         "refine the universe (refine=True; command line: --refine)")
+    universe, refinement = universe_options(options, refine)
     out = merge_universe(models, spec, refine=refine, dataset=data, weights=weights, merger=merger, surface_path=plot,
-                         seed=seed, device=device, progress=progress, universe_options=universe_options,
-                         refine_options=refine_options if refine else None, registries=registries)
+                         seed=seed, device=device, progress=progress, universe_options=universe,
+                         refine_options=refinement, registries=registries)
     method = "universe" + (" + refinement" if refine else "")
     return Merged(out.model, {"method": method, "weights": weights, "merger": merger,
                               "seconds": time.perf_counter() - started, **out.to_record()}, out)

@@ -11,7 +11,7 @@ import copy
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -21,6 +21,7 @@ from ..data import Dataset, load_dataset
 from ..errors import UsageError
 from ..match import MatchResult
 from ..models.origin import HALF, storage_dtype
+from ..options import check_options
 from ..plugins import default_registries
 from ..registry import Registries
 from ..spec import ResolvedSpec
@@ -55,6 +56,19 @@ def spec_for(spec: Spec | str | None, model: torch.nn.Module, registries: Regist
 def dataset_for(data: Dataset | str | None, registries: Registries, **options) -> Dataset | None:
     """A dataset reference (``digits``, ``text:PATH`` ... or a plugin's) as a Dataset, or None."""
     return None if data is None else load_dataset(data, datasets=registries.datasets, **options)
+
+
+def matcher_options(matcher: str, options: Mapping[str, Any], registries: Registries) -> dict[str, Any]:
+    """``options`` checked against the matcher's declared options and coerced, before any work.
+
+    An unknown matcher name, an unknown option or a bad value is a :class:`~symdsl.errors.UsageError`
+    naming it and listing what is valid; a matcher that declares no options gets them unchecked.
+
+    >>> from symdsl.plugins import load
+    >>> matcher_options("weight", {"max_iter": "5"}, load())
+    {'max_iter': 5}
+    """
+    return check_options(registries.matchers.lookup(matcher), f"matcher '{matcher}'", options)
 
 
 def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *, device=None,

@@ -12,18 +12,74 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
+
+from pydantic import Field
 
 from ..errors import UsageError
 from ..learn.universe_refine import refine_universe
 from ..match.universe import UniverseResult, universe_match
+from ..options import Device, OptionsError, PluginOptions, describe_options
 from ..plugins import default_registries
 from ..registry import Registries
 from .pipeline import dataset_for, prepare
 
 SURFACE_LABELS = {"vanilla": "vanilla", "universe": "universe weight matching", "refined": "universe + refinement"}
+
+
+class UniverseOptions(PluginOptions):
+    """Options of universe matching (:func:`symdsl.match.universe.universe_match`) in a merge of 3+ models."""
+
+    max_iter: int = Field(10, ge=0, description="universe sweeps")
+    tol: float = Field(1e-3, ge=0, description="stop when a sweep improves the objective by less than this fraction")
+    permutations_only: bool = Field(False, description="every site as its kind's permutation restriction")
+    invertible_steps: int | None = Field(None, ge=0, description="L-BFGS steps per invertible site in each "
+                                         "pairwise weight matching (none: weight matching's default)")
+    weight_max_iter: int | None = Field(None, ge=0, description="sweeps of each pairwise weight matching")
+    weight_tol: float | None = Field(None, ge=0, description="tolerance of each pairwise weight matching")
+
+
+class RefineOptions(PluginOptions):
+    """Options of universe refinement (:func:`symdsl.learn.universe_refine.refine_universe`; its DEFAULTS)."""
+
+    alpha: float = Field(0.1, gt=0, description="merge weights sampled from Dirichlet(alpha * 1)")
+    steps: int = Field(1000, ge=1, description="optimizer steps")
+    lr: float = Field(0.003, gt=0, description="Adam learning rate")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate schedule")
+    batch_size: int = Field(64, ge=1, description="training batch size")
+    eval_every: int = Field(25, ge=1, description="steps between validations")
+    patience: int = Field(20, ge=1, description="validations without improvement before "
+                          "stopping")
+    validation: float = Field(0.1, gt=0, lt=1, description="held-out fraction of the "
+                              "train split")
+    validation_batches: int = Field(4, ge=1, description="batches per validation")
+    permutations_only: bool = Field(False, description="learn orthogonal sites as permutations")
+    freeze: tuple[str, ...] = Field((), description="sites kept at their universe element")
+    device: Device = Field(None, description="where to train (default: the models' device)")
+
+
+def universe_options(options: Mapping[str, Any], refine: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``options`` of a universe merge checked and split: (universe matching's, refinement's or None).
+
+    >>> universe_options({"max_iter": "3", "steps": 5}, refine=True)
+    ({'max_iter': 3}, {'steps': 5})
+    """
+    universe = {k: v for k, v in options.items() if k in UniverseOptions.model_fields}
+    rest = {k: v for k, v in options.items() if k not in universe}
+    unknown = sorted(set(rest) - set(RefineOptions.model_fields))
+    if unknown:
+        raise OptionsError(f"universe merge: no option(s) {unknown}; options: {describe_options(UniverseOptions)}; "
+                           f"with refinement (refine=True, --refine) also: {describe_options(RefineOptions)}")
+    if rest and not refine:
+        raise UsageError(f"option(s) {sorted(rest)} are refinement options: refine the universe (refine=True; "
+                         "command line: --refine)")
+    checked = UniverseOptions.parse(universe, "universe merge").given()
+    if not refine:
+        return checked, None
+    shared = {k: v for k, v in universe.items() if k in RefineOptions.model_fields}    # permutations_only
+    return checked, RefineOptions.parse({**rest, **shared}, "universe refinement").given()
 
 
 @dataclass

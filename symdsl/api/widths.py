@@ -23,7 +23,7 @@ from ..plugins import default_registries
 from ..registry import Registries
 from ..spec.load import Spec
 from ..width.lift import Lifted, lift
-from .pipeline import Prepared, match, prepare, spec_for
+from .pipeline import Prepared, match, matcher_options, prepare, spec_for
 
 LIFT_LAM = "uniform:0.2,0.5"
 """Default lambda sampler (the wide model's weight) for learned matching of a lifted pair."""
@@ -94,6 +94,7 @@ def align_widths(wide: torch.nn.Module, narrow: torch.nn.Module, spec: Spec | st
     (torch.Size([1, 1, 32]), [0, 1, 0, 1])
     """
     registries = registries or default_registries()
+    options = matcher_options(matcher, options, registries)
     spec = spec_for(spec, wide, registries)
     lifted = lift(narrow, wide, spec, registries=registries, seed=seed, embedding=embedding)
     dtype = next(wide.parameters()).dtype

@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from ..api import align, barrier, merge
-from ..api.pipeline import dataset_for
+from ..api.merge import check_weights, merge_options
+from ..api.pipeline import dataset_for, matcher_options
 from ..errors import UsageError
 from ..evaluate import plot_curves
 from ..models import load_model
@@ -129,7 +130,10 @@ def _options(args) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--option takes KEY=VALUE, got '{item}'")
-        options[key.replace("-", "_")] = yaml.safe_load(value)
+        try:
+            options[key.replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:       # not YAML ("lam=[0.4"): the text itself, for the declared type to judge
+            options[key.replace("-", "_")] = value
     if args.permutations_only:
         options["permutations_only"] = True
     return options
@@ -151,7 +155,13 @@ def _common_kwargs(args, bar) -> dict:
                 progress=bar, **_options(args))
 
 
+def _check_matcher_options(args) -> None:
+    """Refuse an unknown matcher or a bad --option before any model is loaded."""
+    matcher_options(args.matcher, _options(args), args.registries)
+
+
 def run_align(args) -> int:
+    _check_matcher_options(args)
     _check_output(args, [args.a, args.b])
     a, b = _load(args, args.a), _load(args, args.b)
     check_savable(b)                       # before the matching, not after it
@@ -183,6 +193,10 @@ def _objective_text(result) -> str:
 def run_merge(args) -> int:
     if len(args.models) < 2:
         raise UsageError("merge needs at least two models")
+    merge_options(len(args.models), args.matcher, _options(args), refine=args.refine, pairwise=args.pairwise,
+                  registries=args.registries)
+    args.registries.mergers.lookup(args.merger)
+    check_weights(args.weights, len(args.models))
     _check_output(args, args.models)
     if args.plot:
         check_output_file(args.plot, inputs=args.models, option="--plot")
@@ -214,6 +228,7 @@ def run_merge(args) -> int:
 
 
 def run_barrier(args) -> int:
+    _check_matcher_options(args)
     inputs = [args.a, args.b, *([args.data[5:]] if (args.data or "").startswith("text:") else [])]
     for option, file in (("--json", args.json), ("--plot", args.plot)):
         if file:

@@ -6,10 +6,11 @@ import sys
 
 from ..check.numeric import DEFAULT_TOLERANCE, NumericReport, numeric_check
 from ..check.static import StaticReport, static_check
-from ..errors import SpecError, UsageError
+from ..errors import BindError, SpecError
 from ..models.load import load_model
+from ..spec.config import config_mismatches, model_config
 from ..spec.inputs import SYNTAX, parse_input_shapes, with_input_shapes
-from ..spec.registry import find_spec, list_specs, match_spec
+from ..spec.registry import find_spec, list_specs, match_spec, spec_matches
 from .logs import get_logger
 from .progress import progress_bar
 
@@ -72,30 +73,63 @@ def _report_text(report: NumericReport, file: str) -> str:
     return "\n".join(lines)
 
 
+def refusal(spec, model) -> str | None:
+    """Why ``spec`` does not claim ``model`` (its ``matches`` classes or ``matches.config``), or None if it does.
+
+    A spec whose ``matches`` names no class claims every model it is run on.
+    """
+    matches = spec.document.matches
+    if not (matches.transformers or matches.timm or matches.torch) or spec_matches(spec, model):
+        return None
+    name = type(model).__name__
+    wrong = config_mismatches(spec, model_config(model))
+    if wrong:
+        return f"spec '{spec.name}' does not claim this {name}: " + ", ".join(
+            f"its matches.config has {key} = {want!r}, the model's is {have!r}" for key, want, have in wrong)
+    named = [*matches.transformers, *matches.timm, *matches.torch]
+    return f"spec '{spec.name}' does not claim this {name}: its matches name {', '.join(named)}"
+
+
+def _load_specs(args, registries) -> tuple[list, list[dict]]:
+    """The named specs; with several, an invalid one is a failed result (``problems``) and the others still run."""
+    specs, invalid = [], []
+    for name in args.specs:
+        try:
+            specs.append(find_spec(name, registries, trust_code=args.trust_code))
+        except SpecError as exc:
+            if len(args.specs) == 1 and not args.json:
+                raise
+            invalid.append({"spec": name, "ok": False, "problems": [str(p) for p in exc.problems]})
+            if not args.json:
+                print(f"spec {name}: {exc}\nresult: FAILED\n", file=sys.stderr)
+    return specs, invalid
+
+
 def run(args) -> int:
-    if args.model and len(args.specs) > 1:
-        raise UsageError("--model checks one spec at a time")
     registries = args.registries
     model = (load_model(args.model, checkpoint=args.checkpoint, loaders=registries.model_loaders.values(),
                         trust_code=args.trust_code) if args.model else None)
+    results: list[dict] = []
     if args.specs:
-        specs = []
-        for name in args.specs:
-            try:
-                specs.append(find_spec(name, registries, trust_code=args.trust_code))
-            except SpecError as exc:
-                if not args.json:
-                    raise
-                print(json.dumps({"spec": name, "ok": False, "problems": [str(p) for p in exc.problems]}, indent=2))
-                return 1
+        specs, results = _load_specs(args, registries)
     elif model is not None:
         specs = [match_spec(model, registries)]
     else:
         specs = [e.spec for e in list_specs(registries)]
     shapes = parse_input_shapes(args.inputs)
     specs = [with_input_shapes(spec, shapes) for spec in specs]
-    results, failed = [], False
+    failed = bool(results)
+    # several specs against one model: a spec that does not claim it is reported as refused (one line), not run
+    screen = model is not None and len(args.specs) > 1
+    claimed = 0
     for spec in specs:
+        reason = refusal(spec, model) if screen else None
+        if reason is not None:
+            results.append({"spec": spec.name, "file": spec.file, "refused": reason, "ok": None})
+            if not args.json:
+                print(f"spec {spec.name} ({spec.file}): refused: {reason}\n")
+            continue
+        claimed += 1
         result = {"spec": spec.name, "file": spec.file}
         try:
             if not args.json:
@@ -112,8 +146,8 @@ def run(args) -> int:
                 result["numeric"] = numeric.to_dict()
                 if not args.json:
                     print(_report_text(numeric, spec.file))
-        except SpecError as exc:
-            result["problems"] = [str(p) for p in exc.problems]
+        except (SpecError, BindError) as exc:     # this spec fails; the others still run
+            result["problems"] = [str(p) for p in exc.problems] if isinstance(exc, SpecError) else [str(exc)]
             if not args.json:
                 log.error("spec %s (%s): %s", spec.name, spec.file, exc)
         result["ok"] = "problems" not in result and all(result[k]["ok"] for k in ("static", "numeric") if k in result)
@@ -121,6 +155,14 @@ def run(args) -> int:
         results.append(result)
         if not args.json:
             print(f"result: {'OK' if result['ok'] else 'FAILED'}\n")
+    if screen and not claimed and not failed:
+        # nothing was checked: that is not a pass
+        message = f"none of the {len(specs)} specs claims the model {args.model}; name the spec written for it"
+        if args.json:
+            results.append({"model": args.model, "ok": False, "problems": [message]})
+        else:
+            print(f"result: FAILED: {message}")
+        failed = True
     if args.json:
         json.dump(results if len(results) != 1 else results[0], sys.stdout, indent=2)
         print()

@@ -4,6 +4,10 @@ from __future__ import annotations
 import json
 import sys
 
+from ..options import declared, describe_options, option_rows
+
+WITH_OPTIONS = ("matcher", "merger")     # categories whose plugins declare options
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("plugins", help="list group kinds, canonicalizers, matchers, mergers, rules ... and their plugins")
@@ -14,7 +18,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     registries = args.registries
-    rows = [{"category": c.category, "name": c.name, "plugin": c.plugin, "description": c.description}
+    rows = [{"category": c.category, "name": c.name, "plugin": c.plugin, "description": c.description,
+             **({"options": option_rows(declared(c.obj))} if c.category in WITH_OPTIONS else {})}
             for c in registries.contributions()]
     if args.json:
         json.dump({"plugins": list(registries.plugins), "blocked": list(registries.blocked), "contributions": rows},
@@ -35,4 +40,19 @@ def run(args) -> int:
         width = max(len(r["name"]) for r in items)
         for r in items:
             print(f"  {r['name']:<{width}}  [{r['plugin']}]  {r['description']}")
+            if category in WITH_OPTIONS:
+                _print_options(registries, category, r["name"])
     return 0
+
+
+def _print_options(registries, category: str, name: str) -> None:
+    """A matcher's or merger's declared options, one per line under it (``--option KEY=VALUE``)."""
+    registry = registries.matchers if category == "matcher" else registries.mergers
+    text = describe_options(declared(registry[name]), details=True)
+    lines = text.splitlines()
+    if len(lines) == 1 and "(" not in lines[0]:            # 'none' or 'not declared (...)'
+        print(f"      options: {text}")
+        return
+    print("      options:")
+    for line in lines:
+        print(f"        {line}")

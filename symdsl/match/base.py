@@ -6,6 +6,7 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 
+from ..options import PluginOptions
 from ..spec.binding import ResolvedSpec
 
 Progress = Callable[[str, int, int], None]   # (phase, done, total)
@@ -73,12 +74,19 @@ class Matcher:
     for matchers that train on the task loss). Data-driven matchers also get ``registries=``
     (the run's :class:`symdsl.registry.Registries`: op rules and capture backends for matchers
     that trace the model); a direct caller may leave it out.
+
+    ``Options`` declares the user's options (the ``**options`` of :meth:`match`) as a
+    :class:`symdsl.options.PluginOptions` model: types, ranges, defaults. The API and the command
+    line check them with it before any model is loaded, and ``symdsl plugins`` lists them; the
+    matcher reads its settings through ``self.Options.parse(options, ...)``. A matcher that leaves
+    ``Options`` at None gets whatever options the caller gives, unchecked.
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     needs_data: ClassVar[bool] = False
     data_mode: ClassVar[str] = "activations"
+    Options: ClassVar[type[PluginOptions] | None] = None
 
     def match(self, resolved: ResolvedSpec, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
               *, seed: int = 0, progress: Progress | None = None, **options) -> MatchResult:  # pragma: no cover

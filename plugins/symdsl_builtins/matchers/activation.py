@@ -61,15 +61,17 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Literal, Mapping, Sequence
 
 import torch
+from pydantic import Field
 
 from symdsl.act import act_state_dict, identity_transform
 from symdsl.errors import UsageError
 from symdsl.match.refine import refine_lbfgs
 from symdsl.match.base import Matcher, MatchResult
 from symdsl.match.solvers import maximize_trace
+from symdsl.options import Device, PluginOptions
 from symdsl.spec.binding import ResolvedSpec
 
 from .activation_graph import site_families
@@ -79,6 +81,17 @@ from .activation_run import ActivationRunner
 from .activation_stats import Moments
 
 F64 = torch.float64
+
+
+class ActivationOptions(PluginOptions):
+    """Activation matching's options (``model``, ``batches`` and ``registries`` come from the pipeline)."""
+
+    max_samples: int = Field(65536, ge=1, description="read batches until some node has seen this many samples")
+    evaluator: Literal["auto", "export", "hooks"] = Field("auto", description="how activations are read: a "
+                                                          "torch.export program (auto: else module hooks)")
+    invertible: Literal["regression", "whitened"] = Field("whitened", description="how invertible sites are "
+                                                          "fitted to the activations")
+    device: Device = Field(None, description="where to solve (default: the state dicts' device)")
 
 
 class ActivationMatching(Matcher):
@@ -112,11 +125,11 @@ class ActivationMatching(Matcher):
     description = ("activation matching: correlations / Procrustes / regression of A's and B's activations at the "
                    "graph nodes that carry each site")
     needs_data = True
+    Options = ActivationOptions
 
     def match(self, resolved: ResolvedSpec, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
               *, model: torch.nn.Module | None = None, batches: Iterable[Mapping] | None = None, seed: int = 0,
-              progress=None, max_samples: int = 65536, device=None, evaluator: str = "auto",
-              invertible: str = "whitened", registries=None, **options) -> MatchResult:
+              progress=None, registries=None, **options) -> MatchResult:
         """Find h with act(h, B) ≈ A from activations of ``model`` (A's and B's architecture) on ``batches``.
 
         ``batches``: forward() keyword-argument dicts; they are read until some node has seen
@@ -126,11 +139,9 @@ class ActivationMatching(Matcher):
         permutations) on ``device`` (default: the states' device). The objective is the
         relative activation distance over every node read, on the first batch: before, after.
         """
-        if options:
-            raise TypeError(f"activation matching has no option(s) {sorted(options)}; options: model, batches, "
-                            "max_samples, device, evaluator, invertible")
-        if invertible not in ("regression", "whitened"):
-            raise UsageError(f"activation matching: invertible must be 'regression' or 'whitened', got {invertible!r}")
+        settings = ActivationOptions.parse(options, "matcher 'activation'")
+        max_samples, device, evaluator, invertible = (settings.max_samples, settings.device, settings.evaluator,
+                                                      settings.invertible)
         if model is None or batches is None:
             raise UsageError("activation matching needs the architecture (model=) and data (batches=: an iterable of "
                              "forward() keyword-argument dicts)")
@@ -138,7 +149,7 @@ class ActivationMatching(Matcher):
         if rectangular:
             raise UsageError(f"activation matching runs A and B through one architecture; sites {rectangular[:3]} "
                              "change width (use weight matching for width-heterogeneous alignment)")
-        device = torch.device(device) if device is not None else next(iter(state_a.values())).device
+        device = device if device is not None else next(iter(state_a.values())).device
         floats = [t.dtype for t in state_a.values() if t.is_floating_point()]
         traced = {} if registries is None else {"op_rules": registries.op_rules,
                                                 "backends": registries.capture_backends}

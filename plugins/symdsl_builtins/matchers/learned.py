@@ -18,17 +18,65 @@ sites stay at the identity: the paper's "learned matching, permutations only" ba
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field, field_validator
 
 from symdsl.errors import UsageError
 from symdsl.match.base import Matcher, MatchResult, renamed
+from symdsl.options import Device, PluginOptions, shown_as
 
-from .weight import WeightMatching
+from .weight import WeightMatching, WeightOptions
 
-DEFAULTS = {"steps": 1000, "epochs": None, "permutation_lr": None, "lr": 0.003, "schedule": "cosine", "lam": None, "batch_size": 64,
-            "eval_every": 25, "patience": 20, "validation": 0.1, "validation_batches": 4}
+
+class LearnedOptions(PluginOptions):
+    """Learned matching's options (``model``, ``dataset`` and ``registries`` come from the pipeline)."""
+
+    python_only = frozenset({"start"})
+
+    steps: int = Field(1000, ge=1, description="optimizer steps (unless epochs is given)")
+    epochs: float | None = Field(None, gt=0, description="passes over the train split instead of steps")
+    lr: float = Field(0.003, gt=0, description="Adam learning rate")
+    permutation_lr: float | None = Field(None, gt=0, description="learning-rate multiplier of straight-through "
+                                         "permutation scores (none: 10 with permutations_only, else 1)")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate schedule over the steps")
+    lam: str | None = Field(None, description="interpolation weight sampler, uniform:LO,HI (none: uniform:0.4,0.6 "
+                            "with permutations_only, else uniform:0.1,0.9)")
+    batch_size: int = Field(64, ge=1, description="training batch size")
+    eval_every: int = Field(25, ge=1, description="steps between validations")
+    patience: int = Field(20, ge=1, description="validations without improvement before stopping")
+    validation: float = Field(0.1, gt=0, lt=1, description="fraction of the train split held out for validation")
+    validation_batches: int = Field(4, ge=1, description="batches per validation")
+    permutations_only: bool = Field(False, description="learn orthogonal sites as permutations, invertible sites "
+                                    "stay at the identity (the paper's baseline)")
+    init: dict[str, Any] | None = Field(None, description="options of the weight-matching start")
+    freeze: tuple[str, ...] = Field((), description="sites kept at their starting element")
+    device: Device = Field(None, description="where to train (default: the model's device)")
+    start: Annotated[Any, shown_as("site -> element mapping")] = Field(None, description="the starting transform "
+                                                                        "instead of weight matching")
+
+    @field_validator("lam")
+    @classmethod
+    def _sampler(cls, value: str | None) -> str | None:
+        from symdsl.learn.samplers import parse_sampler
+
+        if value is not None:
+            try:
+                parse_sampler(value, 2)
+            except UsageError as exc:
+                raise ValueError(f"is not a sampler: {exc}") from None
+        return value
+
+    @field_validator("init")
+    @classmethod
+    def _weight_options(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                return WeightOptions.parse(value, "weight matching").given()
+            except UsageError as exc:
+                raise ValueError(f"is not a set of weight-matching options ({exc})") from None
+        return value
 
 
 class LearnedMatching(Matcher):
@@ -38,23 +86,22 @@ class LearnedMatching(Matcher):
     description = "learned matching: weight-matching start, group elements trained on the interpolated model's loss"
     needs_data = True
     data_mode = "dataset"
+    Options = LearnedOptions
 
     def match(self, resolved, state_a, state_b, *, seed: int = 0, progress=None, model=None, dataset=None,
-              permutations_only: bool = False, init: dict | None = None, start: Mapping | None = None,
-              freeze=(), device=None, registries=None, **options) -> MatchResult:
+              registries=None, **options) -> MatchResult:
         from symdsl.data.holdout import with_validation
         from symdsl.learn.loop import learn_transforms
         from symdsl.learn.objective import PathLoss
         from symdsl.learn.parametrize import parametrize_sites, trained_sites
         from symdsl.learn.samplers import parse_sampler
 
-        unknown = sorted(set(options) - set(DEFAULTS))
-        if unknown:
-            raise UsageError(f"learned matching has no option(s) {unknown}; options: "
-                             f"{', '.join(sorted([*DEFAULTS, 'permutations_only', 'init', 'freeze', 'device']))}")
+        parsed = LearnedOptions.parse(options, "matcher 'learned'")
+        settings = dict(parsed)          # name -> value, objects (start, device) as given
+        permutations_only, init, start, freeze, device = (parsed.permutations_only, parsed.init, parsed.start,
+                                                          parsed.freeze, parsed.device)
         if model is None or dataset is None:
             raise UsageError("learned matching trains on data: pass --data (Python: model= and dataset=)")
-        settings = {**DEFAULTS, **options}
         if settings["lam"] is None:   # the paper's range for its permutation baseline; the whole path otherwise
             settings["lam"] = "uniform:0.4,0.6" if permutations_only else "uniform:0.1,0.9"
         if start is None:

@@ -36,19 +36,40 @@ units; ``benchmarks/speed.py`` measures it):
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import torch
+from pydantic import Field
 
 from symdsl.match.base import Matcher, MatchResult, report
 from symdsl.match.refine import refine_lbfgs
 from symdsl.match.solvers import Gram, gram_gradient, gram_objective, least_squares_candidates
 from symdsl.match.unfold import unfold
+from symdsl.options import Device, PluginOptions, shown_as
 
 from .weight_nested import assign_nested, child_scores, nested_child
-from .weight_problem import F64, PRECISIONS, Problem
+from .weight_problem import F64, Problem
 
 LBFGS_HISTORY = 100   # L-BFGS memory for invertible sites
+
+
+class WeightOptions(PluginOptions):
+    """Weight matching's options (``--option KEY=VALUE``; Python: keyword arguments)."""
+
+    python_only = frozenset({"profile"})
+
+    max_iter: int = Field(30, ge=0, description="sweeps of block coordinate descent after the anchored start "
+                          "(0: the anchored start only)")
+    tol: float = Field(1e-3, ge=0, description="stop when a sweep improves the objective by less than this "
+                       "fraction")
+    permutations_only: bool = Field(False, description="solve every site as its kind's permutation restriction "
+                                    "(the paper's baseline); kinds without one stay at the identity")
+    invertible_steps: int = Field(50, ge=0, description="L-BFGS steps per invertible site and sweep (0: closed "
+                                  "forms only)")
+    precision: Literal["mixed", "float64"] = Field("mixed", description="dtype of the correlations that feed "
+                                                   "assignments (float32 when mixed)")
+    device: Device = Field(None, description="where to match (default: the state dicts' device)")
+    profile: Annotated[Any, shown_as("timer")] = Field(None, description="a timer with phase(name) (benchmarks)")
 
 
 class WeightMatching(Matcher):
@@ -57,11 +78,11 @@ class WeightMatching(Matcher):
     name = "weight"
     description = "weight matching: assignment / Procrustes / least squares per site, block coordinate descent"
 
+    Options = WeightOptions
+
     def match(self, resolved, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], *,
-              seed: int = 0, progress=None, max_iter: int = 30, tol: float = 1e-3, permutations_only: bool = False,
-              invertible_steps: int = 50, device=None, precision: str = "mixed", profile=None,
-              **options) -> MatchResult:
-        """Align B to A. ``precision``: ``"mixed"`` (float32 correlations for assignments) or ``"float64"``.
+              seed: int = 0, progress=None, **options) -> MatchResult:
+        """Align B to A; ``options`` as declared in :class:`WeightOptions` (checked first).
 
         ``profile``: an optional timer with ``phase(name)`` returning a context manager (phases:
         correlate, assign, svd, invertible, apply, score, convert) and optionally
@@ -69,16 +90,11 @@ class WeightMatching(Matcher):
         options; ``invertible`` with primal, dual Grams; ``lbfgs`` with start, primal, dual,
         steps, kind), so that a benchmark can time the work and replay it alone.
         """
-        from symdsl.errors import UsageError
-
-        if options:
-            raise UsageError(f"weight matching has no option(s) {sorted(options)}; options: max_iter, tol, "
-                             "permutations_only, invertible_steps, device, precision, profile")
-        if precision not in PRECISIONS:
-            raise UsageError(f"weight matching option precision={precision!r}: use one of {sorted(PRECISIONS)}")
-        device = device or next(iter(state_a.values())).device
-        problem = Problem(resolved, state_a, state_b, device, permutations_only, precision, profile)
-        problem.invertible_steps = int(invertible_steps)
+        settings = WeightOptions.parse(options, "matcher 'weight'")
+        max_iter, tol, permutations_only = settings.max_iter, settings.tol, settings.permutations_only
+        device = settings.device or next(iter(state_a.values())).device
+        problem = Problem(resolved, state_a, state_b, device, permutations_only, settings.precision, settings.profile)
+        problem.invertible_steps = settings.invertible_steps
         everything = list(resolved.tensors)
         # per-tensor errors for the current elements: a unit re-measures only its own tensors
         problem.cache = problem.errors(everything)
