@@ -118,7 +118,7 @@ def test_a_vit_no_spec_binds_is_refused_with_the_reason_and_infer(name, override
         symdsl.check(model=vit(name, **overrides))
     message = str(info.value)
     assert "timm-vit and timm-vit-gap match its class but cannot bind this architecture" in message
-    assert why in message and "symdsl infer --model REF" in message
+    assert why in message and "symdsl infer --model MODEL" in message
 
 
 def test_a_gap_vit_is_not_claimed_by_the_class_token_spec():

@@ -13,7 +13,7 @@ import torch
 
 from ..canon import canonicalize
 from ..graph.capture import capture
-from ..graph.output_names import keep_outputs, output_names
+from ..graph.output_names import is_intermediate, keep_outputs, output_names
 from ..graph.propagate import Finding, propagate
 from ..graph.walker import OpRules
 from ..models.build import build_example, make_inputs
@@ -68,11 +68,12 @@ def static_check(spec: Spec, model: torch.nn.Module | None = None, *, registries
     graph = capture(model, inputs, backend=backend, backends=registries.capture_backends)
     primary = spec.document.example.output if spec.document.example else None
     if primary:
-        # the spec claims its primary output (invariant) and its declared outputs (equivariant),
-        # as the numeric check compares them; a two-tower model's other outputs are no claim
+        # beside its primary output the spec claims nothing about its parts' intermediate states
+        # (CLIPModel's tower outputs, T5's encoder states); every other output is still checked
         names_out = output_names(model, inputs, len(graph.outputs))
         if names_out is not None:
-            keep_outputs(graph, [p for p, n in enumerate(names_out) if n == primary or n in resolved.outputs])
+            keep_outputs(graph, [p for p, n in enumerate(names_out)
+                                 if n == primary or n in resolved.outputs or not is_intermediate(n)])
     state = model.state_dict(keep_vars=True)
 
     def parameter(node_name: str):

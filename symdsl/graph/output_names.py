@@ -55,6 +55,22 @@ def output_names(model: torch.nn.Module, inputs: Any, count: int) -> list[str] |
     return names if len(names) == count else None
 
 
+# outputs that only expose a part's intermediate states: a seq2seq model's encoder states, and
+# (dotted names) a two-tower model's nested tower outputs (CLIPModel's text_model_output)
+INTERMEDIATE_PREFIXES = ("encoder_",)
+
+
+def is_intermediate(name: str) -> bool:
+    """Is the output ``name`` a part's intermediate state rather than a result of the model?
+
+    >>> is_intermediate("text_model_output.last_hidden_state"), is_intermediate("encoder_last_hidden_state")
+    (True, True)
+    >>> is_intermediate("pooler_output"), is_intermediate("logits")
+    (False, False)
+    """
+    return "." in name or name.startswith(INTERMEDIATE_PREFIXES)
+
+
 def keep_outputs(graph: CapturedGraph, positions: list[int]) -> None:
     """Keep only the returned tensors at ``positions`` (in place): the others are no claim of the spec.
 

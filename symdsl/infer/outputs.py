@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from ..graph.output_names import is_intermediate
+
 # output names (Hugging Face ModelOutput fields) that carry features, not results
 FEATURE_OUTPUTS = ("last_hidden_state", "pooler_output", "image_embeds", "text_embeds")
-# outputs that only expose a part's intermediate states (a seq2seq model's encoder)
-INTERMEDIATE_PREFIXES = ("encoder_",)
 
 
 @dataclass
@@ -49,7 +49,7 @@ def plan_outputs(names: Sequence[str] | None, features: Sequence[str] = FEATURE_
     plan = OutputPlan(features={p: n for p, n in enumerate(names) if n in features})
     # beside logits, the intermediate states of the model's parts are no claim: a two-tower
     # model's nested tower outputs, a seq2seq model's encoder_last_hidden_state
-    parts = [p for p, n in enumerate(names) if "." in n or n.startswith(INTERMEDIATE_PREFIXES)]
+    parts = [p for p, n in enumerate(names) if is_intermediate(n)]
     logits = [n for n in names if n.startswith("logits")]
     if parts and logits:
         plan.primary, plan.ignored = logits[0], set(parts)
