@@ -134,9 +134,9 @@ def _align_and_report(kind, recipe, dataset, models, output, learn_steps, seeds,
         say(f"  {label}: loss barrier {b.loss:.3f} (aligned in {align_seconds:.1f} s)")
     say("3/3 results (test split; barrier = max over lambda of loss minus the endpoints' line)")
     width = max(len(r.method) for r in rows)
-    say(f"  {'method':<{width}}  {'loss barrier':>12}  {'acc. barrier':>12}  {'align time':>10}")
+    say(f"  {'method':<{width}}  {'loss barrier':>12}  {'acc. barrier (pts)':>18}  {'align time':>10}")
     for r in rows:
-        say(f"  {r.method:<{width}}  {r.loss_barrier:>12.3f}  {100 * r.accuracy_barrier:>11.1f}%  {r.seconds:>9.1f}s")
+        say(f"  {r.method:<{width}}  {r.loss_barrier:>12.3f}  {100 * r.accuracy_barrier:>18.1f}  {r.seconds:>9.1f}s")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(curves, out / "curves.png", title=f"symdsl demo: {recipe['label']}")
