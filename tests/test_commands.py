@@ -63,6 +63,10 @@ def test_barrier_reports_vanilla_and_aligned_with_plot(pair, capsys):
     vanilla, aligned = curves["vanilla"]["barrier"]["loss"], curves["weight matching"]["barrier"]["loss"]
     assert aligned < vanilla
     assert plot.stat().st_size > 10_000
+    # one convention: percentage points in the printed table, fractions in the JSON
+    assert "acc barrier (pts)" in out
+    row = next(line for line in out.splitlines() if line.startswith("vanilla"))
+    assert float(row.split()[2]) == pytest.approx(100 * curves["vanilla"]["barrier"]["accuracy"], abs=0.051)
 
 
 def test_barrier_needs_data(pair, capsys):

@@ -76,7 +76,7 @@ def add_parsers(sub) -> None:
                         "also chosen by --matcher learned)")
     m.add_argument("--pairwise", action="store_true",
                    help="three or more models: align each to the first with --matcher instead of universe matching")
-    m.add_argument("--plot", metavar="FILE.png",
+    m.add_argument("--plot", metavar="FILE",
                    help="three models: loss/accuracy over the simplex of the aligned models (PNG, JSON beside it; "
                         "needs --data)")
     _common(m)
@@ -95,7 +95,7 @@ def add_parsers(sub) -> None:
                    help="which split of --data to evaluate the curves on (default: test)")
     b.add_argument("--max-batches", type=int, default=None, help="evaluate only the first N batches of the split")
     b.add_argument("--json", metavar="FILE", help="write curves and barriers as JSON")
-    b.add_argument("--plot", metavar="FILE.png", help="write the curves as a PNG plot")
+    b.add_argument("--plot", metavar="FILE", help="write the curves as a plot: PNG, PDF or SVG by FILE's extension")
     b.set_defaults(run=run_barrier)
 
 
@@ -243,10 +243,11 @@ def run_barrier(args) -> int:
     record = {"a": args.a, "b": args.b, "spec": spec, "data": dataset.name, "matcher": args.matcher,
               **report.alignment.info, **report.record()}
     print(f"{args.a} (lambda=1) <-> {args.b} (lambda=0) on {dataset.name} ({args.split}), spec {spec}")
-    print(f"{'path':<22} {'loss barrier':>13} {'acc barrier':>12} {'loss barrier (mean def.)':>25}")
+    # accuracy barriers in percentage points, as in demo and the plots (the JSON keeps fractions)
+    print(f"{'path':<22} {'loss barrier':>13} {'acc barrier (pts)':>18} {'loss barrier (mean def.)':>25}")
     for label in report.curves:
         paper, mean = report.barriers[label], report.barriers_mean[label]
-        print(f"{label:<22} {paper.loss:>13.4f} {paper.accuracy:>12.4f} {mean.loss:>25.4f}")
+        print(f"{label:<22} {paper.loss:>13.4f} {100 * paper.accuracy:>18.1f} {mean.loss:>25.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.json}")

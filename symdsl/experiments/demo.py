@@ -89,6 +89,21 @@ def _every_quarter(label: str, say: Callable[[str], None]) -> Callable[[str, int
     return progress
 
 
+def table_lines(rows) -> list[str]:
+    """The results table ``symdsl demo`` prints (rows: :class:`Row` or their dicts, as in demo.json).
+
+    >>> table_lines([{"method": "vanilla averaging", "loss_barrier": 3.3717, "accuracy_barrier": 0.853,
+    ...               "seconds": 0.0}])[1]
+    '  vanilla averaging         3.372                85.3        0.0s'
+    """
+    rows = [r if isinstance(r, dict) else r.__dict__ for r in rows]
+    width = max(len(r["method"]) for r in rows)
+    lines = [f"  {'method':<{width}}  {'loss barrier':>12}  {'acc. barrier (pts)':>18}  {'align time':>10}"]
+    lines += [f"  {r['method']:<{width}}  {r['loss_barrier']:>12.3f}  {100 * r['accuracy_barrier']:>18.1f}  "
+              f"{r['seconds']:>9.1f}s" for r in rows]
+    return lines
+
+
 def run_demo(kind: str = "vit", *, output: str | Path = "symdsl-demo", data: str | None = None,
              steps: int | None = None, learn_steps: int | None = None, seeds=(0, 1),
              say: Callable[[str], None] = print) -> dict:
@@ -133,10 +148,8 @@ def _align_and_report(kind, recipe, dataset, models, output, learn_steps, seeds,
         rows.append(Row(label, b.loss, b.accuracy, align_seconds))
         say(f"  {label}: loss barrier {b.loss:.3f} (aligned in {align_seconds:.1f} s)")
     say("3/3 results (test split; barrier = max over lambda of loss minus the endpoints' line)")
-    width = max(len(r.method) for r in rows)
-    say(f"  {'method':<{width}}  {'loss barrier':>12}  {'acc. barrier':>12}  {'align time':>10}")
-    for r in rows:
-        say(f"  {r.method:<{width}}  {r.loss_barrier:>12.3f}  {100 * r.accuracy_barrier:>11.1f}%  {r.seconds:>9.1f}s")
+    for line in table_lines(rows):
+        say(line)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(curves, out / "curves.png", title=f"symdsl demo: {recipe['label']}")
