@@ -57,3 +57,14 @@ def test_keys_written_primal_break_the_qk_symmetry(repo_root, tmp_path, capsys):
     assert re.search(r"canonicalize: relative error \S+  ok", out)
     failed = {site for site, verdict in site_results(out).items() if verdict == "FAILED"}
     assert failed == {"qk.0", "qk.1", "all sites"}  # only the query/key maps (and all sites together) break
+
+
+def test_the_draft_to_alignment_loop_of_section_2_9_runs(repo_root, tmp_path, capsys):
+    # docs/spec-language.md, 2.9: infer a draft, check it, align with it (the commands as written)
+    factory = "examples.tiny_transformer:tiny_transformer"
+    draft = tmp_path / "my-model.yaml"
+    assert main(["infer", "--model", factory, "-o", str(draft)]) == 0
+    assert main(["check", str(draft), "--trust-code"]) == 0
+    assert "result: OK" in capsys.readouterr().out
+    assert main(["align", factory, factory, "--spec", str(draft), "-o", str(tmp_path / "aligned")]) == 0
+    assert (tmp_path / "aligned" / "symdsl_model.json").is_file()
