@@ -58,8 +58,8 @@ def _command_line(args) -> str:
 
 def add_parsers(sub) -> None:
     a = sub.add_parser("align", help="write model B aligned to model A (a standard checkpoint of B's class)")
-    a.add_argument("a", metavar="A", help="reference model: a save_pretrained or symdsl folder, timm:NAME@FILE, "
-                   "or module:factory")
+    a.add_argument("a", metavar="A", help="reference model: a save_pretrained or symdsl folder, a Hub id "
+                   "(org/name[@revision]), timm:NAME@FILE, or module:factory")
     a.add_argument("b", metavar="B", help="model to align to A")
     _common(a)
     a.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write aligned B into (new or empty)")
@@ -68,7 +68,9 @@ def add_parsers(sub) -> None:
     a.set_defaults(run=run_align)
 
     m = sub.add_parser("merge", help="align models to the first and average them into one standard checkpoint")
-    m.add_argument("models", nargs="+", metavar="MODEL", help="two or more models (the first is the reference)")
+    m.add_argument("models", nargs="+", metavar="MODEL",
+                   help="two or more models (the first is the reference): folders, Hub ids, timm:NAME@FILE or "
+                        "module:factory")
     m.add_argument("--weights", type=float, nargs="+", help="merge weights (default: equal)")
     m.add_argument("--merger", default="average", help="merger plugin (default: average)")
     m.add_argument("--refine", action="store_true",
