@@ -105,3 +105,25 @@ def test_a_companion_linking_outside_the_model_folder_is_refused_and_nothing_is_
     with pytest.raises(UsageError, match="outside the model folder"):
         (b / "vocab.json").symlink_to(secret)
         copy_companions(b, tmp_path / "t2")
+
+
+def test_an_aligned_model_tokenizes_exactly_as_b_with_a_tokenizer_built_here(tmp_path):
+    # the same claim without shared data: a byte-level BPE tokenizer trained here, saved the
+    # transformers way into B (tokenizer.json + tokenizer_config.json + special tokens)
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([TEXT * 20], trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    a, b = gpt2_folder(tmp_path / "a", 0), gpt2_folder(tmp_path / "b", 1)
+    fast.save_pretrained(b)
+    out = tmp_path / "out"
+    assert main(["align", str(a), str(b), "-o", str(out), *FAST]) == 0
+    mine, theirs = (transformers.AutoTokenizer.from_pretrained(str(p)) for p in (out, b))
+    ids = mine(TEXT)["input_ids"]
+    assert ids == theirs(TEXT)["input_ids"] and len(ids) > 5 and mine.decode(ids) == TEXT
+    assert (out / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
