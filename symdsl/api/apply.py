@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 
 from ..act import act_state_dict
-from ..canon import canonicalize
 from ..match import MatchResult
-from ..models.origin import HALF, origin_of, storage_dtype
+from ..models.origin import origin_of
 from ..models.output import check_output
 from ..models.save import check_savable, output_dtype
 from ..plugins import default_registries
@@ -26,7 +25,7 @@ from ..spec.load import Spec
 from .align import model_sources
 from .alignment import Alignment
 from .compat import check_finite
-from .pipeline import Prepared, spec_for
+from .pipeline import Prepared, canonical_copy, spec_for
 from .transform_file import check_fits, load_transform, state_digest
 
 
@@ -60,12 +59,8 @@ def apply(transform: str | Path, model: torch.nn.Module, spec: Spec | str | None
         check_savable(model)
     spec = spec_for(spec if spec is not None else saved.spec, model, registries)
     check_finite([model])
-    # the same steps as align's prepare, for one model: a float32 (or better) canonical copy
-    canonical = copy.deepcopy(model).eval()
-    if storage_dtype(canonical) in HALF:
-        canonical.float()
+    canonical = canonical_copy(model, spec, registries)        # the steps align's prepare takes
     resolved = resolve_cached(spec, canonical, registries)
-    canonicalize(canonical, resolved)
     check_fits(saved, resolved.sites)
     state = {k: v.detach().clone() for k, v in canonical.state_dict().items()}
     digest = state_digest(state)

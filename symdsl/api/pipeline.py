@@ -71,6 +71,18 @@ def matcher_options(matcher: str, options: Mapping[str, Any], registries: Regist
     return check_options(registries.matchers.lookup(matcher), f"matcher '{matcher}'", options)
 
 
+def canonical_copy(model: torch.nn.Module, spec: Spec, registries: Registries, *, device=None) -> torch.nn.Module:
+    """A canonicalized copy of ``model`` under ``spec``, in float32 or better (a half-precision
+    model is copied in float32), on ``device`` if given; ``model`` itself is left as it is."""
+    model = copy.deepcopy(model).eval()
+    if storage_dtype(model) in HALF:
+        model.float()
+    if device is not None:
+        model.to(device)
+    canonicalize(model, resolve_cached(spec, model, registries))
+    return model
+
+
 def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *, device=None,
             registries: Registries | None = None) -> Prepared:
     """Copy and canonicalize every model (function-preserving) under one spec.
@@ -86,15 +98,7 @@ def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *
     if len(kinds) > 1:
         raise UsageError(f"models are of different classes: {sorted(kinds)}")
     spec = spec_for(spec, models[0], registries)
-    copies = []
-    for model in models:
-        model = copy.deepcopy(model).eval()
-        if storage_dtype(model) in HALF:
-            model.float()
-        if device is not None:
-            model.to(device)
-        canonicalize(model, resolve_cached(spec, model, registries))
-        copies.append(model)
+    copies = [canonical_copy(model, spec, registries, device=device) for model in models]
     resolved = resolve_cached(spec, copies[0], registries)
     shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in copies]
     for index, other in enumerate(shapes[1:], start=1):

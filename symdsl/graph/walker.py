@@ -106,26 +106,39 @@ class OpCall:
         raw = self._raw(index, None)[0]
         return raw.name if isinstance(raw, Ref) and self.graph.node(raw.name).op == "param" else None
 
+    def _source_chain(self, index: int) -> tuple[list, str] | None:
+        """The single-input nodes from argument ``index`` back to the one model parameter it is
+        computed from (nearest first), with that parameter's node name; None if there is none
+        within 8 steps or some node has several inputs."""
+        raw, chain = self._raw(index, None)[0], []
+        for _ in range(8):
+            if not isinstance(raw, Ref):
+                return None
+            node = self.graph.node(raw.name)
+            if node.op == "param":
+                return chain, node.name
+            refs = node.refs()
+            if len(refs) != 1:
+                return None
+            chain.append(node)
+            raw = refs[0]
+        return None
+
     def param_source(self, index: int) -> tuple[str, bool] | None:
         """``(param node, direct)`` when argument ``index`` is computed from one model parameter
         alone, through casts and arithmetic with numbers (``weight.float()``, ``1 + weight``);
         ``direct``: through casts only, so the operand *is* the parameter. None otherwise.
 
         The value of such an operand is constant whenever the parameter's is."""
-        raw, direct = self._raw(index, None)[0], True
-        for _ in range(8):
-            if not isinstance(raw, Ref):
-                return None
-            node = self.graph.node(raw.name)
-            if node.op == "param":
-                return node.name, direct
-            refs = node.refs()
-            if len(refs) != 1 or node.op not in SOURCE_OPS or (node.op not in PASS_THROUGH and not all(
+        found = self._source_chain(index)
+        if found is None:
+            return None
+        chain, param = found
+        for node in chain:
+            if node.op not in SOURCE_OPS or (node.op not in PASS_THROUGH and not all(
                     isinstance(a, (Ref, int, float)) for a in node.args[:2])):
                 return None
-            direct = direct and node.op in PASS_THROUGH
-            raw = refs[0]
-        return None
+        return param, all(node.op in PASS_THROUGH for node in chain)
 
     def gain_form(self, index: int) -> tuple[str, str] | None:
         """``(param node, form)`` when argument ``index`` is a stored gain: the parameter itself
@@ -133,22 +146,17 @@ class OpCall:
         offset form of Gemma's RMSNorm). None for any other arithmetic.
 
         These are the two forms ``fold_layernorm`` knows how to fold (its ``gain`` argument)."""
-        raw, form = self._raw(index, None)[0], "weight"
-        for _ in range(8):
-            if not isinstance(raw, Ref):
-                return None
-            node = self.graph.node(raw.name)
-            if node.op == "param":
-                return node.name, form
-            refs = node.refs()
-            if len(refs) != 1:
-                return None
-            numbers = [a for a in node.args[:2] if not isinstance(a, Ref)]
-            if node.op == "add" and form == "weight" and numbers == [1] and len(node.args) == 2:
-                form = "one_plus"
-            elif node.op not in PASS_THROUGH:
-                return None
-            raw = refs[0]
+        found = self._source_chain(index)
+        if found is None:
+            return None
+        chain, param = found
+        offsets = [node for node in chain if node.op not in PASS_THROUGH]
+        if not offsets:
+            return param, "weight"
+        node = offsets[0]
+        numbers = [a for a in node.args[:2] if not isinstance(a, Ref)]
+        if len(offsets) == 1 and node.op == "add" and numbers == [1] and len(node.args) == 2:
+            return param, "one_plus"
         return None
 
     # -- the semantic interface: what rules say about axes (implemented per analysis) ------
