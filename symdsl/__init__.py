@@ -17,8 +17,8 @@ from ._version import __version__
 # modules stay importable as usual (``from symdsl.check.static import static_check``).
 from . import check as _check_package, infer as _infer_package, merge as _merge_package  # noqa: F401
 from .api import (Alignment, BarrierReport, CheckReport, Merged, Registries, SymdslError, align, apply, barrier, check,
-                  find_spec, infer, load_dataset, load_model, load_spec, load_spec_text, merge)
+                  find_spec, infer, load_dataset, load_model, load_spec, load_spec_text, merge, undo_output_frame)
 
 __all__ = ["Alignment", "BarrierReport", "CheckReport", "Merged", "Registries", "SymdslError", "__version__", "align", "apply",
            "barrier", "check", "find_spec", "infer", "load_dataset", "load_model", "load_spec", "load_spec_text",
-           "merge"]
+           "merge", "undo_output_frame"]

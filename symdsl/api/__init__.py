@@ -17,6 +17,7 @@ from .alignment import Alignment
 from .barrier import BarrierReport, barrier
 from .check import CheckReport, check, infer
 from .merge import Merged, merge
+from .output_frame import OutputFrame, undo_output_frame
 
 
 def find_spec(name_or_path: str, registries: Registries | None = None, *, trust_code: bool = False) -> Spec:
@@ -30,4 +31,5 @@ def find_spec(name_or_path: str, registries: Registries | None = None, *, trust_
 
 
 __all__ = ["Alignment", "BarrierReport", "CheckReport", "Merged", "Registries", "SymdslError", "align", "apply", "barrier",
-           "check", "find_spec", "infer", "load_dataset", "load_model", "load_spec", "load_spec_text", "merge"]
+           "check", "find_spec", "infer", "load_dataset", "load_model", "load_spec", "load_spec_text", "merge",
+           "OutputFrame", "undo_output_frame"]

@@ -6,8 +6,9 @@ narrower B into A's configuration first.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -19,10 +20,12 @@ from ..models.save import check_savable, output_dtype
 from ..plugins import default_registries
 from ..registry import Registries
 from ..spec.cache import resolve_cached
+from ..spec.inputs import with_input_shapes
 from ..spec.load import Spec
 from ..width import needs_lift, wide_and_narrow
 from .alignment import Alignment
 from .compat import check_compatible, check_data_fits, check_finite
+from .output_frame import OutputFrame, held_sites, hold_sites, output_sites, returned_outputs, with_identities
 from .pipeline import dataset_for, match, matcher_options, prepare, spec_for
 from .verify import verify_spec
 from .widths import align_widths
@@ -41,7 +44,8 @@ def refuse_architecture_change(spec: Spec, model: torch.nn.Module, registries: R
 def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str | None = None,
           matcher: str = "weight", *, data=None, seed: int = 0, device=None, standard: bool = True,
           verify: bool = True, progress=None, out: str | Path | None = None, overwrite: bool = False,
-          dtype: str = "auto", registries: Registries | None = None, **options: Any) -> Alignment:
+          dtype: str = "auto", keep_output_frame: bool = False, inputs: Mapping[str, Sequence[int]] | None = None,
+          registries: Registries | None = None, **options: Any) -> Alignment:
     """Align ``model_b`` to ``model_a`` modulo the symmetries of their spec.
 
     ``spec``: a spec name, a ``.yaml`` path, a :class:`~symdsl.spec.Spec`, or None (the one
@@ -60,6 +64,13 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     (``auto``: B's own; ``float32``, ``bfloat16``, ``float16``). Computation runs in float32 or
     better whatever the inputs' dtype. ``options`` are checked against the matcher's declared
     options first (:func:`symdsl.api.pipeline.matcher_options`; ``symdsl plugins`` lists them).
+    ``inputs`` sets the shapes of the spec's example inputs the check runs on (``{"x": (1, 3, 32,
+    32)}``, as for :func:`symdsl.check`). Feature models (a backbone, an encoder without a head)
+    return outputs the spec declares equivariant: the aligned model returns them in A's frame,
+    ``act(g, B(x))``; ``output_frame`` holds those elements, ``notes`` says so and
+    :func:`symdsl.undo_output_frame` maps them back. ``keep_output_frame`` holds the sites acting
+    on them at the identity instead (:mod:`symdsl.api.output_frame`), so the aligned model returns
+    B's outputs: a drop-in replacement for B, at the price of leaving those sites unmatched.
 
     >>> import symdsl, torch
     >>> from symdsl.experiments.train import small_vit
@@ -77,7 +88,7 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     if out is not None:
         check_output(out, inputs=model_sources([model_a, model_b]), overwrite=overwrite)
         check_savable(model_b)             # the output is B's class: refused now, not after the matching
-    spec = spec_for(spec, model_a, registries)
+    spec = with_input_shapes(spec_for(spec, model_a, registries), inputs or {})
     check_compatible([model_a, model_b], spec, lift=needs_lift(model_a, model_b))
     check_finite([model_a, model_b])
     if data is not None:
@@ -91,6 +102,9 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
         if wide_and_narrow(model_a, model_b, spec, registries)[2]:
             raise UsageError("B is wider than A: the narrow model is lifted into the wide one's configuration and the "
                              "result lives in A's space, so A must be the wide model; swap A and B")
+        if keep_output_frame:
+            raise UsageError("keep_output_frame is not supported when B is narrower than A: the lifted B's outputs "
+                             "have A's width, not B's; align models of one width, or leave keep_output_frame out")
         width = align_widths(model_a, model_b, spec, matcher, data=data, seed=seed, device=device, progress=progress,
                              registries=registries, **options)
         alignment = Alignment(width.prepared, width.result, width.aligned, {"width_lift": width.lifted.to_record()},
@@ -98,9 +112,15 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
                                "there"], origin=origin)
     else:
         prepared = prepare([model_a, model_b], spec, device=device, registries=registries)
-        result = match(prepared, 1, matcher, data=data, seed=seed, progress=progress, registries=registries, **options)
+        returned = returned_outputs(spec, prepared.resolved, prepared.models[0])
+        # keep_output_frame: the matcher sees a spec without the sites acting on B's returned outputs
+        held = held_sites(prepared.resolved, output_sites(prepared.resolved, returned)) if keep_output_frame else []
+        seen = dataclasses.replace(prepared, resolved=hold_sites(prepared.resolved, held))
+        result = match(seen, 1, matcher, data=data, seed=seed, progress=progress, registries=registries, **options)
+        result.elements = with_identities(result.elements, prepared.resolved, held)
         aligned = act_state_dict(prepared.resolved, prepared.states[1], result.elements)
-        alignment = Alignment(prepared, result, aligned, original_b=model_b, origin=origin)
+        frame = OutputFrame.of(prepared.resolved, returned, result.elements, held)
+        alignment = Alignment(prepared, result, aligned, original_b=model_b, origin=origin, output_frame=frame)
     if options:
         alignment.info["options"] = dict(options)
     if out is not None:

@@ -16,6 +16,7 @@ from ..models.output import hide_records, staged_output
 from ..models.save import output_dtype, write_extras, write_model, write_provenance
 from ..spec import ResolvedSpec
 from ..spec.load import Spec
+from .output_frame import OutputFrame
 from .pipeline import Prepared
 from .transform_file import TRANSFORM_FILE, state_digest, transform_metadata
 
@@ -46,6 +47,13 @@ class Alignment:
     # A's and B's canonical digests when prepared.states does not hold them (symdsl apply: no A)
     a_digest: str | None = None
     b_digest: str | None = None
+    # the elements acting on the declared outputs B returns (None: not computed, e.g. after a width lift)
+    output_frame: OutputFrame | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.output_frame is not None:
+            self._notes.extend(self.output_frame.notes())
+            self.info["output_frame"] = self.output_frame.record()
 
     @property
     def spec(self) -> Spec:
@@ -99,7 +107,8 @@ class Alignment:
 
     def save(self, folder: str | Path, provenance: dict[str, Any] | None = None, *, overwrite: bool = False,
              dtype: str = "auto") -> Path:
-        """Write ``model`` as a standard checkpoint, ``transform.safetensors``, B's companion files
+        """Write ``model`` as a standard checkpoint, ``transform.safetensors`` (and
+        ``output_transform.safetensors`` when B's declared outputs come out moved), B's companion files
         (tokenizer, chat template, generation and preprocessor configs: :mod:`symdsl.models.companions`),
         a model card (``README.md``) and ``symdsl.json``.
 
@@ -118,6 +127,8 @@ class Alignment:
             hide_records(stage)
             elements = {k: v.detach().contiguous().cpu() for k, v in self.transform.items()}
             save_file(elements, str(stage / TRANSFORM_FILE), metadata=self.transform_metadata(elements))
+            if self.output_frame is not None and self.output_frame.moved:
+                self.output_frame.save(stage)        # B's features come out moved: how to undo it
             record.update(write_extras(stage, "align", self.model, record, self.origin, cast))
             write_provenance(stage, record)
         return Path(folder)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -34,14 +34,15 @@ class BarrierReport:
 
 def barrier(model_a: torch.nn.Module, model_b: torch.nn.Module, data, spec: Spec | str | None = None,
             matcher: str = "weight", *, points: int = 11, split: str = "test", max_batches: int | None = None,
-            seed: int = 0, device=None, verify: bool = True, progress=None, registries: Registries | None = None,
+            seed: int = 0, device=None, verify: bool = True, progress=None,
+            inputs: Mapping[str, Sequence[int]] | None = None, registries: Registries | None = None,
             **options: Any) -> BarrierReport:
     """Align B to A with ``matcher`` and measure the loss barrier of the vanilla and the aligned path on ``data``.
 
     Barrier (the paper's definition): max over the ``points`` grid of the loss of
     ``lam * A + (1 - lam) * B`` above the endpoints' straight line; ``barriers_mean`` holds the
     max-minus-mean-of-endpoints variant. Architecture-changing specs are allowed here; ``verify``
-    as in :func:`symdsl.align`.
+    and ``inputs`` as in :func:`symdsl.align`.
     """
     registries = registries or default_registries()
     options = matcher_options(matcher, options, registries)      # before the data is read
@@ -49,7 +50,7 @@ def barrier(model_a: torch.nn.Module, model_b: torch.nn.Module, data, spec: Spec
     if dataset is None:
         raise UsageError("a barrier is measured on data: pass data ('digits', 'text:PATH', a symdsl.data.Dataset ...)")
     alignment = align(model_a, model_b, spec, matcher, data=dataset, seed=seed, device=device, standard=False,
-                      verify=verify, progress=progress, registries=registries, **options)
+                      verify=verify, progress=progress, inputs=inputs, registries=registries, **options)
     prepared = alignment.prepared
     report = BarrierReport(alignment)
     for label, state_b in (("vanilla", prepared.states[1]), (f"{matcher} matching", alignment.aligned_b)):

@@ -9,7 +9,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -21,6 +21,7 @@ from ..models.save import check_savable
 from ..models.save import output_dtype
 from ..plugins import default_registries
 from ..registry import Registries
+from ..spec.inputs import with_input_shapes
 from ..spec.load import Spec
 from ..width import needs_lift
 from .align import align, model_sources, refuse_architecture_change
@@ -58,16 +59,16 @@ def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, mat
           weights: Sequence[float] | None = None, merger: str = "average", data=None, refine: bool = False,
           pairwise: bool = False, plot: str | Path | None = None, seed: int = 0, device=None,
           standard: bool = True, verify: bool = True, progress=None, out: str | Path | None = None,
-          overwrite: bool = False, dtype: str = "auto", registries: Registries | None = None,
-          **options: Any) -> Merged:
+          overwrite: bool = False, dtype: str = "auto", inputs: Mapping[str, Sequence[int]] | None = None,
+          registries: Registries | None = None, **options: Any) -> Merged:
     """Align ``models[1:]`` to ``models[0]`` and merge them with ``merger`` (default: weighted average).
 
     Three or more models use universe matching unless ``pairwise``; ``refine`` (or
     ``matcher="learned"``) trains the universe transforms on ``data``; ``plot`` (three models)
     writes the loss over the simplex as a PNG. ``options`` go to the matcher. ``verify``: as in
     :func:`symdsl.align` (the spec must pass its checks on the first model). The models must be one
-    architecture (:mod:`symdsl.api.compat`), checked before any work; ``out`` (a folder) and
-    ``overwrite`` as in :func:`symdsl.align`.
+    architecture (:mod:`symdsl.api.compat`), checked before any work; ``out`` (a folder),
+    ``overwrite`` and ``inputs`` (the example shapes the check runs on) as in :func:`symdsl.align`.
 
     >>> import symdsl, torch
     >>> nets = [torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)) for _ in range(2)]
@@ -88,7 +89,7 @@ def merge(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, mat
     if out is not None:
         check_output(out, inputs=model_sources(models), overwrite=overwrite)
         check_savable(models[0])           # the merge is written as the first model's class
-    spec = spec_for(spec, models[0], registries)
+    spec = with_input_shapes(spec_for(spec, models[0], registries), inputs or {})
     check_compatible(models, spec, lift=len(models) == 2 and needs_lift(*models))
     check_finite(models)
     if data is not None:

@@ -43,7 +43,10 @@ def fingerprint(spec: Spec, model: torch.nn.Module, registries: Registries) -> s
     """
     source = Path(spec.file).read_text() if spec.file and Path(spec.file).is_file() else spec.document.model_dump_json()
     shapes = sorted((name, tuple(t.shape)) for name, t in model.state_dict().items())
-    record = {"spec": source, "class": f"{type(model).__module__}.{type(model).__qualname__}",
+    example = spec.document.example
+    # the example inputs' shapes, which an override (inputs=, --inputs) changes without changing the file
+    inputs = {k: list(v.shape) for k, v in example.inputs.items()} if example is not None else {}
+    record = {"spec": source, "inputs": inputs, "class": f"{type(model).__module__}.{type(model).__qualname__}",
               "config": model_config(model), "timm": getattr(model, "symdsl_timm", None), "shapes": shapes,
               "plugins": list(registries.plugins), "symdsl": __version__}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()

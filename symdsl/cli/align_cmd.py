@@ -11,12 +11,14 @@ import yaml
 
 from ..api import align, barrier, merge
 from ..api.merge import check_weights, merge_options
+from ..api.output_frame import OUTPUT_TRANSFORM_FILE
 from ..api.pipeline import dataset_for, matcher_options
 from ..errors import UsageError
 from ..evaluate import plot_curves
 from ..models import load_model
 from ..models.output import check_output, check_output_file
 from ..models.save import check_savable
+from ..spec.inputs import SYNTAX, parse_input_shapes
 from .logs import get_logger
 from .progress import progress_bar
 from .text_data import add_text_options, text_options
@@ -40,6 +42,8 @@ def _common(p, *, data_required=False) -> None:
     p.add_argument("--trust-code", action="store_true",
                    help="let model folders name classes outside timm, transformers, torch.nn and registered loaders "
                         "(runs code named in their symdsl_model.json; see docs/security.md)")
+    p.add_argument("--inputs", action="append", default=[], metavar="NAME=SHAPE", help="shape of an example input "
+                   f"the spec's check runs on, instead of the one it derives from A's configuration: {SYNTAX}")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the spec's static and numeric checks on A (they run once per architecture and are "
                         "cached; a spec that fails them is refused)")
@@ -64,6 +68,9 @@ def add_parsers(sub) -> None:
     _common(a)
     a.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write aligned B into (new or empty)")
     a.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
+    a.add_argument("--keep-output-frame", action="store_true", help="feature models (backbones, encoders without "
+                   "a head): hold the sites acting on the returned features at the identity, so the aligned model "
+                   "returns B's features (a drop-in replacement for B; those sites are not matched)")
     _dtype(a)
     a.set_defaults(run=run_align)
 
@@ -153,13 +160,14 @@ def _check_output(args, refs) -> None:
 
 def _common_kwargs(args, bar) -> dict:
     return dict(data=_data(args), seed=args.seed, device=_device(args.device), registries=args.registries,
-                verify=args.verify,
+                verify=args.verify, inputs=parse_input_shapes(args.inputs),
                 progress=bar, **_options(args))
 
 
 def _check_matcher_options(args) -> None:
-    """Refuse an unknown matcher or a bad --option before any model is loaded."""
+    """Refuse an unknown matcher, a bad --option or --inputs before any model is loaded."""
     matcher_options(args.matcher, _options(args), args.registries)
+    parse_input_shapes(args.inputs)
 
 
 def run_align(args) -> int:
@@ -169,7 +177,8 @@ def run_align(args) -> int:
     check_savable(b)                       # before the matching, not after it
     start = time.perf_counter()
     with progress_bar(f"align ({args.matcher})") as bar:
-        alignment = align(a, b, args.spec, args.matcher, **_common_kwargs(args, bar))
+        alignment = align(a, b, args.spec, args.matcher, keep_output_frame=args.keep_output_frame,
+                          **_common_kwargs(args, bar))
     seconds = time.perf_counter() - start
     out = alignment.save(args.output, {"command": "align", "a": args.a, "b": args.b, "seconds": seconds,
                                        "command_line": _command_line(args)}, overwrite=args.overwrite, dtype=args.dtype)
@@ -177,7 +186,12 @@ def run_align(args) -> int:
         log.info("note: %s", note)
     print(f"aligned {args.b} to {args.a} with spec {alignment.spec.name}, matcher {args.matcher}: "
           f"{_objective_text(alignment.result)}{seconds:.1f} s")
-    print(f"wrote {out}/ (standard checkpoint, transform.safetensors, README.md, symdsl.json)")
+    frame = alignment.output_frame
+    for note in frame.notes() if frame is not None else []:     # on stdout too: B's features are not B's
+        print(f"output frame: {note}".replace("keep_output_frame=True (command line: --keep-output-frame)",
+                                              "--keep-output-frame"))
+    extra = f", {OUTPUT_TRANSFORM_FILE}" if frame is not None and frame.moved else ""
+    print(f"wrote {out}/ (standard checkpoint, transform.safetensors{extra}, README.md, symdsl.json)")
     return 0
 
 
@@ -198,6 +212,7 @@ def run_merge(args) -> int:
     merge_options(len(args.models), args.matcher, _options(args), refine=args.refine, pairwise=args.pairwise,
                   registries=args.registries)
     args.registries.mergers.lookup(args.merger)
+    parse_input_shapes(args.inputs)
     check_weights(args.weights, len(args.models))
     _check_output(args, args.models)
     if args.plot:

@@ -66,8 +66,10 @@ def with_input_shapes(spec: Spec, shapes: Mapping[str, Sequence[int]]) -> Spec:
     inputs = dict(declared)
     for name, shape in shapes.items():
         if name not in declared:
+            line, _ = spec.source.where(("example", "inputs"))
             raise UsageError(f"--inputs '{name}': spec '{spec.name}' has no example input '{name}'"
-                             f"{suggest(name, declared)}; its inputs: {', '.join(declared)}")
+                             f"{suggest(name, declared)}; its inputs: {', '.join(declared)} "
+                             f"({spec.file}:{line}: example.inputs)")
         item = declared[name]
         if len(shape) != len(item.shape):
             line, col = spec.source.where(("example", "inputs", name))
