@@ -148,6 +148,9 @@ def test_held_sites_are_refused_by_name_and_the_file_reads_back(tmp_path):
 
     loaded = load_model(str(tmp_path / "out")).double()
     assert worst(symdsl.undo_output_frame(outputs(loaded), tmp_path / "out"), outputs(b)) < 1e-10
+    again = symdsl.apply(tmp_path / "out", b, out=tmp_path / "applied")        # apply writes it as align does
+    assert again.output_frame.moved == ["resid", "pool"]
+    assert worst(OutputFrame.load(tmp_path / "applied").undo(outputs(again.model)), outputs(b)) < 1e-10
     with pytest.raises(UsageError, match="no output transform at"):
         OutputFrame.load(tmp_path)
     with pytest.raises(UsageError, match="format 'symdsl-transform' is not a symdsl output transform"):

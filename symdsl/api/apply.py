@@ -25,6 +25,7 @@ from ..spec.load import Spec
 from .align import model_sources
 from .alignment import Alignment
 from .compat import check_finite
+from .output_frame import OutputFrame, returned_outputs
 from .pipeline import Prepared, canonical_copy, spec_for
 from .transform_file import check_fits, load_transform, state_digest
 
@@ -70,7 +71,9 @@ def apply(transform: str | Path, model: torch.nn.Module, spec: Spec | str | None
     prepared = Prepared(spec, resolved, [copy.deepcopy(canonical), canonical], [state])
     alignment = Alignment(prepared, result, moved, {"same_b": saved.b_sha256 == digest if saved.b_sha256 else None},
                           original_b=model, origin=origin_of([model], layout=0),
-                          a_digest=saved.metadata.get("a_sha256"), b_digest=digest)
+                          a_digest=saved.metadata.get("a_sha256"), b_digest=digest,
+                          output_frame=OutputFrame.of(resolved, returned_outputs(spec, resolved, canonical),
+                                                      saved.elements))
     if out is not None:
         alignment.save(out, overwrite=overwrite, dtype=dtype)
     return alignment
