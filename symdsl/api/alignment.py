@@ -14,6 +14,7 @@ from ..match import MatchResult
 from ..models.origin import Origin
 from ..models.output import hide_records, staged_output
 from ..models.save import output_dtype, write_extras, write_model, write_provenance
+from ..models.shards import read_layout
 from ..spec import ResolvedSpec
 from ..spec.load import Spec
 from .pipeline import Prepared
@@ -114,7 +115,9 @@ class Alignment:
         cast = output_dtype(dtype, self.origin)
         record = {**self.record(), **(provenance or {})}
         with staged_output(folder, overwrite=overwrite, inputs=self.origin.sources) as stage:
-            write_model(self.model.cpu(), stage, cast)
+            shard_notes = write_model(self.model.cpu(), stage, cast, read_layout(self.origin.companion_folder))
+            self._notes.extend(note for note in shard_notes if note not in self._notes)
+            record["notes"] = self.notes
             hide_records(stage)
             elements = {k: v.detach().contiguous().cpu() for k, v in self.transform.items()}
             save_file(elements, str(stage / TRANSFORM_FILE), metadata=self.transform_metadata(elements))
