@@ -97,7 +97,8 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
                               ["B was narrower than A: lifted into A's configuration (same function), then matched "
                                "there"], origin=origin)
     else:
-        prepared = prepare([model_a, model_b], spec, device=device, registries=registries)
+        # without data no forward pass runs: the copies stay in the inputs' dtype (bounded memory)
+        prepared = prepare([model_a, model_b], spec, device=device, registries=registries, keep_dtype=data is None)
         result = match(prepared, 1, matcher, data=data, seed=seed, progress=progress, registries=registries, **options)
         aligned = act_state_dict(prepared.resolved, prepared.states[1], result.elements)
         alignment = Alignment(prepared, result, aligned, original_b=model_b, origin=origin)
