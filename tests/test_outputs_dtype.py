@@ -44,8 +44,10 @@ def test_align_casts_the_written_tensors_and_the_config_says_so(tmp_path, dtype)
 def test_auto_keeps_a_half_precision_input_s_dtype_while_matching_runs_in_float32(tmp_path):
     a, b = (load_model(str(half_folder(tmp_path / n, s))) for n, s in (("a", 0), ("b", 1)))
     alignment = symdsl.align(a, b, verify=False, max_iter=2)
-    assert alignment.prepared.states[1]["transformer.h.0.mlp.c_fc.weight"].dtype == torch.float32
-    assert next(alignment.model.parameters()).dtype == torch.float32
+    # weight-only work keeps the canonical copies in the input's dtype (bounded memory); the matcher
+    # and the action engine upcast one tensor at a time where they compute
+    assert alignment.prepared.states[1]["transformer.h.0.mlp.c_fc.weight"].dtype == torch.float16
+    assert next(alignment.model.parameters()).dtype == torch.float16
     alignment.save(tmp_path / "out")
     assert written(tmp_path / "out") == {torch.float16}
     assert next(b.parameters()).dtype == torch.float16          # the input is left as it was

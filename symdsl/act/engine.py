@@ -17,6 +17,7 @@ from ..spec.binding import BoundAxis, ResolvedSpec, SiteDef, TensorBinding
 from ..spec.views import map_parts
 
 Elements = Mapping[str, torch.Tensor]
+_HALF = (torch.float16, torch.bfloat16)     # storage dtypes the engine upcasts per tensor to compute in
 
 
 def _parent_dim(binding: TensorBinding, axis_index: int, part, site: SiteDef, n_factors: int) -> int:
@@ -82,7 +83,21 @@ def act_tensor(x: torch.Tensor, binding: TensorBinding, elements: Elements, site
 def act_state_dict(resolved: ResolvedSpec, state: Mapping[str, torch.Tensor], elements: Elements) -> dict[str, torch.Tensor]:
     """A new state dict with every bound tensor transformed; unbound tensors are passed through.
 
-    dtype and device of each tensor are preserved (elements are cast to them).
+    dtype and device of each tensor are preserved. A half-precision tensor (bfloat16, float16)
+    is transformed in float32 and rounded once into its dtype, one tensor at a time: a rotation
+    cast to bfloat16 and applied in bfloat16 would add rounding error in every product, and a
+    float32 copy of the whole state dict is what large checkpoints cannot afford.
+    Other tensors are transformed in their own dtype (elements are cast to it).
+
+    >>> from symdsl.plugins import load
+    >>> from symdsl.spec import load_spec_text, resolve
+    >>> spec = load_spec_text('symdsl: 1\\nname: t\\nsites: {h: {group: orthogonal, size: 2}}\\n'
+    ...                       'tensors: {weight: "h _", bias: h}\\n')
+    >>> r = resolve(spec, torch.nn.Linear(2, 2), registries=load())
+    >>> out = act_state_dict(r, {"weight": torch.eye(2, dtype=torch.bfloat16), "bias": torch.ones(2)},
+    ...                      {"h": torch.tensor([[0.6, -0.8], [0.8, 0.6]], dtype=torch.float64)})
+    >>> out["weight"].dtype, out["weight"].tolist()
+    (torch.bfloat16, [[0.6015625, -0.80078125], [0.80078125, 0.6015625]])
     """
     unknown = [s for s in elements if s not in resolved.sites]
     if unknown:
@@ -91,7 +106,12 @@ def act_state_dict(resolved: ResolvedSpec, state: Mapping[str, torch.Tensor], el
     with torch.no_grad():
         for name, tensor in state.items():
             binding = resolved.tensors.get(name)
-            out[name] = act_tensor(tensor, binding, elements, resolved.sites) if binding else tensor
+            if binding is None:
+                out[name] = tensor
+            elif tensor.dtype in _HALF:      # (shape of tensor) computed in float32, rounded once
+                out[name] = act_tensor(tensor.float(), binding, elements, resolved.sites).to(tensor.dtype)
+            else:
+                out[name] = act_tensor(tensor, binding, elements, resolved.sites)
     return out
 
 

@@ -111,7 +111,8 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
                               ["B was narrower than A: lifted into A's configuration (same function), then matched "
                                "there"], origin=origin)
     else:
-        prepared = prepare([model_a, model_b], spec, device=device, registries=registries)
+        # without data no forward pass runs: the copies stay in the inputs' dtype (bounded memory)
+        prepared = prepare([model_a, model_b], spec, device=device, registries=registries, keep_dtype=data is None)
         returned = returned_outputs(spec, prepared.resolved, prepared.models[0])
         # keep_output_frame: the matcher sees a spec without the sites acting on B's returned outputs
         held = held_sites(prepared.resolved, output_sites(prepared.resolved, returned)) if keep_output_frame else []

@@ -14,6 +14,7 @@ from ..match import MatchResult
 from ..models.origin import Origin
 from ..models.output import hide_records, staged_output
 from ..models.save import output_dtype, write_extras, write_model, write_provenance
+from ..models.shards import read_layout
 from ..spec import ResolvedSpec
 from ..spec.load import Spec
 from .output_frame import OutputFrame
@@ -79,6 +80,10 @@ class Alignment:
         """B aligned, as a model of B's class (built once, on first use)."""
         if self._model is None:
             model = self.prepared.models[1]
+            if self.b_digest is None and _aliases(self.prepared.states[1], model):
+                # the states are the model's own tensors (prepare(keep_dtype=True)): loading moves
+                # states[1] too, so the canonical digests the transform file records are taken first
+                self.a_digest, self.b_digest = (state_digest(s) for s in self.prepared.states[:2])
             model.load_state_dict(self.aligned_b)
             if self.original_b is not None:
                 context = RestoreContext(self.original_b, self.result.elements, self.resolved)
@@ -123,7 +128,9 @@ class Alignment:
         cast = output_dtype(dtype, self.origin)
         record = {**self.record(), **(provenance or {})}
         with staged_output(folder, overwrite=overwrite, inputs=self.origin.sources) as stage:
-            write_model(self.model.cpu(), stage, cast)
+            shard_notes = write_model(self.model.cpu(), stage, cast, read_layout(self.origin.companion_folder))
+            self._notes.extend(note for note in shard_notes if note not in self._notes)
+            record["notes"] = self.notes
             hide_records(stage)
             elements = {k: v.detach().contiguous().cpu() for k, v in self.transform.items()}
             save_file(elements, str(stage / TRANSFORM_FILE), metadata=self.transform_metadata(elements))
@@ -132,3 +139,9 @@ class Alignment:
             record.update(write_extras(stage, "align", self.model, record, self.origin, cast))
             write_provenance(stage, record)
         return Path(folder)
+
+
+def _aliases(state: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
+    """Does ``state`` hold ``model``'s own tensors (not copies)?"""
+    live = model.state_dict()
+    return any(k in live and v.data_ptr() == live[k].data_ptr() for k, v in state.items() if v.numel())

@@ -60,7 +60,7 @@ def apply(transform: str | Path, model: torch.nn.Module, spec: Spec | str | None
         check_savable(model)
     spec = spec_for(spec if spec is not None else saved.spec, model, registries)
     check_finite([model])
-    canonical = canonical_copy(model, spec, registries)        # the steps align's prepare takes
+    canonical = canonical_copy(model, spec, registries, keep_dtype=True)   # the steps align's prepare takes
     resolved = resolve_cached(spec, canonical, registries)
     check_fits(saved, resolved.sites)
     state = {k: v.detach().clone() for k, v in canonical.state_dict().items()}

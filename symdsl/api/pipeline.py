@@ -32,7 +32,11 @@ from ..spec.registry import find_spec, match_spec
 
 @dataclass
 class Prepared:
-    """Canonical copies of the models, their spec bound once, and their state dicts."""
+    """Canonical copies of the models, their spec bound once, and their state dicts.
+
+    The state dicts are copies of the models' tensors, or (``prepare(keep_dtype=True)``) the
+    models' tensors themselves: then loading weights into ``models[i]`` changes ``states[i]``.
+    """
 
     spec: Spec
     resolved: ResolvedSpec
@@ -71,11 +75,19 @@ def matcher_options(matcher: str, options: Mapping[str, Any], registries: Regist
     return check_options(registries.matchers.lookup(matcher), f"matcher '{matcher}'", options)
 
 
-def canonical_copy(model: torch.nn.Module, spec: Spec, registries: Registries, *, device=None) -> torch.nn.Module:
-    """A canonicalized copy of ``model`` under ``spec``, in float32 or better (a half-precision
-    model is copied in float32), on ``device`` if given; ``model`` itself is left as it is."""
+def canonical_copy(model: torch.nn.Module, spec: Spec, registries: Registries, *, device=None,
+                   keep_dtype: bool = False) -> torch.nn.Module:
+    """A canonicalized copy of ``model`` under ``spec``, on ``device`` if given; ``model`` itself is
+    left as it is.
+
+    A half-precision model is copied in float32, unless ``keep_dtype``: then the copy keeps the
+    storage dtype (a bfloat16 model stays bfloat16, half the memory of a float32 copy), which is
+    exact enough for weight-only work because every canonicalize step is elementwise (a gain
+    multiplied into a reader, a bias divided, a mean subtracted): computed in float and rounded
+    once into the tensor's dtype. Runs that evaluate the model on data need the float32 copy.
+    """
     model = copy.deepcopy(model).eval()
-    if storage_dtype(model) in HALF:
+    if not keep_dtype and storage_dtype(model) in HALF:
         model.float()
     if device is not None:
         model.to(device)
@@ -84,12 +96,15 @@ def canonical_copy(model: torch.nn.Module, spec: Spec, registries: Registries, *
 
 
 def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *, device=None,
-            registries: Registries | None = None) -> Prepared:
+            registries: Registries | None = None, keep_dtype: bool = False) -> Prepared:
     """Copy and canonicalize every model (function-preserving) under one spec.
 
-    Half-precision models (float16, bfloat16) are copied in float32: canonicalizing, matching and
-    transforming run in float32 or better, and outputs are cast back when they are written
-    (``dtype="auto"``: the input's dtype).
+    Half-precision models (float16, bfloat16) are copied in float32, unless ``keep_dtype``:
+    then copies and state dicts stay in the models' storage dtype (two bfloat16 models cost two
+    bfloat16 copies, not two float32 ones) and whoever computes upcasts one tensor at a time
+    (weight matching in float64, the action engine in float32: :func:`symdsl.act.act_state_dict`).
+    :func:`symdsl.align` and :func:`merge_models` keep the dtype when no data is given (no
+    forward pass runs). Outputs are cast when written (``dtype="auto"``: the input's dtype).
     """
     registries = registries or default_registries()
     if len(models) < 2:
@@ -98,7 +113,7 @@ def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *
     if len(kinds) > 1:
         raise UsageError(f"models are of different classes: {sorted(kinds)}")
     spec = spec_for(spec, models[0], registries)
-    copies = [canonical_copy(model, spec, registries, device=device) for model in models]
+    copies = [canonical_copy(model, spec, registries, device=device, keep_dtype=keep_dtype) for model in models]
     resolved = resolve_cached(spec, copies[0], registries)
     shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in copies]
     for index, other in enumerate(shapes[1:], start=1):
@@ -107,7 +122,8 @@ def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *
             bad = next(k for k in {**shapes[0], **other} if other.get(k) != shapes[0].get(k))
             raise UsageError(f"model {index} differs from model 0 at '{bad}': {other.get(bad)} vs {shapes[0][bad]}; "
                              "models of different widths need width-heterogeneous alignment")
-    states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in copies]
+    # keep_dtype (bounded memory): the states are the copies' own tensors, not a second copy of each model
+    states = [{k: v.detach() if keep_dtype else v.detach().clone() for k, v in m.state_dict().items()} for m in copies]
     return Prepared(spec, resolved, copies, states)
 
 
@@ -152,7 +168,7 @@ def merge_models(models: Sequence[torch.nn.Module], spec: Spec | str | None = No
     """Align every model to the first and merge them; returns a canonical model of the first's class."""
     registries = registries or default_registries()
     chosen = registries.mergers.lookup(merger)
-    prepared = prepare(models, spec, device=device, registries=registries)
+    prepared = prepare(models, spec, device=device, registries=registries, keep_dtype=options.get("data") is None)
     results, aligned = [], [prepared.states[0]]
     for index in range(1, len(models)):
         result = match(prepared, index, matcher, registries=registries, **options)

@@ -25,6 +25,7 @@ from .card import write_card
 from .companions import copy_companions
 from .origin import Origin, origin_of, storage_dtype
 from .output import hide_records, staged_output
+from .shards import ShardLayout, plan_shards, read_layout, write_shards
 
 MODEL_RECORD = "symdsl_model.json"
 PROVENANCE = "symdsl.json"
@@ -57,17 +58,29 @@ def is_transformers_model(model: torch.nn.Module) -> bool:
     return type(model).__module__.startswith("transformers.") and hasattr(model, "save_pretrained")
 
 
-def write_model(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None = None) -> None:
+def write_model(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None = None,
+                layout: ShardLayout | None = None) -> list[str]:
     """Write ``model``'s checkpoint files into an existing ``folder`` (no provenance, not atomic).
 
     ``dtype``: cast the written floating tensors (the model itself is left as it is).
+    ``layout``: a sharded input's layout to keep (:mod:`symdsl.models.shards`; transformers
+    models). Returns notes on where the output could not keep it.
     """
+    if is_transformers_model(model) and layout is not None:
+        state = model.state_dict()
+        plan, notes = plan_shards(state, layout)
+        if plan is not None:
+            write_shards(state, layout, plan, folder, dtype)
+            _write_configs(model, folder, dtype or layout.dtype or storage_dtype(model))
+            return notes
+        write_model(model, folder, dtype)        # the documented fallback: save_pretrained's own layout
+        return notes
     if dtype == storage_dtype(model) and all(p.dtype == dtype for p in model.parameters() if p.is_floating_point()):
         dtype = None
     if is_transformers_model(model):
         if dtype is None:
             model.save_pretrained(folder)
-            return
+            return []
         model.save_pretrained(folder, state_dict=_cast(model.state_dict(), dtype))
         before = model.config.dtype
         model.config.dtype = str(dtype).removeprefix("torch.")    # what the tensors are, for dtype="auto" loaders
@@ -75,7 +88,7 @@ def write_model(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None 
             model.config.save_pretrained(folder)
         finally:
             model.config.dtype = before
-        return
+        return []
     from safetensors.torch import save_file
 
     check_savable(model)
@@ -83,6 +96,22 @@ def write_model(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None 
     save_file(_unshared(state), str(folder / "model.safetensors"))
     record = _model_record(model)
     (folder / MODEL_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return []
+
+
+def _write_configs(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None) -> None:
+    """``config.json`` (saying the tensors' ``dtype``) and, for a generative model, ``generation_config.json``,
+    as ``save_pretrained`` writes them beside the weights."""
+    before = model.config.dtype
+    if dtype is not None:
+        model.config.dtype = str(dtype).removeprefix("torch.")
+    try:
+        model.config.save_pretrained(folder)
+    finally:
+        model.config.dtype = before
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and hasattr(model, "can_generate") and model.can_generate():
+        generation.save_pretrained(folder)
 
 
 def check_savable(model: torch.nn.Module) -> None:
@@ -169,10 +198,12 @@ def save_model(model: torch.nn.Module, folder: str | Path, provenance: dict[str,
     origin = origin if origin is not None else origin_of([model])
     cast = output_dtype(dtype, origin)
     with staged_output(folder, overwrite=overwrite, inputs=inputs) as stage:
-        write_model(model, stage, cast)
+        notes = write_model(model, stage, cast, read_layout(origin.companion_folder))
         hide_records(stage)
         if provenance is not None:
             extra = write_extras(stage, kind, model, provenance, origin, cast)
+            if notes:
+                extra["notes"] = [*provenance.get("notes", []), *notes]
             write_provenance(stage, {**provenance, **extra})
     return Path(folder)
 
