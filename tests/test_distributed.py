@@ -159,7 +159,7 @@ def _compare(one, two, *, barrier_tol, curve_tol):
 def test_torchrun_two_cpu_processes_give_the_one_process_barrier(pair, tmp_path):
     printed_one, one = _barrier(pair, tmp_path / "one.json", processes=1)
     printed_two, two = _barrier(pair, tmp_path / "two.json", processes=2)
-    b1, b2 = _compare(one, two, barrier_tol=0.01, curve_tol=1e-4)
+    b1, b2 = _compare(one, two, barrier_tol=0.01, curve_tol=1e-5)   # measured: 1e-7
     assert b1 < one["curves"]["vanilla"]["barrier"]["loss"] - 0.3     # the matching did real work
     assert two["curves"]["learned matching"]["info"]["processes"] == 2
     assert two["alignment"]["info"]["processes"] == 2

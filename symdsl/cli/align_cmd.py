@@ -226,13 +226,18 @@ def run_merge(args) -> int:
     universe = len(models) >= 3 and not args.pairwise
     if not universe and (args.refine or args.plot):
         raise UsageError("--refine and --plot apply to universe merges of three or more models")
+    _join(args)
+    if args.plot and distributed.active():   # the simplex surface is not sharded: every rank would write it
+        raise UsageError("--plot is not supported under torchrun; draw the plot from one process")
     start = time.perf_counter()
     label = ("universe" + (" + refinement" if args.refine or args.matcher == "learned" else "")) if universe \
         else args.matcher
-    with progress_bar(f"merge ({label})") as bar:
+    with _progress(f"merge ({label})") as bar:
         merged = merge(models, args.spec, args.matcher, weights=args.weights, merger=args.merger, refine=args.refine,
                        pairwise=args.pairwise, plot=args.plot, **_common_kwargs(args, bar))
     seconds = time.perf_counter() - start
+    if not distributed.is_main():          # rank 0 writes; every rank holds the same merged model
+        return 0
     out = merged.save(args.output, {"command": "merge", "models": args.models, "seconds": seconds,
                                     "command_line": _command_line(args)}, overwrite=args.overwrite, dtype=args.dtype)
     method = merged.record["method"].replace("universe", "universe matching").replace("pairwise", f"{args.matcher} "
