@@ -70,7 +70,11 @@ def init_from_env(device: torch.device | str | None = None) -> bool:
     cuda = torch.device(device).type == "cuda" if device is not None else False
     if cuda:
         # one GPU per process on each machine: the rank's local index picks it
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= count:
+            raise UsageError(f"process LOCAL_RANK={local} has no GPU of its own: this machine has {count}; "
+                             f"start at most {count} processes per machine (torchrun --nproc-per-node {count})")
+        torch.cuda.set_device(local)
     torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
     # leave the group at exit: NCCL warns (and may hang) when a process ends inside one
     atexit.register(_leave)

@@ -105,6 +105,27 @@ def test_autocast_runs_the_path_forward_in_bfloat16_and_the_loss_in_float32():
             pass
 
 
+def test_learned_matching_and_curves_take_the_autocast_option_on_cpu():
+    from symdsl.api.pipeline import match, prepare
+    from symdsl.evaluate import loss_curve
+    from symdsl.experiments.train import small_vit
+
+    digits = load_dataset("digits")
+    prepared = prepare([small_vit(digits, embed_dim=16, depth=1, num_heads=2, seed=s) for s in (0, 1)])
+    runs = {mode: match(prepared, 1, "learned", data=digits, steps=2, eval_every=1, autocast=mode)
+            for mode in (None, "bfloat16")}
+    assert runs["bfloat16"].info["autocast"] == "bfloat16" and runs["bfloat16"].info["processes"] == 1
+    full, low = runs[None].info["start_validation"], runs["bfloat16"].info["start_validation"]
+    assert full != low and abs(full - low) < 0.05
+    curves = {mode: loss_curve(prepared.models[0], *prepared.states, digits, points=2, max_batches=1, autocast=mode)
+              for mode in (None, "bfloat16")}
+    assert curves["bfloat16"].info["autocast"] == "bfloat16" and "autocast" not in curves[None].info
+    gap = max(abs(a - b) for a, b in zip(curves[None].loss, curves["bfloat16"].loss))
+    assert 0 < gap < 0.05
+    with pytest.raises(UsageError, match="autocast"):
+        match(prepared, 1, "learned", data=digits, steps=1, autocast="int8")
+
+
 # ----------------------------------------------------------------------------- torchrun, two processes
 
 

@@ -125,7 +125,7 @@ class LearnedMatching(Matcher):
         else:
             start_record = {"matcher": "given"}
         dtype = next(model.parameters()).dtype
-        device = device or next(model.parameters()).device
+        device = distributed.local_device(device) or next(model.parameters()).device
         missing = [s for s in resolved.sites if s not in start]
         if missing:
             raise UsageError(f"the starting transform has no element for site(s) {missing[:5]}")
