@@ -6,6 +6,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .. import distributed
 from ..errors import UsageError
 from ..evaluate import Barrier, Curve, barrier as barrier_of, loss_curve
 from ..plugins import default_registries
@@ -36,14 +37,21 @@ def barrier(model_a: torch.nn.Module, model_b: torch.nn.Module, data, spec: Spec
             matcher: str = "weight", *, points: int = 11, split: str = "test", max_batches: int | None = None,
             seed: int = 0, device=None, verify: bool = True, progress=None,
             inputs: Mapping[str, Sequence[int]] | None = None, registries: Registries | None = None,
-            **options: Any) -> BarrierReport:
+            autocast: str | None = None, **options: Any) -> BarrierReport:
     """Align B to A with ``matcher`` and measure the loss barrier of the vanilla and the aligned path on ``data``.
 
     Barrier (the paper's definition): max over the ``points`` grid of the loss of
     ``lam * A + (1 - lam) * B`` above the endpoints' straight line; ``barriers_mean`` holds the
     max-minus-mean-of-endpoints variant. Architecture-changing specs are allowed here; ``verify``
-    and ``inputs`` as in :func:`symdsl.align`.
+    and ``inputs`` as in :func:`symdsl.align`. ``autocast`` ("bfloat16", "float16") evaluates the curves with
+    the forward passes in that dtype (learned matching takes its own ``autocast`` option).
+
+    Under ``torchrun`` (``symdsl.distributed``) every process calls this with the same arguments:
+    learned matching trains data-parallel and each curve point is evaluated on shards of the
+    split, its sums reduced over the processes; every process returns the same report.
     """
+    distributed.init_from_env(device)
+    device = distributed.local_device(device)
     registries = registries or default_registries()
     options = matcher_options(matcher, options, registries)      # before the data is read
     dataset = dataset_for(data, registries)
@@ -56,7 +64,7 @@ def barrier(model_a: torch.nn.Module, model_b: torch.nn.Module, data, spec: Spec
     for label, state_b in (("vanilla", prepared.states[1]), (f"{matcher} matching", alignment.aligned_b)):
         step = (lambda done, total, label=label: progress(f"curve: {label}", done, total)) if progress else None
         curve = loss_curve(prepared.models[0], prepared.states[0], state_b, dataset, points=points, split=split,
-                           max_batches=max_batches, progress=step)
+                           max_batches=max_batches, progress=step, autocast=autocast)
         report.curves[label] = curve
         report.barriers[label] = barrier_of(curve)
         report.barriers_mean[label] = barrier_of(curve, definition="mean")

@@ -2,6 +2,7 @@
 :func:`symdsl.align`, :func:`symdsl.merge` and :func:`symdsl.barrier`."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import distributed
 from ..api import align, barrier, merge
 from ..api.merge import check_weights, merge_options
 from ..api.output_frame import OUTPUT_TRANSFORM_FILE
@@ -105,6 +107,9 @@ def add_parsers(sub) -> None:
     b.add_argument("--max-batches", type=int, default=None, help="evaluate only the first N batches of the split")
     b.add_argument("--json", metavar="FILE", help="write curves and barriers as JSON")
     b.add_argument("--plot", metavar="FILE", help="write the curves as a plot: PNG, PDF or SVG by FILE's extension")
+    b.add_argument("--autocast", choices=["bfloat16", "float16"], default=None,
+                   help="evaluate the curves with the forward passes in this dtype (torch.autocast; learned matching "
+                        "takes its own: --option autocast=bfloat16)")
     b.set_defaults(run=run_barrier)
 
 
@@ -130,7 +135,18 @@ def _device(name):
         raise UsageError(f"--device '{name}' is not a device; give cpu, cuda or cuda:N") from None
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda given but no CUDA device is available")
-    return name
+    return distributed.local_device(name)   # under torchrun, cuda is the rank's own GPU
+
+
+def _join(args) -> None:
+    """Join torchrun's process group when started by it (nothing on one process): learned matching and
+    barrier curves then run data-parallel, and only rank 0 prints and writes."""
+    distributed.init_from_env(_device(args.device))
+
+
+def _progress(label: str):
+    """The progress bar on rank 0; no progress on the other ranks of a torchrun job."""
+    return progress_bar(label) if distributed.is_main() else contextlib.nullcontext()
 
 
 def _options(args) -> dict:
@@ -175,11 +191,14 @@ def run_align(args) -> int:
     _check_output(args, [args.a, args.b])
     a, b = _load(args, args.a), _load(args, args.b)
     check_savable(b)                       # before the matching, not after it
+    _join(args)
     start = time.perf_counter()
-    with progress_bar(f"align ({args.matcher})") as bar:
+    with _progress(f"align ({args.matcher})") as bar:
         alignment = align(a, b, args.spec, args.matcher, keep_output_frame=args.keep_output_frame,
                           **_common_kwargs(args, bar))
     seconds = time.perf_counter() - start
+    if not distributed.is_main():          # rank 0 writes; every rank holds the same transform
+        return 0
     out = alignment.save(args.output, {"command": "align", "a": args.a, "b": args.b, "seconds": seconds,
                                        "command_line": _command_line(args)}, overwrite=args.overwrite, dtype=args.dtype)
     for note in alignment.notes:          # known once the model is built (it is, to be saved)
@@ -222,13 +241,18 @@ def run_merge(args) -> int:
     universe = len(models) >= 3 and not args.pairwise
     if not universe and (args.refine or args.plot):
         raise UsageError("--refine and --plot apply to universe merges of three or more models")
+    _join(args)
+    if args.plot and distributed.active():   # the simplex surface is not sharded: every rank would write it
+        raise UsageError("--plot is not supported under torchrun; draw the plot from one process")
     start = time.perf_counter()
     label = ("universe" + (" + refinement" if args.refine or args.matcher == "learned" else "")) if universe \
         else args.matcher
-    with progress_bar(f"merge ({label})") as bar:
+    with _progress(f"merge ({label})") as bar:
         merged = merge(models, args.spec, args.matcher, weights=args.weights, merger=args.merger, refine=args.refine,
                        pairwise=args.pairwise, plot=args.plot, **_common_kwargs(args, bar))
     seconds = time.perf_counter() - start
+    if not distributed.is_main():          # rank 0 writes; every rank holds the same merged model
+        return 0
     out = merged.save(args.output, {"command": "merge", "models": args.models, "seconds": seconds,
                                     "command_line": _command_line(args)}, overwrite=args.overwrite, dtype=args.dtype)
     method = merged.record["method"].replace("universe", "universe matching").replace("pairwise", f"{args.matcher} "
@@ -251,11 +275,14 @@ def run_barrier(args) -> int:
         if file:
             check_output_file(file, inputs=inputs, option=option)
     a, b = _load(args, args.a), _load(args, args.b)
-    with progress_bar(f"barrier ({args.matcher})") as bar:
+    _join(args)
+    with _progress(f"barrier ({args.matcher})") as bar:
         kwargs = _common_kwargs(args, bar)
         dataset = kwargs.pop("data")
         report = barrier(a, b, dataset, args.spec, args.matcher, points=args.points, split=args.split,
-                         max_batches=args.max_batches, **kwargs)
+                         max_batches=args.max_batches, autocast=args.autocast, **kwargs)
+    if not distributed.is_main():          # rank 0 prints and writes; every rank holds the same curves
+        return 0
     spec = report.alignment.spec.name
     record = {"a": args.a, "b": args.b, "spec": spec, "data": dataset.name, "matcher": args.matcher,
               **report.alignment.info, **report.record()}

@@ -1,6 +1,7 @@
 """Loss and accuracy along the linear path between two models, as a JSON-serialisable ``Curve``."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -8,10 +9,12 @@ from typing import Any, Callable
 
 import torch
 
-from ..data import Dataset, load_dataset
+from .. import distributed
+from ..data import Dataset, Split, load_dataset
 from ..errors import UsageError
+from .forward import autocast as autocast_context
 from .interpolate import State, interpolate
-from .metrics import evaluate
+from .metrics import default_batch_size, evaluate, model_device
 
 CURVE_FORMAT = "symdsl.curve/1"
 
@@ -79,13 +82,17 @@ class Curve:
 def loss_curve(model: torch.nn.Module, state_a: State, state_b: State, dataset: Dataset | str, *,
                points: int = 11, split: str = "test", batch_size: int | None = None,
                device: torch.device | str | None = None, max_batches: int | None = None,
-               progress: Callable[[int, int], None] | None = None) -> Curve:
+               progress: Callable[[int, int], None] | None = None, autocast: str | None = None) -> Curve:
     """Evaluate ``lam * A + (1 - lam) * B`` for ``lam`` in ``linspace(0, 1, points)``.
 
     Each interpolated state is loaded into ``model`` (same architecture as A and B) with
     ``load_state_dict``, so the model is never copied; its own weights are restored at the end.
     An endpoint may be ``model.state_dict()`` itself: tensors that alias the model are copied once.
     ``progress(done, points)`` is called after each point; other options go to :func:`evaluate`.
+    ``autocast`` ("bfloat16", "float16") runs the forward passes in that dtype (``torch.autocast``).
+    Under ``torchrun`` each rank evaluates its contiguous share of the (``max_batches``-limited)
+    split and the sums are reduced over ranks: every rank gets the whole curve; only rank 0
+    reports ``progress``.
 
     >>> import torch
     >>> from symdsl.data import load_dataset
@@ -108,15 +115,50 @@ def loss_curve(model: torch.nn.Module, state_a: State, state_b: State, dataset: 
     try:
         for done, lam in enumerate(lambdas, start=1):
             model.load_state_dict(interpolate(state_a, state_b, lam))
-            metrics = evaluate(model, dataset, split, batch_size=batch_size, device=device, max_batches=max_batches)
+            metrics = _evaluate(model, dataset, split, batch_size=batch_size, device=device, max_batches=max_batches,
+                                autocast=autocast)
             loss.append(metrics["loss"])
             accuracy.append(metrics["accuracy"])
-            if progress is not None:
+            if progress is not None and distributed.is_main():
                 progress(done, points)
     finally:
         model.load_state_dict(original)
-    return Curve(lambdas, loss, accuracy, split=split, dataset=dataset.name,
-                 info={"points": points, "max_batches": max_batches})
+    info = {"points": points, "max_batches": max_batches}
+    if autocast is not None:
+        info["autocast"] = autocast
+    if distributed.world_size() > 1:
+        info["processes"] = distributed.world_size()
+    return Curve(lambdas, loss, accuracy, split=split, dataset=dataset.name, info=info)
+
+
+def _evaluate(model, dataset: Dataset, split: str, *, batch_size, device, max_batches, autocast) -> dict[str, float]:
+    """:func:`evaluate` on one process; on several, each rank's share reduced into the whole split's metrics."""
+    if device is not None:
+        model.to(device)
+    with autocast_context(model_device(model), autocast):
+        if not distributed.active():
+            return evaluate(model, dataset, split, batch_size=batch_size, max_batches=max_batches)
+        share = _rank_share(dataset, split, batch_size, max_batches)
+        n = share.split(split).targets.numel()   # loss terms: examples, or tokens for language models
+        local = evaluate(model, share, split, batch_size=batch_size) if len(share.split(split)) else \
+            {"loss": 0.0, "accuracy": 0.0}
+    loss_sum, correct, count = distributed.reduce_sums([local["loss"] * n, local["accuracy"] * n, n])
+    return {"loss": loss_sum / count, "accuracy": correct / count}
+
+
+def _rank_share(dataset: Dataset, split: str, batch_size: int | None, max_batches: int | None) -> Dataset:
+    """``dataset`` with ``split`` cut to this rank's contiguous share of the examples one process would
+    evaluate (the first ``max_batches`` batches of ``batch_size``, or all of them)."""
+    part = dataset.split(split)
+    limit = len(part)
+    if max_batches is not None:
+        if max_batches < 1:
+            raise UsageError(f"max_batches must be at least 1, not {max_batches}")
+        limit = min(limit, max_batches * (batch_size or default_batch_size(dataset)))
+    if limit == 0:
+        raise UsageError(f"the {split} split of '{dataset.name}' is empty")
+    start, stop = distributed.bounds(limit)
+    return dataclasses.replace(dataset, **{split: Split(part.inputs[start:stop], part.targets[start:stop])})
 
 
 def _unaliased(model: torch.nn.Module, state: State) -> State:

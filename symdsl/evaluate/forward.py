@@ -1,6 +1,7 @@
 """Run a model on a batch the way its task expects, and get logits out of whatever it returns."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -67,4 +68,30 @@ def batch_loss(model: torch.nn.Module, task: str, inputs: torch.Tensor, targets:
     1.6094379425048828
     """
     logits = model_logits(model, task, inputs)
+    # a bfloat16/float16 forward (autocast) still gets its loss in float32 or better
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast(device: torch.device | str | None, dtype: str | None):
+    """A ``torch.autocast`` context running the forward pass in ``dtype`` ("bfloat16" or
+    "float16") on ``device``'s type; a no-op context for ``None``. The parameters stay in their
+    own dtype (the group parameters' gradients too); losses are read in float32.
+
+    >>> with autocast("cpu", "bfloat16"):
+    ...     torch.nn.Linear(2, 2)(torch.ones(1, 2)).dtype
+    torch.bfloat16
+    >>> with autocast("cpu", None):
+    ...     torch.nn.Linear(2, 2)(torch.ones(1, 2)).dtype
+    torch.float32
+    """
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype not in AUTOCAST_DTYPES:
+        raise UsageError(f"autocast dtype '{dtype}' is not one of {sorted(AUTOCAST_DTYPES)}; "
+                         "give bfloat16 (or float16 on CUDA), or leave it out for full precision")
+    kind = torch.device(device).type if device is not None else "cpu"
+    return torch.autocast(device_type=kind, dtype=AUTOCAST_DTYPES[dtype])

@@ -5,6 +5,10 @@ The loop behind learned matching (two models, lambda ~ U(0.1, 0.9)) and universe
 objective* (the barrier on the validation batches, over the sampler's fixed validation points:
 :func:`validation_objective`) is measured; the best transforms seen, the starting point
 included, are returned.
+Under ``torchrun`` (:mod:`symdsl.distributed`) every rank draws the same weights and batches,
+trains on its own shard of each batch and sums the group parameters' gradients with the others;
+validation losses are summed over ranks, so every rank takes the same steps and keeps the same
+transforms (rank 0's are broadcast at the end all the same).
 So the result is never worse than its start on that objective, and training stops early once
 it has not improved for ``patience`` evaluations.
 """
@@ -16,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from .. import distributed
 from ..data import Dataset
 from .schedule import lr_multiplier
 from .objective import PathLoss
@@ -54,10 +59,14 @@ def validation_objective(path: PathLoss, params: Sequence[Params | None], sample
     pairs = _pairs(params)
 
     def mean_loss(weights) -> float:
+        # sums over this rank's batches (its shards, in a job of several processes), reduced over the
+        # ranks and divided once: the mean over every example the job holds
         total, count = 0.0, 0
         for inputs, targets in batches:
-            total += float(path.loss(weights, pairs, inputs, targets)) * targets.numel()
-            count += targets.numel()
+            if targets.numel():
+                total += float(path.loss(weights, pairs, inputs, targets)) * targets.numel()
+                count += targets.numel()
+        total, count = distributed.reduce_sums([total, count])
         return total / max(count, 1)
 
     with torch.no_grad():
@@ -78,7 +87,11 @@ def learn_transforms(path: PathLoss, params: Sequence[Params | None], sampler, d
     ``schedule`` (``"cosine"`` to zero, or ``"constant"``) scales ``lr`` over ``steps``.
     ``data``'s ``train`` split feeds the steps and its ``test`` split is the validation split
     (use :func:`symdsl.data.holdout.with_validation` so the real test split is never seen).
+    In a job of several processes each rank trains and validates on its shard of every batch
+    (``batch_size`` is the whole job's batch); only rank 0 reports ``progress``.
     """
+    if not distributed.is_main():
+        progress = None
     groups: dict[float, list] = {}
     for p in params:
         for q in (p or {}).values():
@@ -86,8 +99,9 @@ def learn_transforms(path: PathLoss, params: Sequence[Params | None], sampler, d
     trainable = [{"params": ts, "lr": lr * scale} for scale, ts in groups.items() if ts]
     generator = torch.Generator().manual_seed(seed)
     cast = (lambda x: x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device=device))
-    val = [(cast(x), y.to(device)) for i, (x, y) in enumerate(data.batches("test", batch_size))
-           if i < validation_batches]
+    val = [(distributed.shard(cast(x)), distributed.shard(y.to(device)))
+           for i, (x, y) in enumerate(data.batches("test", batch_size)) if i < validation_batches]
+    weights_of = [t for group in trainable for t in group["params"]]
     start = time.perf_counter()
     best_value = validation_objective(path, params, sampler, val)
     best = _elements(params)
@@ -99,18 +113,25 @@ def learn_transforms(path: PathLoss, params: Sequence[Params | None], sampler, d
     since_best, recent, step, stopped = 0, [], 0, "steps"
     stream = _endless(data, batch_size, seed)
     while step < steps:
-        inputs, targets = next(stream)
-        inputs, targets = cast(inputs), targets.to(device)
+        inputs, whole = next(stream)
+        # this rank's rows; the same batch and weights are drawn on every rank
+        inputs, targets = distributed.shard(cast(inputs)), distributed.shard(whole.to(device))
         weights = sampler.draw(generator)
-        loss = path.loss(weights, _pairs(params), inputs, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        local = 0.0
+        if targets.numel():      # a batch smaller than the job leaves some ranks without rows
+            loss = path.loss(weights, _pairs(params), inputs, targets)
+            # weighted by the shard's share: the ranks' gradients sum to the whole batch's mean gradient
+            (loss * distributed.share(whole, targets)).backward()
+            local = float(loss.detach()) * targets.numel()
+        distributed.all_reduce_gradients(weights_of)
+        total, count = distributed.reduce_sums([local, targets.numel()])
         optimizer.step()
         scheduler.step()
         for p in params:
             for q in (p or {}).values():
                 q.project()
-        recent.append(float(loss.detach()))
+        recent.append(total / max(count, 1))
         step += 1
         report(progress, "learned matching", step, steps, loss=sum(recent) / len(recent), best_validation=best_value)
         if step % eval_every == 0 or step == steps:
@@ -124,6 +145,9 @@ def learn_transforms(path: PathLoss, params: Sequence[Params | None], sampler, d
                 if since_best >= patience:
                     stopped = "early stop"
                     break
+    # every rank holds the same elements already (same gradients, same decisions); rank 0's are
+    # taken so that float differences between devices cannot leave the ranks with different transforms
+    best = [None if b is None else distributed.broadcast_tensors(b) for b in best]
     # the true total (early stopping ends before ``steps``), with the value kept
     report(progress, "learned matching", step, step, best_validation=best_value)
     info = {"steps": step, "stopped": stopped, "seconds": time.perf_counter() - start,

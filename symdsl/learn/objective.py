@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..evaluate.forward import batch_loss
+from ..evaluate.forward import autocast as autocast_context, batch_loss
 from ..spec.binding import ResolvedSpec
 from .dense_action import Pair, act_dense, dense_sites
 
@@ -47,8 +47,10 @@ class PathLoss:
     """Loss of sum_i w_i act(g_i, theta_i) on a batch; endpoints are detached copies of ``states``."""
 
     def __init__(self, model: torch.nn.Module, resolved: ResolvedSpec, states: Sequence[Mapping[str, torch.Tensor]],
-                 task: str):
-        self.model, self.resolved, self.task = model, resolved, task
+                 task: str, *, autocast: str | None = None):
+        # autocast ("bfloat16", "float16"): the model's forward in that dtype; the combination of the
+        # moved endpoints (the group action) stays in the states' own precision
+        self.model, self.resolved, self.task, self.autocast = model, resolved, task, autocast
         self.states = [{k: v.detach() for k, v in s.items()} for s in states]
         self.sites = dense_sites(resolved)
         self.bound = [name for name in self.states[0] if name in resolved.tensors]
@@ -67,4 +69,6 @@ class PathLoss:
 
     def loss(self, weights, pairs, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the combined model on one batch (differentiable)."""
-        return batch_loss(_Functional(self.model, self.combine(weights, pairs)), self.task, inputs, targets)
+        state = self.combine(weights, pairs)
+        with autocast_context(inputs.device, self.autocast):
+            return batch_loss(_Functional(self.model, state), self.task, inputs, targets)

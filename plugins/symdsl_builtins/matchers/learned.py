@@ -15,6 +15,12 @@ permutations only the paper's range stays the default: there it did better (0.50
 
 With ``permutations_only`` every orthogonal site is learned as a permutation and invertible
 sites stay at the identity: the paper's "learned matching, permutations only" baseline.
+
+Under ``torchrun`` (several CPU processes with gloo, several GPUs or machines with NCCL) the
+training is data-parallel (:mod:`symdsl.distributed`): each rank takes its shard of every batch,
+the group parameters' gradients are summed over ranks, and every rank ends with rank 0's
+transform. ``autocast=bfloat16`` runs the model's forward passes (training and validation) in
+bfloat16 through ``torch.autocast``; the group action and the parameters stay in float32.
 """
 from __future__ import annotations
 
@@ -53,6 +59,8 @@ class LearnedOptions(PluginOptions):
     init: dict[str, Any] | None = Field(None, description="options of the weight-matching start")
     freeze: tuple[str, ...] = Field((), description="sites kept at their starting element")
     device: Device = Field(None, description="where to train (default: the model's device)")
+    autocast: Literal["bfloat16", "float16"] | None = Field(None, description="run the forward passes in this "
+                                                            "dtype (torch.autocast; none: the model's own)")
     start: Annotated[Any, shown_as("site -> element mapping")] = Field(None, description="the starting transform "
                                                                         "instead of weight matching")
 
@@ -90,6 +98,7 @@ class LearnedMatching(Matcher):
 
     def match(self, resolved, state_a, state_b, *, seed: int = 0, progress=None, model=None, dataset=None,
               registries=None, **options) -> MatchResult:
+        from symdsl import distributed
         from symdsl.data.holdout import with_validation
         from symdsl.learn.loop import learn_transforms
         from symdsl.learn.objective import PathLoss
@@ -102,6 +111,8 @@ class LearnedMatching(Matcher):
                                                           parsed.freeze, parsed.device)
         if model is None or dataset is None:
             raise UsageError("learned matching trains on data: pass --data (Python: model= and dataset=)")
+        # torchrun's processes (if any) join here: each then trains on its shard of every batch
+        distributed.init_from_env(device or next(model.parameters()).device)
         if settings["lam"] is None:   # the paper's range for its permutation baseline; the whole path otherwise
             settings["lam"] = "uniform:0.4,0.6" if permutations_only else "uniform:0.1,0.9"
         if start is None:
@@ -109,11 +120,12 @@ class LearnedMatching(Matcher):
                                                   permutations_only=permutations_only,
                                                   progress=renamed(progress, "learned matching: weight-matching start"),
                                                   **(init or {}))
-            start, start_record = initial.elements, initial.to_record()
+            # every rank matches the same weights; rank 0's result is taken so that all start alike
+            start, start_record = distributed.broadcast_tensors(initial.elements), initial.to_record()
         else:
             start_record = {"matcher": "given"}
         dtype = next(model.parameters()).dtype
-        device = device or next(model.parameters()).device
+        device = distributed.local_device(device) or next(model.parameters()).device
         missing = [s for s in resolved.sites if s not in start]
         if missing:
             raise UsageError(f"the starting transform has no element for site(s) {missing[:5]}")
@@ -129,7 +141,7 @@ class LearnedMatching(Matcher):
             if p.straight_through:
                 p.lr_scale = multiplier
         states = [{k: v.to(device) for k, v in s.items()} for s in (state_a, state_b)]
-        path = PathLoss(model, resolved, states, dataset.task)
+        path = PathLoss(model, resolved, states, dataset.task, autocast=settings["autocast"])
         fit_data = with_validation(dataset, settings["validation"])
         steps = int(settings["steps"])
         if settings["epochs"] is not None:   # passes over the (held-out-reduced) train split
@@ -143,7 +155,8 @@ class LearnedMatching(Matcher):
         learned = result.elements[1]
         elements = {name: _native(learned[name]) for name in resolved.sites}
         info = {**result.info, "history": result.history, "permutations_only": permutations_only,
-                "lam": settings["lam"], "start": start_record, "learned_sites": trained_sites(params),
+                "lam": settings["lam"], "autocast": settings["autocast"], "processes": distributed.world_size(),
+                "start": start_record, "learned_sites": trained_sites(params),
                 # the objective list is every validation; the transform kept is the best of them
                 "kept_objective": result.info["best_validation"],
                 "objective_means": "validation loss barrier: the most the loss along the path from B to A rises above "
