@@ -22,9 +22,10 @@ import torch
 
 from .errors import UsageError
 
-# Elements (of the tensors a matcher works on) below which one thread is used. A GPT-2 of
-# 4 layers x 256 (16M parameters, most in the 50257 x 256 embedding) matched faster on one
-# thread than on two idle cores; GPT-2 small (124M) gains from two (benchmarks/RESULTS.md).
+# Elements (of the tensors a matcher works on) below which one thread is used. Chosen, not
+# tuned: GPT-2 up to 4 layers x 256 (16M parameters, mostly the 50257 x 256 embedding) matches
+# in a few seconds on one thread, where a second thread can only lose on a shared CPU; GPT-2
+# small (124M) spends most of its time in large BLAS calls that two idle cores speed up.
 SMALL_WORK = 32_000_000
 
 _command_threads: int | None = None
