@@ -8,6 +8,7 @@ import shlex
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from .. import distributed
@@ -21,6 +22,7 @@ from ..models import load_model
 from ..models.output import check_output, check_output_file
 from ..models.save import check_savable
 from ..spec.inputs import SYNTAX, parse_input_shapes
+from ..threads import set_command_threads
 from .logs import get_logger
 from .progress import progress_bar
 from .text_data import add_text_options, text_options
@@ -39,6 +41,9 @@ def _common(p, *, data_required=False) -> None:
                    help="evaluation/activation data: digits, stdlib-text, text:PATH (see docs)")
     add_text_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads for the whole command (default: OMP_NUM_THREADS if set, else weight "
+                        "matching picks 1 for small models and the idle cores for large ones)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the matcher (learned matching's batches and sampled points; default 0)")
     p.add_argument("--trust-code", action="store_true",
@@ -175,6 +180,9 @@ def _check_output(args, refs) -> None:
 
 
 def _common_kwargs(args, bar) -> dict:
+    if args.threads is not None:       # the whole command, matching included (the matcher's own choice yields)
+        set_command_threads(args.threads)
+        torch.set_num_threads(args.threads)
     return dict(data=_data(args), seed=args.seed, device=_device(args.device), registries=args.registries,
                 verify=args.verify, inputs=parse_input_shapes(args.inputs),
                 progress=bar, **_options(args))

@@ -21,7 +21,7 @@ from ..paths import cache_root
 from ..evaluate import barrier, loss_curve, plot_curves
 from ..models import load_model, save_model
 from ..api.pipeline import match, prepare
-from .train.loop import torch_threads
+from ..threads import torch_threads
 
 RECIPES = {
     "vit": {"data": "digits", "label": "ViT (2 layers, 64 wide, 4 heads) on sklearn digits"},

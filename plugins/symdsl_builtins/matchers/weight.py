@@ -46,6 +46,7 @@ from symdsl.match.refine import refine_lbfgs
 from symdsl.match.solvers import Gram, gram_gradient, gram_objective, least_squares_candidates
 from symdsl.match.unfold import unfold
 from symdsl.options import Device, PluginOptions, shown_as
+from symdsl.threads import choose_threads, torch_threads
 
 from .weight_nested import assign_nested, child_scores, nested_child
 from .weight_problem import F64, Problem
@@ -69,6 +70,9 @@ class WeightOptions(PluginOptions):
     precision: Literal["mixed", "float64"] = Field("mixed", description="dtype of the correlations that feed "
                                                    "assignments (float32 when mixed)")
     device: Device = Field(None, description="where to match (default: the state dicts' device)")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads while matching (default: "
+                                "--threads, else OMP_NUM_THREADS, else 1 for small models and the idle cores "
+                                "for large ones)")
     profile: Annotated[Any, shown_as("timer")] = Field(None, description="a timer with phase(name) (benchmarks)")
 
 
@@ -82,6 +86,20 @@ class WeightMatching(Matcher):
 
     def match(self, resolved, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], *,
               seed: int = 0, progress=None, **options) -> MatchResult:
+        """Align B to A with the thread count of :func:`symdsl.threads.choose_threads` (see :meth:`_match`).
+
+        On a shared CPU, threads without a free core make every small parallel op wait, so small
+        problems run on one thread; ``info["threads"]`` records the count used.
+        """
+        threads = WeightOptions.parse(options, "matcher 'weight'").threads
+        work = sum(state_a[name].numel() for name in resolved.tensors)
+        with torch_threads(choose_threads(threads, work=work)):
+            result = self._match(resolved, state_a, state_b, seed=seed, progress=progress, **options)
+            result.info["threads"] = torch.get_num_threads()
+        return result
+
+    def _match(self, resolved, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], *,
+               seed: int = 0, progress=None, **options) -> MatchResult:
         """Align B to A; ``options`` as declared in :class:`WeightOptions` (checked first).
 
         ``profile``: an optional timer with ``phase(name)`` returning a context manager (phases:

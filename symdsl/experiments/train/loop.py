@@ -12,6 +12,7 @@ from ...errors import UsageError
 from ...evaluate.forward import batch_loss
 from ...evaluate.metrics import evaluate, model_device, model_float_dtype
 from ...learn.schedule import lr_multiplier
+from ...threads import torch_threads
 
 
 def train(model: torch.nn.Module, dataset: Dataset | str, *, steps: int, batch_size: int = 64, lr: float = 1e-3,
@@ -100,25 +101,6 @@ def _parameter_groups(model: torch.nn.Module) -> tuple[list, list]:
         is_matrix = param.dim() >= 2 and not name.endswith(("cls_token", "pos_embed", "reg_token"))
         (decay if is_matrix else no_decay).append(param)
     return decay, no_decay
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None):
-    """Run the block with ``count`` intra-op threads (None: leave torch's setting), restored after.
-
-    >>> with torch_threads(1):
-    ...     torch.get_num_threads()
-    1
-    """
-    if count is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @contextlib.contextmanager
