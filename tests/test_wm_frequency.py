@@ -203,3 +203,12 @@ def test_positions_beyond_the_data_s_blocks_get_weight_zero(dataset):
     resolved = resolve(symdsl.find_spec("hf-gpt2"), model, registries=REGISTRIES)
     weights = row_weights(resolved, dataset=short, weighting="mask")
     assert weights[("transformer.wpe.weight", 0)].tolist() == [1.0] * 8 + [0.0] * 8
+
+
+def test_data_whose_vocabulary_fits_no_axis_weighs_nothing_and_says_so(setting, caplog):
+    resolved, a, b, _ = setting
+    padded = text_dataset("to be or not to be, " * 30, block_size=8)    # fewer ids than the model's 37 rows
+    assert padded.vocab_size < a["transformer.wte.weight"].shape[0]
+    with caplog.at_level("WARNING", logger="symdsl.weight"):
+        assert row_weights(resolved, dataset=padded) == {}
+    assert f"{padded.vocab_size} token ids" in caplog.text and "token_weights=FILE" in caplog.text

@@ -15,9 +15,10 @@ unchanged to the unscaled tensors. That is all this module does (:func:`weigh_ro
 
 Where the weights come from (:func:`row_weights`):
 - a dataset (``--data``): token counts of its train split (``symdsl.data.token_counts``) on the
-  axes whose length is the vocabulary size; on an axis longer than the dataset's ``block_size``
-  (position embeddings of a model with more positions than the data's blocks), 1 for the
-  positions the data uses and 0 beyond;
+  axes whose length is the vocabulary size (none of that length, e.g. a padded embedding: no
+  weighting, with a warning); on a position table (an axis longer than the dataset's
+  ``block_size`` of a 2-D tensor on the same sites as the token embedding), 1 for the positions
+  the data uses and 0 beyond;
 - a file (``token_weights=FILE``): counts per token id, ``.json`` (a list with one number per id,
   or an object ``{"id": count}``, missing ids 0) or ``.safetensors`` (one 1-D tensor); the file
   wins over the dataset's counts.
@@ -28,6 +29,7 @@ so the three give the vocabulary tensors the same total weight and differ only i
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Mapping
 
@@ -36,6 +38,7 @@ import torch
 from symdsl.errors import UsageError
 
 WEIGHTINGS = ("counts", "sqrt", "mask", "none")
+log = logging.getLogger("symdsl.weight")
 
 
 def row_axes(resolved) -> list[tuple[str, int, int]]:
@@ -147,16 +150,21 @@ def row_weights(resolved, *, dataset=None, file: str | Path | None = None,
 
         counts, vocab = token_counts(dataset, "train"), dataset.vocab_size
         if not any(length == vocab for _, _, length in axes):
-            raise UsageError(f"dataset '{dataset.name}' has {vocab} token ids but no tensor of the model has a "
-                             "vocabulary axis of that length; give the data the model was trained on (--tokenizer)")
+            # e.g. an embedding padded beyond the tokenizer's ids: which axis is the vocabulary is
+            # then a guess, so nothing is weighted (matching as without data) and the log says so
+            log.warning("data '%s' has %d token ids and no tensor has a vocabulary axis of that length: weight "
+                        "matching weighs every row alike (give token_weights=FILE with one count per row)",
+                        dataset.name, vocab)
+            return {}
     token = weights_from_counts(counts, weighting)
-    out = {}
+    out = {(name, axis): token for name, axis, length in axes if length == vocab}
     block = getattr(dataset, "block_size", None)
+    writes_like_tokens = {frozenset(resolved.tensors[name].sites()) for name, _ in out}
     for name, axis, length in axes:
-        if length == vocab:
-            out[(name, axis)] = token
-        elif block is not None and length > block:
-            # positions >= block_size never occur in the data's sequences: weight 0, the rest 1
+        # a position table: rows on an axis longer than the data's blocks, writing to the same sites as
+        # the token embedding; positions >= block_size never occur in the data: weight 0, the rest 1
+        if (length != vocab and block is not None and length > block and len(resolved.tensors[name].axes) == 2
+                and frozenset(resolved.tensors[name].sites()) in writes_like_tokens):
             out[(name, axis)] = (torch.arange(length) < block).to(torch.float64)
     return out
 
