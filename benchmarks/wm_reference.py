@@ -270,7 +270,6 @@ SYMDSL_ROWS = [   # (label, options, with data)
     ("symdsl weight matching, token_weighting=sqrt", {"token_weighting": "sqrt"}, True),
     ("symdsl weight matching, token_weighting=mask", {"token_weighting": "mask"}, True),
     ("symdsl weight matching, no data (every row alike)", {}, False),
-    ("symdsl weight matching, permutations only (data)", {"permutations_only": True}, True),
 ]
 
 
