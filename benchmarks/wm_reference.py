@@ -42,6 +42,7 @@ from scipy.optimize import linear_sum_assignment
 
 ROOT = Path(__file__).resolve().parents[1]
 ITERATIONS = 15
+HEADING = "## Weight matching beside the paper's algorithm (BPE GPT-2, `benchmarks/wm_reference.py`)"
 
 
 # ---------------------------------------------------------------- 1. LayerNorm -> RMSNorm
@@ -362,9 +363,10 @@ def main(argv=None) -> int:
     Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.json}")
     if args.results:
-        replace_section(ROOT / "benchmarks" / "RESULTS.md",
-                        "## Weight matching beside the paper's algorithm (BPE GPT-2, `benchmarks/wm_reference.py`)",
-                        markdown(record))
+        results = ROOT / "benchmarks" / "RESULTS.md"
+        if HEADING not in results.read_text():      # first run: the section is appended
+            results.write_text(results.read_text().rstrip("\n") + f"\n\n{HEADING}\n")
+        replace_section(results, HEADING, markdown(record))
         print("updated benchmarks/RESULTS.md")
     return 0
 
