@@ -158,6 +158,9 @@ def match(prepared: Prepared, index: int, matcher: str = "weight", *, data=None,
             x = x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
             feed.append(forward_kwargs(model, x, dataset.task))
         options = {**options, "model": model, "batches": feed, "registries": registries}
+    elif data is not None and getattr(chosen, "uses_data", False):
+        # data is optional for this matcher (weight matching weighs vocabulary rows by token frequency)
+        options = {**options, "dataset": load_dataset(data, datasets=registries.datasets)}
     return chosen.match(prepared.resolved, prepared.states[0], prepared.states[index], seed=seed,
                         progress=progress, **options)
 

@@ -7,6 +7,7 @@
 ((32, 1, 8, 8), (32,))
 """
 from .base import Dataset, Split
+from .counts import token_counts
 from .corpus import stdlib_corpus, stdlib_text_dataset
 from .digits import load_digits_dataset
 from .registry import BUILTIN_DATASETS, load_dataset
@@ -14,4 +15,5 @@ from .text import text_dataset, text_file_dataset
 from .tokenizers import BPETokenizer, CharTokenizer
 
 __all__ = ["BPETokenizer", "CharTokenizer", "BUILTIN_DATASETS", "Dataset", "Split", "load_dataset",
-           "load_digits_dataset", "stdlib_corpus", "stdlib_text_dataset", "text_dataset", "text_file_dataset"]
+           "load_digits_dataset", "stdlib_corpus", "stdlib_text_dataset", "text_dataset", "text_file_dataset",
+           "token_counts"]

@@ -48,6 +48,7 @@ from symdsl.match.unfold import unfold
 from symdsl.options import Device, PluginOptions, shown_as
 from symdsl.threads import choose_threads, torch_threads
 
+from .weight_frequency import WEIGHTINGS, row_weights, weigh_rows
 from .weight_nested import assign_nested, child_scores, nested_child
 from .weight_problem import F64, Problem
 
@@ -57,7 +58,7 @@ LBFGS_HISTORY = 100   # L-BFGS memory for invertible sites
 class WeightOptions(PluginOptions):
     """Weight matching's options (``--option KEY=VALUE``; Python: keyword arguments)."""
 
-    python_only = frozenset({"profile"})
+    python_only = frozenset({"profile", "dataset"})
 
     max_iter: int = Field(30, ge=0, description="sweeps of block coordinate descent after the anchored start "
                           "(0: the anchored start only)")
@@ -74,6 +75,13 @@ class WeightOptions(PluginOptions):
                                 "--threads, else OMP_NUM_THREADS, else 1 for small models and the idle cores "
                                 "for large ones)")
     profile: Annotated[Any, shown_as("timer")] = Field(None, description="a timer with phase(name) (benchmarks)")
+    # data-aware matching (weight_frequency): vocabulary / position rows weighted by how often the data uses them
+    dataset: Annotated[Any, shown_as("Dataset")] = Field(None, description="the data (--data): weigh vocabulary "
+                                                         "rows by their train-split token counts")
+    token_weights: str | None = Field(None, description="a file of counts per token id (.json list or {id: count}, "
+                                      ".safetensors 1-D tensor) to weigh vocabulary rows by, instead of the data's")
+    token_weighting: Literal[WEIGHTINGS] = Field("counts", description="with data or token_weights: counts, sqrt "
+                                                 "(of counts), mask (seen or not) or none (every row alike)")
 
 
 class WeightMatching(Matcher):
@@ -81,6 +89,7 @@ class WeightMatching(Matcher):
 
     name = "weight"
     description = "weight matching: assignment / Procrustes / least squares per site, block coordinate descent"
+    uses_data = True      # optional: given data, vocabulary rows are weighted by token frequency
 
     Options = WeightOptions
 
@@ -111,6 +120,10 @@ class WeightMatching(Matcher):
         settings = WeightOptions.parse(options, "matcher 'weight'")
         max_iter, tol, permutations_only = settings.max_iter, settings.tol, settings.permutations_only
         device = settings.device or next(iter(state_a.values())).device
+        # weighting rows on axes no site acts on = plain matching of sqrt(w)-scaled rows (weight_frequency)
+        weights = row_weights(resolved, dataset=settings.dataset, file=settings.token_weights,
+                              weighting=settings.token_weighting)
+        state_a, state_b = weigh_rows(state_a, weights), weigh_rows(state_b, weights)
         problem = Problem(resolved, state_a, state_b, device, permutations_only, settings.precision, settings.profile)
         problem.invertible_steps = settings.invertible_steps
         everything = list(resolved.tensors)
