@@ -33,6 +33,9 @@ CHAR_GPT2 = {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup": 100, "schedu
 # the regime where learned matching flattens the path (benchmarks/llama_pairs.py, docs/benchmarks.md).
 # The data, not the recipe, sets that regime, so the recipe stays the GPT-2 one.
 CHAR_LLAMA = dict(CHAR_GPT2)
+# :func:`small_roberta` (2 layers, 64 wide, 4 heads, 256 units) on ``mlm:`` Tiny Shakespeare
+# (characters, block 64, 15 % masked, dynamic masking). Provisional: measured below.
+CHAR_ROBERTA = {**CHAR_GPT2, "batch_size": 64}
 
 
 def with_steps(recipe: dict, steps: int | None) -> dict:
