@@ -156,3 +156,25 @@ def test_training_learned_matching_and_the_barrier_run_on_the_masked_task(data):
     assert curve.loss[2] == pytest.approx(ends[0], rel=1e-5)   # lam = 1 is model 0 on the fixed test masks
     assert curve.loss[0] == pytest.approx(ends[1], rel=1e-4)   # lam = 0 is model 1, moved by a symmetry
     assert barrier(curve).loss >= 0.0
+
+
+def test_the_command_line_trains_a_roberta_and_scores_its_barrier_on_the_masked_task(tmp_path, capsys):
+    import json
+
+    from symdsl.cli.main import main
+    from symdsl.models import load_model
+
+    text = tmp_path / "play.txt"
+    text.write_text(TEXT * 8)
+    data = ["--data", f"mlm:{text}", "--max-chars", "5000"]   # 70 train blocks of 64: one batch of the recipe
+    small = ["--steps", "3", "--width", "16", "--layers", "1", "--heads", "2"]
+    for seed in (0, 1):
+        assert main(["train", "roberta-mlm", *data, *small, "--seed", str(seed), "-o", str(tmp_path / f"r{seed}")]) == 0
+    model = load_model(str(tmp_path / "r0"))
+    assert type(model).__name__ == "RobertaForMaskedLM" and model.config.max_position_embeddings == 66
+    report = tmp_path / "b.json"
+    assert main(["barrier", str(tmp_path / "r0"), str(tmp_path / "r1"), *data, "--points", "3",
+                 "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["curves"]["vanilla"]["barrier"]["loss"] >= 0.0
+    assert main(["train", "roberta-mlm", "--data", f"text:{text}", *small, "-o", str(tmp_path / "x")]) == 2
+    assert "give --data mlm:PATH" in capsys.readouterr().err
