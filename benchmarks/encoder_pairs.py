@@ -46,7 +46,17 @@ METHODS = [
     ("learned matching, permutations only", "learned", {"permutations_only": True}),
     ("learned matching, full", "learned", {}),
 ]
-HEADING = "### RoBERTa encoders (2 layers, 4 heads, post-LN, masked-LM loss): `benchmarks/encoder_pairs.py`"
+# A "## " heading of its own: replace_section ends a section at the next "## ", so the Llama "### "
+# section above and this one are each rewritten without touching the other.
+HEADING = "## Encoder pairs: RoBERTa (2 layers, 4 heads, post-LN), masked-LM loss (`benchmarks/encoder_pairs.py`)"
+
+
+def model_folder(seed: int, dataset, width: int, chars: int | None) -> Path:
+    """Where the model of ``seed`` is cached: the name says data, width, seed and recipe size."""
+    from symdsl.experiments.train import CHAR_ROBERTA as recipe
+
+    return cache_root() / (f"roberta-{dataset.name}-chars{chars or 'all'}-w{width}-seed{seed}-steps{recipe['steps']}"
+                           f"-b{recipe['batch_size']}")
 
 
 def trained(seed: int, dataset, width: int, chars: int | None, say) -> tuple[torch.nn.Module, dict]:
@@ -55,8 +65,7 @@ def trained(seed: int, dataset, width: int, chars: int | None, say) -> tuple[tor
     from symdsl.experiments.train import CHAR_ROBERTA, small_roberta, train
 
     recipe = CHAR_ROBERTA
-    folder = cache_root() / (f"roberta-{dataset.name}-chars{chars or 'all'}-w{width}-seed{seed}-steps{recipe['steps']}"
-                             f"-b{recipe['batch_size']}")
+    folder = model_folder(seed, dataset, width, chars)
     record = folder / "symdsl.json"
     if record.exists():
         return load_model(str(folder)), json.loads(record.read_text())
@@ -181,7 +190,16 @@ def main(argv=None) -> int:
         loaded = [trained(seed, dataset, args.width, chars, say) for seed in (2 * pair, 2 * pair + 1)]
         test_loss.append([record["test_loss"] for _, record in loaded])
         test_accuracy.append([record["test_accuracy"] for _, record in loaded])
-        per_pair.append(measure_pair([model for model, _ in loaded], dataset, args.learn_steps, say))
+        # a pair's rows are cached beside its models (keyed by both models and the learned steps), so a
+        # run with more pairs measures only the new ones; delete the file to measure a pair again
+        measured = model_folder(2 * pair, dataset, args.width, chars).with_name(
+            f"{model_folder(2 * pair + 1, dataset, args.width, chars).name}-pair-learn{args.learn_steps}.json")
+        if measured.exists():
+            per_pair.append(json.loads(measured.read_text()))
+            say(f"    measured before: {measured}")
+        else:
+            per_pair.append(measure_pair([model for model, _ in loaded], dataset, args.learn_steps, say))
+            measured.write_text(json.dumps(per_pair[-1]) + "\n")
     rows = summarise(per_pair)
     block = {"dataset": dataset.name, "corpus": corpus, "chars": chars, "width": args.width, "pairs": args.pairs,
              "block_size": dataset.block_size, "unigram": unigram_loss(dataset), "learn_steps": args.learn_steps,
