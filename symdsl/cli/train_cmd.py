@@ -10,15 +10,17 @@ from ..models.output import check_output
 from .progress import progress_bar
 from .text_data import add_text_options, text_options
 
-RECIPES = ("vit-digits", "gpt2-text", "llama-text")
+RECIPES = ("vit-digits", "gpt2-text", "llama-text", "roberta-mlm")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a small ViT on digits, or a small GPT-2 or Llama (GQA, RoPE) on a text corpus")
+    p = sub.add_parser("train", help="train a small ViT on digits, a small GPT-2 or Llama (GQA, RoPE) on a text corpus, "
+                       "or a small RoBERTa encoder with a masked-LM loss")
     p.add_argument("recipe", choices=RECIPES, help="what to train: " + ", ".join(RECIPES))
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the initial weights and the batch order (default 0)")
-    p.add_argument("--data", default=None, help="for gpt2-text and llama-text: stdlib-text (default) or text:PATH")
+    p.add_argument("--data", default=None, help="for gpt2-text and llama-text: stdlib-text (default) or text:PATH; "
+                   "for roberta-mlm: mlm:PATH (required)")
     add_text_options(p)
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--width", type=int, default=64, help="residual width (default 64)")
@@ -33,10 +35,14 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..data import load_dataset
-    from ..experiments.train import CHAR_GPT2, CHAR_LLAMA, DIGITS_VIT, small_gpt2, small_llama, small_vit, train
+    from ..experiments.train import (CHAR_GPT2, CHAR_LLAMA, CHAR_ROBERTA, DIGITS_VIT, small_gpt2, small_llama,
+                                     small_roberta, small_vit, train)
     from ..experiments.train.recipes import with_steps
 
-    text = [args.data[5:]] if (args.data or "").startswith("text:") else []
+    if args.recipe == "roberta-mlm" and not (args.data or "").startswith("mlm:"):
+        raise UsageError(f"roberta-mlm trains with a masked-LM loss: give --data mlm:PATH (a text file), not "
+                         f"{args.data or 'no --data'}")
+    text = [args.data.partition(":")[2]] if (args.data or "").startswith(("text:", "mlm:")) else []
     check_output(args.output, inputs=[*text, *([args.tokenizer] if args.tokenizer else [])],
                  overwrite=args.overwrite, flag="--overwrite")      # before minutes of training
 
@@ -51,7 +57,11 @@ def run(args) -> int:
     else:
         data = args.data or "stdlib-text"
         dataset = load_dataset(data, **text_options(args, data))
-        if args.recipe == "llama-text":
+        if args.recipe == "roberta-mlm":
+            model = small_roberta(dataset, hidden_size=args.width, num_hidden_layers=args.layers,
+                                  num_attention_heads=args.heads, intermediate_size=4 * args.width, seed=args.seed)
+            recipe = CHAR_ROBERTA
+        elif args.recipe == "llama-text":
             model = small_llama(dataset, hidden_size=args.width, num_hidden_layers=args.layers,
                                 num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, seed=args.seed)
             recipe = CHAR_LLAMA

@@ -7,6 +7,12 @@ every batch is ``(inputs, targets)``.
 - ``language_model``: inputs ``(B, T)`` int64 token ids, targets ``(B, T)`` int64, the same
   tokens shifted left by one (targets[b, t] is the token that follows inputs[b, t]),
   with ``T = block_size`` so that a model with ``n_positions = block_size`` reads every input.
+- ``masked_language_model``: inputs ``(B, T)`` int64 token ids with some positions masked,
+  targets ``(B, T)`` int64, the original ids there and ``IGNORE_INDEX`` elsewhere
+  (:mod:`symdsl.data.masked`).
+
+Targets equal to ``IGNORE_INDEX`` (-100, ``cross_entropy``'s default ``ignore_index``) are not
+scored: losses and accuracies are over the other positions.
 """
 from __future__ import annotations
 
@@ -17,7 +23,10 @@ import torch
 
 from ..errors import UsageError
 
-TASKS = ("classification", "language_model")
+TASKS = ("classification", "language_model", "masked_language_model")
+# Tasks whose inputs are token ids (B, T) and whose logits are (B, T, vocab_size).
+TOKEN_TASKS = ("language_model", "masked_language_model")
+IGNORE_INDEX = -100
 SPLITS = ("train", "test")
 
 
@@ -77,8 +86,8 @@ class Dataset:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise UsageError(f"dataset '{self.name}': task must be one of {TASKS}, not '{self.task}'")
-        if self.task == "language_model" and (self.vocab_size is None or self.block_size is None):
-            raise UsageError(f"dataset '{self.name}': a language model dataset needs vocab_size and block_size")
+        if self.task in TOKEN_TASKS and (self.vocab_size is None or self.block_size is None):
+            raise UsageError(f"dataset '{self.name}': a {self.task} dataset needs vocab_size and block_size")
 
     def split(self, name: str) -> Split:
         """The split called ``name`` ("train" or "test")."""

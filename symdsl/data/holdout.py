@@ -20,14 +20,20 @@ def with_validation(dataset: Dataset, fraction: float = 0.1) -> Dataset:
     train split and whose ``test`` split is the rest: a validation split the test split never sees.
 
     Classification splits are cut by example (the train split is already shuffled when built);
-    language-model splits are cut in the token stream, so no window crosses the cut.
+    language-model splits are cut in the token stream, so no window crosses the cut. A dataset
+    with its own ``blocks(stream, split)`` (masked LM: masks drawn per block) cuts both parts with it.
     """
     if not 0.0 < fraction < 1.0:
         raise UsageError(f"validation fraction must be between 0 and 1, not {fraction}")
     part = dataset.train
     if part.stream is not None:
         cut = int(part.stream.numel() * (1.0 - fraction))
-        train, validation = _blocks(part.stream[:cut], dataset.block_size), _blocks(part.stream[cut:], dataset.block_size)
+        blocks = getattr(dataset, "blocks", None)
+        if blocks is None:
+            train, validation = (_blocks(part.stream[:cut], dataset.block_size),
+                                 _blocks(part.stream[cut:], dataset.block_size))
+        else:    # the validation masks are fixed, like the test split's
+            train, validation = blocks(part.stream[:cut], "train"), blocks(part.stream[cut:], "test")
     else:
         cut = int(len(part) * (1.0 - fraction))
         train = Split(part.inputs[:cut], part.targets[:cut])

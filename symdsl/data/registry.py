@@ -9,6 +9,7 @@ from ..errors import UsageError, suggest
 from .base import Dataset
 from .corpus import stdlib_text_dataset
 from .digits import load_digits_dataset
+from .masked import masked_text_file_dataset
 from .text import text_file_dataset
 
 # name -> factory(*[ARG], **options) -> Dataset. ARG is the text after "name:" in a reference.
@@ -18,12 +19,13 @@ BUILTIN_DATASETS: Mapping[str, Callable[..., Dataset]] = MappingProxyType({
     "digits": load_digits_dataset,
     "text": text_file_dataset,
     "stdlib-text": stdlib_text_dataset,
+    "mlm": masked_text_file_dataset,
 })
 
 
 def load_dataset(ref: str | Dataset, *, datasets: Mapping[str, Callable[..., Dataset]] = BUILTIN_DATASETS,
                  **options) -> Dataset:
-    """Build the dataset a reference names: ``digits``, ``stdlib-text``, ``text:PATH`` ...
+    """Build the dataset a reference names: ``digits``, ``stdlib-text``, ``text:PATH``, ``mlm:PATH`` ...
 
     ``options`` are passed to the factory (``seed=``, ``block_size=``, ``tokenizer=DIR``, ...);
     an unknown name or option is an error with a suggestion. A :class:`Dataset` is returned as is.

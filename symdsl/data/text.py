@@ -55,6 +55,21 @@ def text_file_dataset(path: str | Path, *, block_size: int = 64, tokenizer: str 
     7
     >>> os.unlink(f.name)
     """
+    text, info = read_text_file(path, max_chars)
+    return text_dataset(text, name=f"text:{Path(path).name}", block_size=block_size, tokenizer=tokenizer,
+                        train_fraction=train_fraction, info=info)
+
+
+def read_text_file(path: str | Path, max_chars: int | None = None) -> tuple[str, dict]:
+    """The UTF-8 text of ``path`` (its first ``max_chars`` characters) and its provenance record.
+
+    Shared by ``text:PATH`` and ``mlm:PATH``, so both report a bad file the same way.
+
+    >>> read_text_file("no/such/file.txt")
+    Traceback (most recent call last):
+    ...
+    symdsl.errors.UsageError: text file 'no/such/file.txt' does not exist
+    """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"text file '{path}' does not exist")
@@ -68,8 +83,7 @@ def text_file_dataset(path: str | Path, *, block_size: int = 64, tokenizer: str 
                          "UTF-8, e.g. iconv -f latin1 -t utf-8") from None
     if max_chars is not None:
         text = text[:max_chars]
-    return text_dataset(text, name=f"text:{path.name}", block_size=block_size, tokenizer=tokenizer,
-                        train_fraction=train_fraction, info={"source": str(path), "chars": len(text)})
+    return text, {"source": str(path), "chars": len(text)}
 
 
 def _blocks(stream: torch.Tensor, block_size: int) -> Split:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data import Dataset, load_dataset
+from ..data import IGNORE_INDEX, TOKEN_TASKS, Dataset, load_dataset
 from ..errors import UsageError
 
 
@@ -16,10 +16,12 @@ def unigram_loss(dataset: Dataset | str, split: str = "test") -> float:
     0.693
     """
     dataset = load_dataset(dataset)
-    size = dataset.vocab_size if dataset.task == "language_model" else dataset.num_classes
+    size = dataset.vocab_size if dataset.task in TOKEN_TASKS else dataset.num_classes
     if size is None:
         raise UsageError(f"dataset '{dataset.name}' declares neither vocab_size nor num_classes")
-    counts = torch.bincount(dataset.train.targets.reshape(-1), minlength=size).double() + 1.0  # (size,)
+    train = dataset.train.targets.reshape(-1)
+    counts = torch.bincount(train[train != IGNORE_INDEX], minlength=size).double() + 1.0  # (size,)
     log_probs = counts.log() - counts.sum().log()
     targets = dataset.split(split).targets.reshape(-1)
+    targets = targets[targets != IGNORE_INDEX]   # a masked LM scores its masked positions only
     return float(-log_probs[targets].mean())

@@ -7,6 +7,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from ..data.base import TOKEN_TASKS
 from ..errors import UsageError
 
 
@@ -48,20 +49,21 @@ def takes_input_ids(model: torch.nn.Module) -> bool:
 
 def model_logits(model: torch.nn.Module, task: str, inputs: torch.Tensor) -> torch.Tensor:
     """Logits of ``model`` on a batch: classification ``model(x)`` -> (B, C); language models
-    ``model(input_ids=ids)`` when forward takes ``input_ids`` (Hugging Face), else ``model(ids)``
-    -> (B, T, V).
+    (causal or masked) ``model(input_ids=ids)`` when forward takes ``input_ids`` (Hugging Face),
+    else ``model(ids)`` -> (B, T, V).
 
     >>> model_logits(torch.nn.Flatten(), "classification", torch.ones(2, 1, 3)).shape
     torch.Size([2, 3])
     """
-    if task == "language_model" and takes_input_ids(model):
+    if task in TOKEN_TASKS and takes_input_ids(model):
         return logits_of(model(input_ids=inputs))
     return logits_of(model(inputs))
 
 
 def batch_loss(model: torch.nn.Module, task: str, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of ``model`` on one batch (differentiable): per example, or per token for
-    language models, where targets (B, T) are the next tokens of inputs (B, T).
+    language models, where targets (B, T) are the next tokens of inputs (B, T). Targets equal
+    to ``IGNORE_INDEX`` (-100) are left out of the mean: a masked LM's loss is over its masked positions.
 
     >>> model = torch.nn.Flatten()
     >>> float(batch_loss(model, "classification", torch.zeros(4, 1, 5), torch.zeros(4, dtype=torch.long)))  # log 5

@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..data import Dataset, load_dataset
+from ..data import IGNORE_INDEX, TOKEN_TASKS, Dataset, load_dataset
 from ..errors import UsageError
 from .forward import model_logits
 
@@ -39,7 +39,7 @@ def default_batch_size(dataset: Dataset) -> int:
     >>> default_batch_size(text_dataset("ab" * 100, block_size=8))
     256
     """
-    if dataset.task != "language_model":
+    if dataset.task not in TOKEN_TASKS:
         return 256
     return max(1, min(256, LOGITS_BUDGET // (dataset.block_size * dataset.vocab_size)))
 
@@ -50,7 +50,8 @@ def evaluate(model: torch.nn.Module, dataset: Dataset | str, split: str = "test"
     """Mean cross-entropy and accuracy of ``model`` on a split: ``{"loss": ..., "accuracy": ...}``.
 
     Classification: over examples, from ``model(x)`` logits (B, C). Language models: over every
-    next-token prediction, from ``model(input_ids=ids).logits`` (B, T, V). Sums are accumulated
+    next-token prediction, from ``model(input_ids=ids).logits`` (B, T, V); masked language models:
+    over the masked positions (targets other than ``IGNORE_INDEX``). Sums are accumulated
     per example/token and divided once, so the result does not depend on ``batch_size``.
     Runs in eval mode under ``torch.no_grad`` and restores the model's train/eval mode after.
     ``batch_size`` defaults to :func:`default_batch_size` (bounded logits memory for large vocabularies).
@@ -96,24 +97,29 @@ def evaluate(model: torch.nn.Module, dataset: Dataset | str, split: str = "test"
                 logits = logits.reshape(-1, logits.shape[-1])
                 targets = targets.reshape(-1)
                 logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-                loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
-                correct += int((logits.argmax(dim=-1) == targets).sum())
-                count += targets.numel()
+                scored = targets != IGNORE_INDEX   # (B*T,): every position but a masked LM's unmasked ones
+                loss_sum += float(F.cross_entropy(logits, targets, reduction="sum", ignore_index=IGNORE_INDEX))
+                correct += int((logits.argmax(dim=-1) == targets)[scored].sum())
+                count += int(scored.sum())
                 if progress is not None:
                     progress(done, total)
                 if done >= total:
                     break
     finally:
         model.train(was_training)
+    if count == 0:
+        raise UsageError(f"the {split} split of '{dataset.name}' has no scored target (every one is {IGNORE_INDEX}); "
+                         "mask a larger fraction or evaluate more batches")
     return {"loss": loss_sum / count, "accuracy": correct / count}
 
 
 def _check_output_size(logits: torch.Tensor, dataset: Dataset) -> None:
     """A model whose output size is not the dataset's vocabulary (or class count) would be scored
     silently wrong: a character-level split fed to a BPE model still has valid token ids."""
-    expected = dataset.vocab_size if dataset.task == "language_model" else dataset.num_classes
+    tokens = dataset.task in TOKEN_TASKS
+    expected = dataset.vocab_size if tokens else dataset.num_classes
     if expected is not None and logits.shape[-1] != expected:
-        what = "vocabulary" if dataset.task == "language_model" else "number of classes"
+        what = "vocabulary" if tokens else "number of classes"
         hint = (" (a GPT-2 BPE model needs --tokenizer DIR with the tokenizer it was trained with)"
                 if dataset.task == "language_model" else "")
         raise UsageError(f"the model outputs {logits.shape[-1]} scores per position but dataset '{dataset.name}' has a "

@@ -1,5 +1,5 @@
-"""Seeded factories for the benchmark architectures, sized from a dataset: a timm ViT, an HF GPT-2 and an
-HF Llama (RMSNorm, RoPE, grouped-query attention, SwiGLU)."""
+"""Seeded factories for the benchmark architectures, sized from a dataset: a timm ViT, an HF GPT-2, an
+HF Llama (RMSNorm, RoPE, grouped-query attention, SwiGLU) and an HF RoBERTa masked-LM encoder."""
 from __future__ import annotations
 
 import torch
@@ -97,4 +97,39 @@ def small_llama(dataset: Dataset, *, hidden_size: int = 64, num_hidden_layers: i
     with torch.random.fork_rng(devices=[]), quiet_transformers():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+    return model
+
+
+def small_roberta(dataset: Dataset, *, hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_heads: int = 4,
+                  intermediate_size: int = 256, seed: int = 0) -> torch.nn.Module:
+    """A ``transformers.RobertaForMaskedLM`` for a masked-LM ``dataset`` (``mlm:PATH``): its vocabulary
+    and pad id, ``max_position_embeddings = block_size + pad_id + 1`` (RoBERTa counts positions
+    from ``pad_id + 1``: block + 2 with the pad at 1), one token type, every dropout 0, the decoder
+    tied to the word embeddings, initialised from ``seed``.
+
+    >>> from symdsl.data import masked_text_dataset
+    >>> bert = small_roberta(masked_text_dataset("to be or not to be " * 30, block_size=16), seed=0)
+    >>> bert(input_ids=torch.zeros(2, 16, dtype=torch.long)).logits.shape, bert.config.max_position_embeddings
+    (torch.Size([2, 16, 9]), 18)
+    """
+    if dataset.task != "masked_language_model":
+        raise UsageError(f"small_roberta needs a masked-language-model dataset (mlm:PATH); '{dataset.name}' is "
+                         f"{dataset.task}")
+    pad = getattr(dataset.tokenizer, "pad_id", None)
+    if pad is None:
+        raise UsageError(f"dataset '{dataset.name}': its tokenizer has no pad_id, which RoBERTa's position ids need")
+    try:
+        from transformers import RobertaConfig, RobertaForMaskedLM
+    except ImportError:
+        raise UsageError("small_roberta needs transformers: pip install 'symdsl[hf]'") from None
+    from ...models.build import quiet_transformers
+
+    config = RobertaConfig(vocab_size=dataset.vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                           num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+                           max_position_embeddings=dataset.block_size + pad + 1, type_vocab_size=1,
+                           pad_token_id=pad, bos_token_id=None, eos_token_id=None, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0, use_cache=False)
+    with torch.random.fork_rng(devices=[]), quiet_transformers():
+        torch.manual_seed(seed)
+        model = RobertaForMaskedLM(config)
     return model
