@@ -1,10 +1,10 @@
-"""How often each token id occurs in a language-model split (data-aware weight matching reads it)."""
+"""How often each token id occurs in a (masked) language-model split (data-aware weight matching reads it)."""
 from __future__ import annotations
 
 import torch
 
 from ..errors import UsageError
-from .base import Dataset
+from .base import TOKEN_TASKS, Dataset
 
 
 def token_counts(dataset: Dataset, split: str = "train") -> torch.Tensor:
@@ -15,7 +15,7 @@ def token_counts(dataset: Dataset, split: str = "train") -> torch.Tensor:
     >>> token_counts(text_dataset("abcab" * 20, block_size=4)).tolist()   # in the first 90 % of the text
     [36.0, 36.0, 18.0]
     """
-    if dataset.task != "language_model" or dataset.vocab_size is None:
+    if dataset.task not in TOKEN_TASKS or dataset.vocab_size is None:
         raise UsageError(f"token counts need a language-model dataset with a vocabulary; '{dataset.name}' is "
                          f"{dataset.task}")
     part = dataset.split(split)

@@ -35,6 +35,7 @@ from typing import Mapping
 
 import torch
 
+from symdsl.data import TOKEN_TASKS, token_counts
 from symdsl.errors import UsageError
 
 WEIGHTINGS = ("counts", "sqrt", "mask", "none")
@@ -130,11 +131,11 @@ def row_weights(resolved, *, dataset=None, file: str | Path | None = None,
                 weighting: str = "counts") -> dict[tuple[str, int], torch.Tensor]:
     """``{(tensor, axis): (length,) float64 weights}`` for the row axes that the data or file covers.
 
-    Empty when ``weighting`` is ``none`` or neither a language-model dataset nor a file is given
+    Empty when ``weighting`` is ``none`` or neither a (masked) language-model dataset nor a file is given
     (then weight matching is exactly the unweighted one). A file whose length is no row axis's
     length is refused, naming the file, its length and the vocabulary size.
     """
-    if weighting == "none" or (file is None and (dataset is None or dataset.task != "language_model")):
+    if weighting == "none" or (file is None and (dataset is None or dataset.task not in TOKEN_TASKS)):
         return {}
     axes = row_axes(resolved)
     if file is not None:
@@ -146,8 +147,6 @@ def row_weights(resolved, *, dataset=None, file: str | Path | None = None,
                              "one count per token id of the model's vocabulary")
         vocab = counts.numel()
     else:
-        from symdsl.data import token_counts
-
         counts, vocab = token_counts(dataset, "train"), dataset.vocab_size
         if not any(length == vocab for _, _, length in axes):
             # e.g. an embedding padded beyond the tokenizer's ids: which axis is the vocabulary is
