@@ -1,4 +1,4 @@
-"""Tiny timm ViTs of the SwiGLU/RMSNorm (aimv2) and EVA02 families for the tests: embed_dim 32, 2
+"""Tiny timm ViTs of the SwiGLU/RMSNorm family (aimv2) for the tests: embed_dim 32, 2
 blocks, 4 heads, 28x28 images in 14x14 patches (the families' own patch size), every parameter
 perturbed so no unit gain or zero bias hides a wrong binding. The factories take no arguments, so
 the command line can build them (`--model vit_families:tiny_aimv2`)."""
@@ -23,3 +23,4 @@ def tiny_timm(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
 def tiny_aimv2(seed: int = 0, **overrides) -> torch.nn.Module:
     """An AIMv2 ViT (SwiGLU MLP, RMSNorm, no class token, average-pooled), features only."""
     return tiny_timm("aimv2_large_patch14_224", seed, **overrides)
+
