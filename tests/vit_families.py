@@ -1,5 +1,5 @@
 """Tiny timm ViTs of the SwiGLU/RMSNorm family (aimv2) for the tests: embed_dim 32, 2
-blocks, 4 heads, 28x28 images in 14x14 patches (the families' own patch size), every parameter
+blocks, 4 heads, 28x28 images in 14x14 patches (the family's own patch size), every parameter
 perturbed so no unit gain or zero bias hides a wrong binding. The factories take no arguments, so
 the command line can build them (`--model vit_families:tiny_aimv2`)."""
 from __future__ import annotations
