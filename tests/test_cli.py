@@ -74,7 +74,7 @@ def test_specs_and_schema(capsys):
                      "hf-opt", "hf-opt-backbone", "hf-opt-postln", "hf-opt-postln-backbone", "hf-phi3",
                      "hf-phi3-backbone", "hf-qwen2", "hf-qwen2-backbone", "hf-qwen3", "hf-qwen3-backbone",
                      "hf-roberta", "hf-t5", "hf-vit", "hf-vit-backbone", "timm-vit", "timm-vit-circuits",
-                     "timm-vit-gap", "timm-vit-rmsnorm"]
+                     "timm-vit-gap", "timm-vit-rmsnorm", "timm-vit-swiglu"]
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert {"sites", "tensors", "canonicalize", "heads"} <= set(schema["properties"])

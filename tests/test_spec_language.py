@@ -37,7 +37,8 @@ DECODERS.update({f"{name}-backbone": f"{name}-backbone.yaml" for name in        
 OTHERS = {name: f"{name}.yaml" for name in ["hf-t5", "hf-clip", "hf-clip-text", "hf-clip-vision"]}  # test_t5/clip.py
 ENCODERS = {"hf-roberta": "hf-roberta.yaml", "hf-distilbert": "hf-distilbert.yaml",         # tests/test_encoders.py
             "hf-vit": "hf-vit.yaml", "hf-vit-backbone": "hf-vit-backbone.yaml",
-            "timm-vit-gap": "timm-vit-gap.yaml"}                                                 # test_timm_vit_variants.py
+            "timm-vit-gap": "timm-vit-gap.yaml",                                                 # test_timm_vit_variants.py
+            "timm-vit-swiglu": "timm-vit-swiglu.yaml"}                                           # test_timm_vit_swiglu.py
 
 
 # --------------------------------------------------------------------------- models

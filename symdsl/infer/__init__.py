@@ -33,7 +33,7 @@ from ..spec.load import load_spec_text
 from .draft import Draft, build_draft
 from .emit import render
 from .example import example_section, library, materialize
-from .outputs import plan_outputs
+from .outputs import feature_outputs, plan_outputs
 from .walk import walk
 
 __all__ = ["Draft", "DraftCheck", "infer_spec", "check_draft"]
@@ -68,12 +68,13 @@ def infer_spec(model: torch.nn.Module, *, factory: str | None = None, timm_name:
     graph = capture(model, tensors, backend=backend, backends=registries.capture_backends)
     # features (a backbone's hidden states) may carry a symmetry, declared equivariant under outputs:
     returned = output_names(model, tensors, len(graph.outputs))
-    plan = plan_outputs(returned)
+    features = feature_outputs(model)
+    plan = plan_outputs(returned, features)
     if plan.primary and returned is not None:
         example["output"] = plan.primary
         kept = [p for p in range(len(returned)) if p not in plan.ignored]
         keep_outputs(graph, kept)
-        plan = plan_outputs([returned[p] for p in kept])      # the features, at their new positions
+        plan = plan_outputs([returned[p] for p in kept], features)      # the features, at their new positions
     analysis = walk(graph, set(model.state_dict()), registries.op_rules, features=plan.features)
     draft = build_draft(model, graph, analysis, example, name, registries=registries)
     header = [f"Draft spec inferred by `symdsl infer` from the traced graph of {type(model).__name__} "

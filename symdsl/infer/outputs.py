@@ -22,6 +22,20 @@ from ..graph.output_names import is_intermediate
 FEATURE_OUTPUTS = ("last_hidden_state", "pooler_output", "image_embeds", "text_embeds")
 
 
+def feature_outputs(model) -> tuple[str, ...]:
+    """The output names that carry features for ``model``: :data:`FEATURE_OUTPUTS`, and ``output``
+    (the bare tensor) for a timm model built with ``num_classes=0``, whose head is an Identity, so
+    that it returns the pooled features (aimv2 and EVA02 ship that way), not class scores.
+
+    >>> import torch
+    >>> feature_outputs(torch.nn.Linear(2, 2)) == FEATURE_OUTPUTS
+    True
+    """
+    if type(model).__module__.startswith("timm.") and getattr(model, "num_classes", None) == 0:
+        return FEATURE_OUTPUTS + ("output",)
+    return FEATURE_OUTPUTS
+
+
 @dataclass
 class OutputPlan:
     """``primary``: the output to name in ``example.output`` (None: the model's first);

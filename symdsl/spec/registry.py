@@ -84,7 +84,7 @@ def match_spec(model: torch.nn.Module, registries: Registries) -> Spec:
     """The one spec that matches ``model`` and binds to it; a clear error when none or several do.
 
     ``matches`` names classes, but one class can come in architectures a spec cannot describe
-    (timm's VisionTransformer without a class token, or with SwiGLU and RMSNorm): a spec is
+    (timm's VisionTransformer without a class token, or with register tokens): a spec is
     chosen only when it also binds to the model (every tensor bound or invariant, every size
     right), so an architecture no spec describes is refused here, with the reason, instead of
     failing later inside the check.
@@ -108,10 +108,15 @@ def match_spec(model: torch.nn.Module, registries: Registries) -> Spec:
     if bound:
         return bound[0].spec
     reasons = "; ".join(f"{e.name}: {_first_problem(exc)}" for e, exc in refused)
-    raise UsageError(f"{type(model).__name__}: {' and '.join(e.name for e, _ in refused)} "
+    raise UsageError(f"{type(model).__name__}: {_joined([e.name for e, _ in refused])} "
                      f"{'matches' if len(refused) == 1 else 'match'} its class but cannot bind this architecture "
                      f"({reasons}); no known spec describes it: draft one with `symdsl infer --model MODEL -o SPEC.yaml` "
                      "(python: symdsl.infer(model)), or give a spec (spec=...; command line: --spec, or SPEC for check)")
+
+
+def _joined(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``: the refused specs, readable however many there are."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _first_problem(exc: Exception) -> str:
