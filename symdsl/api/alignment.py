@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..canon import RestoreContext, restore
-from ..evaluate import interpolate
+from ..evaluate.interpolate import interpolate
 from ..match import MatchResult
 from ..models.origin import Origin
 from ..models.output import hide_records, staged_output
