@@ -129,6 +129,7 @@ def replay_matmuls(matmuls: dict, device: torch.device) -> float:
 
 def replay_solvers(inputs: list, device: torch.device) -> dict[str, float]:
     """Seconds per solver kind to run every recorded solver call again on its recorded input."""
+    from symdsl.match.gauss_newton import refine_gauss_newton
     from symdsl.match.refine import refine_lbfgs
     from symdsl.match.solvers import Gram, gram_objective, least_squares_candidates, maximize_trace
 
@@ -145,7 +146,11 @@ def replay_solvers(inputs: list, device: torch.device) -> dict[str, float]:
             label = "invertible"
         elif event == "lbfgs":
             refine_lbfgs(data["start"], gram_objective(data["primal"], data["dual"]), data["kind"],
-                         max_iter=data["steps"])
+                         max_iter=data["steps"], history_size=20)
+            label = "invertible"
+        elif event == "newton":
+            refine_gauss_newton(data["start"], data["primal"], data["dual"], max_iter=data["steps"], tol=1e-12,
+                                newton_iter=20)
             label = "invertible"
         else:
             continue

@@ -41,6 +41,7 @@ class Problem:
         self.unit: frozenset[str] = frozenset()      # sites of the unit being solved
         self.only: set[str] | None = None    # restrict correlations to these tensors (anchor phase)
         self.invertible_steps = 0             # L-BFGS iterations refining invertible sites (0: closed forms only)
+        self.invertible_solver = "lbfgs"      # or "newton" (weight matcher option invertible_solver)
         self.cache: dict[str, float] = {}     # tensor -> ||A - act(g, B)||^2 for the current elements
         self._base: dict[str, tuple] = {}     # tensor -> (key, B with the sites outside the unit applied)
         self.a: dict[str, torch.Tensor] = {}
