@@ -146,7 +146,7 @@ def replay_solvers(inputs: list, device: torch.device) -> dict[str, float]:
             label = "invertible"
         elif event == "lbfgs":
             refine_lbfgs(data["start"], gram_objective(data["primal"], data["dual"]), data["kind"],
-                         max_iter=data["steps"], history_size=20)
+                         max_iter=data["steps"])
             label = "invertible"
         elif event == "newton":
             refine_gauss_newton(data["start"], data["primal"], data["dual"], max_iter=data["steps"], tol=1e-12,

@@ -15,6 +15,7 @@ from symdsl.groups import get_group_kind
 from symdsl.match.gauss_newton import gauss_newton_step, head_objective, refine_gauss_newton
 from symdsl.match.refine import refine_lbfgs
 from symdsl.match.solvers import Gram, gram_gradient, gram_objective, least_squares_candidates
+from symdsl_builtins.matchers.weight import LBFGS_HISTORY
 
 F64 = torch.float64
 
@@ -95,7 +96,7 @@ def test_newton_reaches_the_independent_optimum_and_beats_fifty_lbfgs_steps(seed
     loss = gram_objective(gram_p, gram_d)
     start = min(least_squares_candidates(gram_p, gram_d), key=lambda c: float(loss(c)))
     newton, _ = refine_gauss_newton(start, gram_p, gram_d, max_iter=50, newton_iter=20)
-    lbfgs, _ = refine_lbfgs(start, loss, get_group_kind("invertible"), max_iter=50, history_size=20,
+    lbfgs, _ = refine_lbfgs(start, loss, get_group_kind("invertible"), max_iter=50, history_size=LBFGS_HISTORY,
                             gradient=gram_gradient(gram_p, gram_d))
     optimum = _scipy_optimum(primal, dual, start)
     f_newton, f_lbfgs, f_opt = (float(_weights_objective(primal, dual, g).sum()) for g in (newton, lbfgs, optimum))
