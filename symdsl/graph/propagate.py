@@ -16,7 +16,7 @@ from ..spec.binding import ResolvedSpec, TensorBinding
 from ..spec.pattern import blocks_of
 from .capture_types import Ref
 from .typecheck import CheckCall, Violation
-from .shapes import PASS_THROUGH
+from .shapes import ZERO_KEEPING
 from .types import (Atom, SplitAxis, is_tensor_type, is_typed, normalize, show, sites_in, untyped, without_zeros,
                     zero_axis)
 from .walker import GraphWalker, OpRules, Unsupported
@@ -64,12 +64,6 @@ class _Poisoned:
 
 
 POISONED = _Poisoned()
-
-# ops whose output is zero wherever their input is (they move, cut, join or negate entries): a
-# zero factor (a zero buffer) keeps its flag through them and loses it through any other op
-ZERO_KEEPING = PASS_THROUGH + ("view", "reshape", "_unsafe_view", "flatten", "transpose", "permute", "t",
-                               "unsqueeze", "squeeze", "expand", "neg", "cat", "concat", "concatenate", "stack",
-                               "slice", "select", "split", "chunk", "unbind", "getitem")
 
 
 def short_path(source: str) -> str:
