@@ -72,7 +72,11 @@ def untyped_axis(size: int) -> tuple:
 
 def zero_axis(size: int) -> tuple:
     """An axis of a tensor whose every entry is 0 (a zero buffer): ``0 = g 0`` for every linear g,
-    so it may stand where any site is expected (:func:`is_zero`)."""
+    so it may stand where any site is expected (:func:`is_zero`).
+
+    >>> show((zero_axis(32),))
+    '[0_32]'
+    """
     return (Atom(size, zero=True),)
 
 
@@ -88,7 +92,11 @@ def is_zero(axis: Axis) -> bool:
 
 def without_zeros(value):
     """``value`` with every zero factor made a plain unbound one: what an op that does not keep
-    zeros zero (``exp``, ``add`` of another tensor) returns."""
+    zeros zero (``exp``, ``add`` of another tensor) returns.
+
+    >>> show(without_zeros((zero_axis(4), (Atom(4, "resid"),))))
+    '[_4 resid]'
+    """
     if isinstance(value, Atom):
         return Atom(value.size, value.site, value.dual, value.squared, value.repeated) if value.zero else value
     if isinstance(value, SplitAxis):
