@@ -73,7 +73,7 @@ def test_specs_and_schema(capsys):
                      "hf-gptj-backbone", "hf-llama", "hf-llama-backbone", "hf-mixtral", "hf-mixtral-backbone",
                      "hf-opt", "hf-opt-backbone", "hf-opt-postln", "hf-opt-postln-backbone", "hf-phi3",
                      "hf-phi3-backbone", "hf-qwen2", "hf-qwen2-backbone", "hf-qwen3", "hf-qwen3-backbone",
-                     "hf-roberta", "hf-t5", "hf-vit", "hf-vit-backbone", "timm-vit", "timm-vit-circuits",
+                     "hf-roberta", "hf-t5", "hf-vit", "hf-vit-backbone", "timm-eva02", "timm-vit", "timm-vit-circuits",
                      "timm-vit-gap", "timm-vit-rmsnorm", "timm-vit-swiglu"]
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)

@@ -1,7 +1,8 @@
 """`symdsl infer` on the SwiGLU/RMSNorm ViT (aimv2): with a classifier and built with
 num_classes=0 (timm then returns the pooled features, which the draft declares equivariant), the
 draft has the shipped timm-vit-swiglu spec's sites (names, kinds, per, sizes) and passes both
-checks on its own example."""
+checks on its own example. On EVA02 (RoPE from a precomputed table, a zero k-bias buffer) the
+draft has timm-eva02's sites, rotary q/k included."""
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,7 @@ from symdsl.infer import check_draft
 from symdsl.spec import resolve
 
 pytest.importorskip("timm")
-from vit_families import TINY, tiny_aimv2  # noqa: E402  (needs timm)
+from vit_families import TINY, tiny_aimv2, tiny_eva02  # noqa: E402  (needs timm)
 
 
 def _structure(sites) -> dict:
@@ -39,3 +40,35 @@ def test_only_a_timm_model_without_classes_returns_features():
 
     assert "output" in feature_outputs(tiny_aimv2()) and "output" not in feature_outputs(tiny_aimv2(num_classes=3))
     assert feature_outputs(torch.nn.Linear(2, 2)) == FEATURE_OUTPUTS          # a plain module's output stays fixed
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_the_eva02_draft_has_the_shipped_sites_and_passes(num_classes):
+    model = tiny_eva02(num_classes=num_classes)
+    draft = symdsl.infer(model, timm_name="eva02_tiny_patch14_224",
+                         config={**TINY, "ref_feat_shape": [2, 2], "num_classes": num_classes}, registries=REGISTRIES)
+    drafted = _structure(resolve(symdsl.load_spec_text(draft.text, trust_code=True), model, registries=REGISTRIES).sites)
+    shipped = _structure(resolve(symdsl.find_spec("timm-eva02"), model, registries=REGISTRIES).sites)
+    if num_classes:
+        # the classifier takes fc_norm's gain: the draft folds the norms and rotates the stream
+        # fixing the ones vector, which the shipped spec leaves undeclared (a permutation)
+        assert drafted.pop("resid") == ("orthogonal", None, 32, "ones") and shipped.pop("resid")[0] == "permutation"
+    assert drafted == shipped
+    assert drafted["qk.0"] == ("rotary", "heads.0", 8, None) and "pairs: interleaved" in draft.text
+    assert ("outputs:" in draft.text) == (num_classes == 0)
+    report = check_draft(draft.text, registries=REGISTRIES)
+    assert report.ok, report
+
+
+def test_an_eva02_whose_k_bias_is_not_zero_gets_no_key_site():
+    import torch
+
+    model = tiny_eva02()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.k_bias.fill_(0.5)                    # the keys get a fixed offset
+    draft = symdsl.infer(model, registries=REGISTRIES)
+    assert "qk." not in draft.text and "heads." not in draft.text
+    assert "non-persistent buffer ['blocks.0.attn.k_bias']" in draft.text
+    report = check_draft(draft.text, model, registries=REGISTRIES)
+    assert report.ok, report

@@ -38,7 +38,8 @@ OTHERS = {name: f"{name}.yaml" for name in ["hf-t5", "hf-clip", "hf-clip-text", 
 ENCODERS = {"hf-roberta": "hf-roberta.yaml", "hf-distilbert": "hf-distilbert.yaml",         # tests/test_encoders.py
             "hf-vit": "hf-vit.yaml", "hf-vit-backbone": "hf-vit-backbone.yaml",
             "timm-vit-gap": "timm-vit-gap.yaml",                                                 # test_timm_vit_variants.py
-            "timm-vit-swiglu": "timm-vit-swiglu.yaml"}                                           # test_timm_vit_swiglu.py
+            "timm-vit-swiglu": "timm-vit-swiglu.yaml",                                           # test_timm_vit_swiglu.py
+            "timm-eva02": "timm-eva02.yaml"}                                                     # test_timm_eva02.py
 
 
 # --------------------------------------------------------------------------- models

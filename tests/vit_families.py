@@ -24,3 +24,10 @@ def tiny_aimv2(seed: int = 0, **overrides) -> torch.nn.Module:
     """An AIMv2 ViT (SwiGLU MLP, RMSNorm, no class token, average-pooled), features only."""
     return tiny_timm("aimv2_large_patch14_224", seed, **overrides)
 
+
+
+def tiny_eva02(seed: int = 0, **overrides) -> torch.nn.Module:
+    """An EVA02 ViT (2-D RoPE on the patch tokens, fused qkv with q/v biases and a zero k-bias
+    buffer, SwiGLU MLP, class token, average pooling), features only unless ``num_classes``.
+    ``ref_feat_shape`` is the tiny grid (2x2 patches), so the RoPE angles are those of the grid."""
+    return tiny_timm("eva02_tiny_patch14_224", seed, **{"ref_feat_shape": (2, 2), **overrides})

@@ -80,6 +80,12 @@ def static_check(spec: Spec, model: torch.nn.Module | None = None, *, registries
         aliases = graph.params.get(node_name, [])
         return state[aliases[0]].detach() if aliases and aliases[0] in state else None
 
-    result = propagate(graph, resolved, parameter, op_rules=registries.op_rules)
+    buffers = dict(model.named_buffers())      # non-persistent ones too (not in the state dict)
+
+    def buffer(node_name: str):
+        aliases = graph.params.get(node_name, [])
+        return buffers[aliases[0]].detach() if aliases and aliases[0] in buffers else None
+
+    result = propagate(graph, resolved, parameter, op_rules=registries.op_rules, buffer=buffer)
     return StaticReport(spec.name, type(model).__name__, graph.backend, result.checked_nodes,
                         result.findings, result.unused_tensors, notes)

@@ -16,7 +16,9 @@ from ..spec.binding import ResolvedSpec, TensorBinding
 from ..spec.pattern import blocks_of
 from .capture_types import Ref
 from .typecheck import CheckCall, Violation
-from .types import Atom, SplitAxis, is_tensor_type, is_typed, normalize, show, sites_in, untyped
+from .shapes import ZERO_KEEPING
+from .types import (Atom, SplitAxis, is_tensor_type, is_typed, normalize, show, sites_in, untyped, without_zeros,
+                    zero_axis)
 from .walker import GraphWalker, OpRules, Unsupported
 
 
@@ -103,9 +105,11 @@ class TypeCheck(GraphWalker):
     call_class = CheckCall
 
     def __init__(self, graph, resolved: ResolvedSpec, op_rules: OpRules,
-                 parameter: Callable[[str], Any] = lambda name: None):
+                 parameter: Callable[[str], Any] = lambda name: None,
+                 buffer: Callable[[str], Any] = lambda name: None):
         super().__init__(graph, op_rules)
         self.resolved, self.sites, self.parameter = resolved, resolved.sites, parameter
+        self.buffer = buffer
         self.findings: list[Finding] = []
         self.unused: list[str] = []
         self.declared_outputs = [normalize_type(binding_type(b)) for b in resolved.outputs.values()]
@@ -115,7 +119,13 @@ class TypeCheck(GraphWalker):
         bound = [n for n in names if n in self.resolved.tensors]
         if bound and not self.graph.users(node.name):
             self.unused.extend(bound)
-        return binding_type(self.resolved.tensors[bound[0]]) if bound else untyped(node.shape or ())
+        if bound:
+            return binding_type(self.resolved.tensors[bound[0]])
+        value = self.buffer(node.name)
+        if value is not None and value.numel() and not bool(value.any()):
+            # a zero buffer (EVA's k_bias between q_bias and v_bias): every linear map fixes it
+            return tuple(zero_axis(int(s)) for s in node.shape or ())
+        return untyped(node.shape or ())
 
     def leaf(self, node):
         if node.op != "input":
@@ -136,7 +146,8 @@ class TypeCheck(GraphWalker):
         if any(self.values.get(r) is POISONED for r in _refs((node.args, node.kwargs))):
             return POISONED
         try:
-            return super().call_op(node)
+            value = super().call_op(node)
+            return value if node.op in ZERO_KEEPING else without_zeros(value)
         except Violation as violation:
             self.report(node, violation)
             return POISONED               # stop the cascade: report each break once
@@ -168,8 +179,10 @@ class TypeCheck(GraphWalker):
 
 
 def propagate(graph, resolved: ResolvedSpec, parameter: Callable[[str], Any] = lambda name: None, *,
-              op_rules: OpRules) -> Propagation:
-    """Run every node's rule in order; ``parameter(node_name)`` returns a parameter's actual tensor.
+              op_rules: OpRules, buffer: Callable[[str], Any] = lambda name: None) -> Propagation:
+    """Run every node's rule in order; ``parameter(node_name)`` returns a parameter's actual tensor,
+    ``buffer(node_name)`` a buffer's (None for a parameter): a zero buffer fits any site (0 = g 0),
+    a precomputed RoPE table is read for its pair layout.
 
     ``op_rules`` is the op-rule table (``registries.op_rules``; the built-in one is
     :func:`symdsl.graph.ops.builtin_op_rules`).
@@ -187,7 +200,7 @@ def propagate(graph, resolved: ResolvedSpec, parameter: Callable[[str], Any] = l
     >>> [(f.op, f.message) for f in result.findings]
     [('tanh', 'site hidden (orthogonal) reaches tanh, which commutes only with permutations')]
     """
-    return TypeCheck(graph, resolved, op_rules, parameter).run()
+    return TypeCheck(graph, resolved, op_rules, parameter, buffer).run()
 
 
 def _fits(value, declared) -> bool:

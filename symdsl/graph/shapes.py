@@ -25,6 +25,11 @@ class Unsupported(Exception):
 
 # ops whose output is their first input, unchanged (dtype casts, copies, export's aliases)
 PASS_THROUGH = ("identity", "contiguous", "clone", "alias", "to", "detach", "lift_fresh_copy", "type_as")
+# ops whose output is zero wherever their input is (they move, cut, join or negate entries): a
+# zero buffer stays a zero tensor through them and becomes an ordinary one through any other op
+ZERO_KEEPING = PASS_THROUGH + ("view", "reshape", "_unsafe_view", "flatten", "transpose", "permute", "t",
+                               "unsqueeze", "squeeze", "expand", "neg", "cat", "concat", "concatenate", "stack",
+                               "slice", "select", "split", "chunk", "unbind", "getitem")
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ order). Group kinds are asked for capabilities, never for names:
 """
 from __future__ import annotations
 
-from .types import (Atom, SplitAxis, atoms_of, axis_size, axis_typed, normalize, same_atoms, show_axis, untyped,
-                    untyped_axis)
+from .types import (Atom, SplitAxis, atoms_of, axis_size, axis_typed, is_zero, normalize, same_atoms, show_axis,
+                    untyped, untyped_axis)
 from .walker import OpCall
 
 
@@ -103,7 +103,10 @@ class CheckCall(OpCall):
         """Factor by factor the same sites; a factor of copies (``expand``: the tensor is constant
         along it, e.g. grouped-query attention's keys repeated for the g query heads of their
         key/value head) also matches a site whose elements fix the ones vector (``g 1 = 1``: a
-        permutation of the query heads inside each group leaves the copies as they are)."""
+        permutation of the query heads inside each group leaves the copies as they are). An axis of
+        zeros (a zero buffer) matches any axis of its size: ``g 0 = 0`` for every linear g."""
+        if is_zero(a) or is_zero(b):
+            return axis_size(a) == axis_size(b)
         if isinstance(a, SplitAxis) or isinstance(b, SplitAxis):
             return (isinstance(a, SplitAxis) and isinstance(b, SplitAxis) and len(a.parts) == len(b.parts)
                     and all(self._same_space(x, y) for x, y in zip(a.parts, b.parts)))

@@ -28,10 +28,11 @@ class Atom:
     dual: bool = False
     squared: bool = False      # squared coordinates of the site, awaiting a sum over this axis
     repeated: bool = False     # unbound copies of one value (expand): constant along this factor
+    zero: bool = False         # unbound, and every entry is 0 (a zero buffer): every linear map fixes it
 
     def __str__(self) -> str:
         if not self.site:
-            return f"_{self.size}"
+            return f"0_{self.size}" if self.zero else f"_{self.size}"
         return f"{self.site}{chr(39) if self.dual else ''}{'^2' if self.squared else ''}"
 
 
@@ -67,6 +68,46 @@ def axis_size(axis: Axis) -> int:
 
 def untyped_axis(size: int) -> tuple:
     return (Atom(size),)
+
+
+def zero_axis(size: int) -> tuple:
+    """An axis of a tensor whose every entry is 0 (a zero buffer): ``0 = g 0`` for every linear g,
+    so it may stand where any site is expected (:func:`is_zero`).
+
+    >>> show((zero_axis(32),))
+    '[0_32]'
+    """
+    return (Atom(size, zero=True),)
+
+
+def is_zero(axis: Axis) -> bool:
+    """Is the axis all zeros (every factor a zero factor)?
+
+    >>> is_zero(zero_axis(4)), is_zero(untyped_axis(4))
+    (True, False)
+    """
+    return not isinstance(axis, SplitAxis) and bool(axis) and all(
+        isinstance(a, Atom) and a.zero for a in axis)
+
+
+def without_zeros(value):
+    """``value`` with every zero factor made a plain unbound one: what an op that does not keep
+    zeros zero (``exp``, ``add`` of another tensor) returns.
+
+    >>> show(without_zeros((zero_axis(4), (Atom(4, "resid"),))))
+    '[_4 resid]'
+    """
+    if isinstance(value, Atom):
+        return Atom(value.size, value.site, value.dual, value.squared, value.repeated) if value.zero else value
+    if isinstance(value, SplitAxis):
+        return SplitAxis(tuple(without_zeros(p) for p in value.parts))
+    if isinstance(value, Stacked):
+        return Stacked(value.axis, tuple(without_zeros(m) for m in value.members))
+    if isinstance(value, list):
+        return [without_zeros(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(without_zeros(v) for v in value)
+    return value
 
 
 def untyped(shape) -> TensorType:
@@ -121,8 +162,9 @@ def normalize(axis: Axis) -> Axis:
             if atom.size == 1:
                 continue
             if out and isinstance(out[-1], Atom) and out[-1].site is None:
-                # copies of copies are copies; copies next to varying coordinates are not
-                out[-1] = Atom(out[-1].size * atom.size, repeated=out[-1].repeated and atom.repeated)
+                # copies of copies are copies; copies next to varying coordinates are not (zeros alike)
+                out[-1] = Atom(out[-1].size * atom.size, repeated=out[-1].repeated and atom.repeated,
+                               zero=out[-1].zero and atom.zero)
                 continue
         out.append(atom)
     return tuple(out) if out else (Atom(1),)

@@ -124,6 +124,17 @@ class OpCall:
             raw = refs[0]
         return None
 
+    def buffer_value(self, raw):
+        """The actual tensor of a model buffer when ``raw`` (a :class:`Ref`) names one and the
+        analysis knows the model's buffers; None otherwise (a parameter, a computed tensor).
+
+        A buffer is a constant of the model (timm's precomputed RoPE table, EVA's zero k-bias),
+        so a rule may read its value; a parameter's value belongs to one checkpoint."""
+        if not isinstance(raw, Ref):
+            return None
+        node = self.graph.node(raw.name)
+        return self.walker.buffer(node.name) if node.op == "param" else None
+
     def param_source(self, index: int) -> tuple[str, bool] | None:
         """``(param node, direct)`` when argument ``index`` is computed from one model parameter
         alone, through casts and arithmetic with numbers (``weight.float()``, ``1 + weight``);
@@ -331,6 +342,11 @@ class GraphWalker:
         return [self.values.get(r.name) for r in node.refs()]
 
     # -- for subclasses -----------------------------------------------------------------------
+    def buffer(self, name: str):
+        """The actual tensor of the buffer behind param node ``name``, None when it is a parameter
+        or the analysis was given no buffers."""
+        return None
+
     def param(self, node):
         raise NotImplementedError
 

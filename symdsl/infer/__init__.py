@@ -75,7 +75,8 @@ def infer_spec(model: torch.nn.Module, *, factory: str | None = None, timm_name:
         kept = [p for p in range(len(returned)) if p not in plan.ignored]
         keep_outputs(graph, kept)
         plan = plan_outputs([returned[p] for p in kept], features)      # the features, at their new positions
-    analysis = walk(graph, set(model.state_dict()), registries.op_rules, features=plan.features)
+    analysis = walk(graph, set(model.state_dict()), registries.op_rules, features=plan.features,
+                    buffers=dict(model.named_buffers()))
     draft = build_draft(model, graph, analysis, example, name, registries=registries)
     header = [f"Draft spec inferred by `symdsl infer` from the traced graph of {type(model).__name__} "
               f"({graph.backend}, {len(graph.nodes)} nodes). Every choice below is a guess from the graph, "

@@ -1,7 +1,9 @@
 """Spec inference as an analysis over the shared graph walk: axis variables instead of site types.
 
 Parameters get one fresh variable per axis; model inputs, constants and non-persistent
-buffers get variables flagged ``fixed`` (no symmetry may move them); each op's rule, from the
+buffers get variables flagged ``fixed`` (no symmetry may move them), except a buffer whose value
+is all zeros (EVA's ``k_bias``: ``g 0 = 0``), whose variables stay free while only ops that keep
+zeros zero read it (as the checker's zero type); each op's rule, from the
 same op-rule table the static check uses (:mod:`symdsl.graph.ops`), unites and flags variables
 through :class:`~symdsl.infer.unify.InferCall`; the model's outputs are flagged ``fixed`` too
 (the draft claims invariance of what the model returns). An op without a rule, or a case its
@@ -17,7 +19,7 @@ from typing import Any, Mapping
 import torch
 
 from ..graph.capture_types import CapturedGraph
-from ..graph.shapes import Stacked
+from ..graph.shapes import ZERO_KEEPING, Stacked
 from ..graph.walker import GraphWalker, OpRules, Unsupported
 from .unify import InferCall
 from .variables import AxisVars
@@ -48,6 +50,7 @@ class Walk:
     rotary: list[tuple[int, str]] = field(default_factory=list)   # (var, pair layout) RoPE acts on
     outputs: list[tuple[str, str]] = field(default_factory=list)  # (output name, node) of feature outputs
     constants: set[int] = field(default_factory=set)   # axes of tensors that hold one number everywhere
+    zeros: set[int] = field(default_factory=set)       # axes of zero buffers, and of what keeps them (cat ...)
 
 
 _LOW = (torch.float32, torch.float16, torch.bfloat16)
@@ -69,12 +72,17 @@ class Inference(GraphWalker):
     call_class = InferCall
 
     def __init__(self, graph: CapturedGraph, state_names: set[str], op_rules: OpRules,
-                 features: Mapping[int, str] | None = None):
+                 features: Mapping[int, str] | None = None, buffers: Mapping[str, torch.Tensor] | None = None):
         super().__init__(graph, op_rules)
         self.result = Walk(graph)
         self.result.values = self.values
         self.state_names = state_names
         self.features = dict(features or {})     # output position -> name of a feature output
+        self.buffers = dict(buffers or {})       # state-dict name -> tensor, non-persistent ones too
+
+    def buffer(self, name: str):
+        names = self.graph.params.get(name, [])
+        return self.buffers.get(names[0]) if names else None
 
     def param(self, node):
         names = self.graph.params.get(node.name, [])
@@ -82,6 +90,11 @@ class Inference(GraphWalker):
         if any(n in self.state_names for n in names):
             self.result.param_axes[node.name] = call.fresh(node.shape or ())
             return self.result.param_axes[node.name]
+        value = self.buffer(node.name)
+        if value is not None and value.numel() and not bool(value.any()):
+            axes = call.fresh(node.shape or ())
+            self.result.zeros.update(axes)
+            return axes
         return call.fresh(node.shape or (), f"non-persistent buffer {names[:1]}")
 
     def leaf(self, node):
@@ -107,7 +120,20 @@ class Inference(GraphWalker):
             self.result.vars.flag(var, "touched")
         if node.dtype in _LOW and node.op not in ("embedding",):
             self.result.low_precision.append(node.name)     # e.g. a norm that upcasts only to float32
-        return super().call_op(node)
+        value = super().call_op(node)
+        zeros = self.result.zeros
+        if zeros:
+            before = set(self._inputs(node))
+            if node.op in ZERO_KEEPING:
+                # a piece, a copy or a concatenation holding a zero buffer's entries: tracked on
+                if before & zeros:
+                    zeros.update(v for v in _all_vars(value) if v not in before)
+            else:
+                # any other op makes the zeros an ordinary tensor: no symmetry may move it
+                for var in _all_vars(value):
+                    if var in zeros:
+                        self.result.vars.flag(var, "fixed", f"a zero buffer made non-zero by {node.op} ({node.name})")
+        return value
 
     def failed(self, call, exc):
         reason = f"{call.where}: {exc.message}" if isinstance(exc, Unsupported) else \
@@ -123,11 +149,12 @@ class Inference(GraphWalker):
 
 
 def walk(graph: CapturedGraph, state_names: set[str], op_rules: OpRules,
-         features: Mapping[int, str] | None = None) -> Walk:
+         features: Mapping[int, str] | None = None, buffers: Mapping[str, torch.Tensor] | None = None) -> Walk:
     """Propagate axis variables through ``graph``; ``state_names`` are the model's state-dict keys;
     ``op_rules`` is the op-rule table (``registries.op_rules``); ``features`` maps positions of
     the graph's outputs to names of feature outputs (:func:`symdsl.infer.outputs.feature_outputs`),
-    which are left free to carry sites instead of being fixed.
+    which are left free to carry sites instead of being fixed; ``buffers`` (``dict(model.named_buffers())``)
+    lets the rules read the model's constants (a precomputed RoPE table, a zero bias buffer).
 
     >>> import torch
     >>> from symdsl.graph import capture
@@ -138,4 +165,4 @@ def walk(graph: CapturedGraph, state_names: set[str], op_rules: OpRules,
     >>> w.vars.parity_between(hidden, w.param_axes["p_2_weight"][1]), sorted(w.vars.flags(hidden))
     (1, ['nonlinear', 'touched'])
     """
-    return Inference(graph, state_names, op_rules, features).run()
+    return Inference(graph, state_names, op_rules, features, buffers).run()

@@ -7,7 +7,8 @@
   parameter (through casts and arithmetic with numbers: ``weight``, ``1 + weight``) it is a
   per-feature ``gain`` (a norm's gain, a layer scale); ``x * x`` squares; where one of them is
   constant on each coordinate pair of the last axis by construction (RoPE's cos/sin, see
-  :mod:`.rope`), it scales each pair by one number: ``rotary`` on that axis.
+  :mod:`.rope`) or a window of a buffer whose values are (timm's precomputed RoPE table), it
+  scales each pair by one number: ``rotary`` on that axis.
 - ``pow(x, 2)``, ``square``: ``square`` on every axis (a sum or mean of squares is a norm).
 - GELU, tanh, ``pow`` with another exponent, ... (and dropout in training mode): ``nonlinear``
   on every axis.
@@ -16,7 +17,7 @@
 from __future__ import annotations
 
 from .base import op_rule
-from .rope import pair_constant
+from .rope import pair_constant, table_pair_layout
 
 NONLINEAR = ("gelu", "tanh", "relu", "silu", "sigmoid", "exp", "log", "sqrt", "rsqrt", "abs", "erf",
              "reciprocal", "sin", "cos", "elu", "leaky_relu", "softplus", "hardtanh", "mish", "sign",
@@ -91,7 +92,8 @@ def mul_rule(call):
     if gain is not None:
         return _scaled(call, call.tensor(1 - gain), call.tensor(gain), gain)
     for i in ((0, 1) if call.op == "mul" else (1,)) if len(tensors) == 2 else ():
-        layout = pair_constant(call.graph, call.node.args[i])
+        layout = pair_constant(call.graph, call.node.args[i]) or \
+            table_pair_layout(call.graph, call.node.args[i], call.buffer_value)
         x, c = call.tensor(1 - i), call.tensor(i)
         if layout is not None and x and not call.is_unit(x[-1]) and not call.is_unit(c[-1]):
             # x * cos: a table constant on each coordinate pair of the last axis scales every

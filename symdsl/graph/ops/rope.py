@@ -19,6 +19,14 @@ axis both of its maps act on each coordinate pair as a complex scalar (a scaled 
   elementwise functions (cos, sin, casts, arithmetic with numbers) and by ops on the other axes
   (unsqueeze, expand, select, slice). Multiplying by it scales each pair.
 
+- :func:`table_pair_layout`: a slice of a *precomputed table*, a model buffer (timm's
+  ``RotaryEmbeddingCat`` keeps ``cat((sin, cos), -1)`` of shape (patches, 2 n) and each attention
+  takes ``sin, cos = table.chunk(2, -1)``): the graph does not show how the buffer was made, but
+  a buffer is a constant of the model, so its value is read: the piece's last axis must be equal,
+  exactly, on every pair of a layout. Followed from the multiplied operand back to the buffer
+  through the same ops as above plus the pieces of a ``chunk``/``split`` and a unit-step slice
+  along the last axis (which only move the window read from the buffer).
+
 Partial rotary (GPT-NeoX's ``rotary_pct``, GPT-J's ``rotary_dim``, Phi's
 ``partial_rotary_factor``) slices each head into ``q[..., :r]`` (rotated as above) and
 ``q[..., r:]`` (passed through), then ``cat``s them back: the slices and the cat are ordinary
@@ -245,4 +253,90 @@ def pair_constant(graph, raw, depth: int = 24) -> str | None:
         else:
             return None
         raw = refs[0]
+    return None
+
+
+def _last_axis_step(graph, node, rank: int) -> tuple | None:
+    """``(source ref, offset)`` when ``node`` reads entries ``offset ...`` of its source's last axis
+    in order and leaves the other axes' values alone: a piece of ``chunk``/``split`` along the last
+    axis, a unit-step slice along it, an op that keeps the last axis (see :func:`pair_constant`)."""
+    op, args = node.op, node.args
+    if op == "getitem" and len(args) == 2 and isinstance(args[0], Ref) and isinstance(args[1], int):
+        parent = graph.node(args[0].name)
+        shapes = parent.shape
+        dim = parent.args[2] if len(parent.args) > 2 else parent.kwargs.get("dim", 0)
+        if parent.op not in ("chunk", "split", "split_with_sizes") or not parent.args or \
+                not isinstance(parent.args[0], Ref) or not shapes or not isinstance(shapes[0], tuple) or \
+                not isinstance(dim, int) or dim % rank != rank - 1 or any(len(s) != rank for s in shapes):
+            return None
+        return parent.args[0], sum(s[-1] for s in shapes[:args[1]])
+    if op == "slice":
+        found = _slice_range(node)
+        if found is not None and found[1] == rank - 1:
+            source = graph.node(found[0].name)
+            total = source.shape[-1] if _rank(source) == rank else None
+            if total is None or found[2] < 0:
+                return None
+            return found[0], found[2]
+    refs = node.refs()
+    if len(refs) != 1 or not args or args[0] != refs[0]:
+        return None
+    source = graph.node(refs[0].name)
+    source_rank = _rank(source)
+    if op in ELEMENTWISE or (op in ("mul", "div", "add", "sub") and len(args) >= 2 and all(
+            isinstance(a, (int, float)) and not isinstance(a, bool) for a in args[1:2])):
+        return (refs[0], 0) if source_rank == rank else None
+    if op == "unsqueeze" and isinstance(args[1], int) and args[1] % rank != rank - 1:
+        return refs[0], 0
+    if op == "expand" and source_rank is not None and source.shape[-1] == node.shape[-1]:
+        return refs[0], 0
+    if op in ("select", "slice") and source_rank is not None:
+        dim = args[1] if len(args) > 1 else 0
+        if isinstance(dim, int) and dim % source_rank != source_rank - 1:
+            return refs[0], 0
+    return None
+
+
+def table_pair_layout(graph, raw, buffer_value, depth: int = 24) -> str | None:
+    """``"interleaved"`` (pairs ``(2i, 2i + 1)``) or ``"half"`` (pairs ``(i, i + n/2)``) when the
+    tensor ``raw`` (a :class:`Ref`) is a window of a model buffer's last axis whose values are
+    equal on both coordinates of every pair of that layout (checked in that order); else None.
+    ``buffer_value(ref)`` gives a buffer node's tensor (None for anything else).
+
+    >>> import torch
+    >>> from symdsl.graph.capture_types import CapturedGraph, OpNode
+    >>> table = torch.tensor([[1., 1., 2., 2., 5., 6., 5., 6.]])        # (1, 8): interleaved | half
+    >>> g = CapturedGraph("demo", [OpNode("t", "param", (), {}, "t", (1, 8)),
+    ...     OpNode("c", "chunk", (Ref("t"), 2, -1), {}, "chunk", ((1, 4), (1, 4))),
+    ...     OpNode("sin", "getitem", (Ref("c"), 0), {}, "getitem", (1, 4)),
+    ...     OpNode("cos", "getitem", (Ref("c"), 1), {}, "getitem", (1, 4))], {"t": ["t"]}, [], [])
+    >>> value = lambda ref: table if ref.name == "t" else None
+    >>> table_pair_layout(g, Ref("sin"), value), table_pair_layout(g, Ref("cos"), value)
+    ('interleaved', 'half')
+    """
+    if not isinstance(raw, Ref):
+        return None
+    start = graph.node(raw.name)
+    if not _rank(start) or not start.shape[-1] or start.shape[-1] % 2:
+        return None
+    n, offset = start.shape[-1], 0
+    for _ in range(depth):
+        node = graph.node(raw.name)
+        if node.op == "param":
+            value = buffer_value(raw)
+            if value is None or value.dim() == 0 or offset + n > value.shape[-1]:
+                return None
+            window = value[..., offset:offset + n]
+            if bool((window[..., 0::2] == window[..., 1::2]).all()):
+                return INTERLEAVED
+            if bool((window[..., :n // 2] == window[..., n // 2:]).all()):
+                return HALF
+            return None
+        rank = _rank(node)
+        if not rank:
+            return None
+        step = _last_axis_step(graph, node, rank)
+        if step is None:
+            return None
+        raw, offset = step[0], offset + step[1]
     return None
