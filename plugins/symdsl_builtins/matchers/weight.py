@@ -319,7 +319,7 @@ def _parent_only_cost(problem: Problem, parent: str, kids: list[str]) -> torch.T
             cost += problem.const[occ.tensor][1].to(cost.dtype)
             continue
         moved = problem.moved(occ.tensor, exclude)
-        cost += problem.correlate(unfold(problem.a[occ.tensor], binding, occ), unfold(moved, binding, occ), problem.fast)
+        cost += problem.correlate(unfold(problem.a64(occ.tensor), binding, occ), unfold(moved, binding, occ), problem.fast)
     return cost
 
 
