@@ -10,6 +10,8 @@ instead of holding both models in float64. Caching only saves time, never change
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from contextlib import nullcontext
 
 import torch
@@ -23,6 +25,20 @@ F64 = torch.float64
 PRECISIONS = {"mixed": torch.float32, "float64": torch.float64}   # dtype of correlations that feed assignments
 _OFF = nullcontext()
 _CHUNK = 1 << 22   # elements per float64 chunk when a constant correlation is formed from a lower dtype
+_TRIM_BYTES = 64 << 20   # dropping at least this much of a unit's cache hands the allocator's free pages back
+
+
+def _find_malloc_trim():
+    """glibc's ``malloc_trim`` (None elsewhere). Float64 blocks of a few tens of MB, freed unit after
+    unit, stay in glibc's heap otherwise: the resident set then grows by sweeps, not by the working set."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim()
 
 
 class Problem:
@@ -85,10 +101,13 @@ class Problem:
     def unit(self, sites) -> None:
         sites = frozenset(sites)
         if sites != self._unit:
+            dropped = self._held
             self._a64.clear()
             self._base.clear()
             self._held = 0
             self._in_flight = frozenset(self.touched(sites))
+            if dropped >= _TRIM_BYTES and _MALLOC_TRIM is not None and self.device.type == "cpu":
+                _MALLOC_TRIM(0)   # returns whole free pages inside the heap too (madvise), not only its top
         self._unit = sites
 
     def _default_budget(self) -> int:
