@@ -109,3 +109,22 @@ def test_recovery_with_nothing_cached_is_exact(problems):
     b = act_state_dict(resolved, a, random_transform(resolved, seed=7))
     result = REGISTRIES.matchers.lookup("weight").match(resolved, a, b)
     assert relative_distance(resolved, act_state_dict(resolved, b, result.elements), a) < 1e-6
+
+
+def test_re_measuring_instead_of_keeping_correlation_terms_gives_the_same_answer(problems, monkeypatch):
+    """With no room for the residual rotation's per-tensor terms, its tensors are re-measured after
+    the solve: the same elements, and the objective within float64 rounding (another formula)."""
+    import symdsl_builtins.matchers.weight_problem as weight_problem
+
+    made, budget = problems
+    resolved, a, b = _pair("hf-llama", torch.float64)
+    kept = _match(resolved, a, b)
+    budget["bytes"] = 0
+    monkeypatch.setattr(weight_problem, "_TERM_BYTES", 0)
+    measured = _match(resolved, a, b)
+    assert measured.objective == pytest.approx(kept.objective, rel=1e-9)
+    for site, g in kept.elements.items():
+        if g.is_floating_point():
+            torch.testing.assert_close(measured.elements[site], g, rtol=0, atol=1e-9, msg=site)
+        else:
+            assert torch.equal(measured.elements[site], g), site

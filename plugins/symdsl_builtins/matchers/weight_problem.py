@@ -25,6 +25,7 @@ F64 = torch.float64
 PRECISIONS = {"mixed": torch.float32, "float64": torch.float64}   # dtype of correlations that feed assignments
 _OFF = nullcontext()
 _CHUNK = 1 << 22   # elements per float64 chunk when a constant correlation is formed from a lower dtype
+_TERM_BYTES = 256 << 20   # correlation terms a unit may keep to score its tensors (at least; see keep_term)
 _TRIM_BYTES = 64 << 20   # dropping at least this much of a unit's cache hands the allocator's free pages back
 
 
@@ -69,6 +70,7 @@ class Problem:
         self._in_flight: frozenset[str] = frozenset()   # tensors the unit touches: the only ones cached
         self._a64: dict[str, torch.Tensor] = {}      # tensor -> float64 A (unit in flight only)
         self._held = 0                        # float64 bytes in _a64 and _base
+        self._terms = 0                       # bytes of correlation terms kept to score the unit's tensors
         self.peak_held = 0                    # the most they ever held (tests, benchmarks)
         self.only: set[str] | None = None    # restrict correlations to these tensors (anchor phase)
         self.invertible_steps = 0             # L-BFGS iterations refining invertible sites (0: closed forms only)
@@ -105,6 +107,7 @@ class Problem:
             self._a64.clear()
             self._base.clear()
             self._held = 0
+            self._terms = 0
             self._in_flight = frozenset(self.touched(sites))
             if dropped >= _TRIM_BYTES and _MALLOC_TRIM is not None and self.device.type == "cpu":
                 _MALLOC_TRIM(0)   # returns whole free pages inside the heap too (madvise), not only its top
@@ -136,6 +139,16 @@ class Problem:
         cache[name] = (value, nbytes)
         self._held += nbytes
         self.peak_held = max(self.peak_held, self._held)
+
+    def keep_term(self, term: torch.Tensor) -> bool:
+        """May a (n, n) correlation term be kept to score its tensor after the solve? Within
+        max(cache_bytes, 256 MB) per unit: the residual rotation has one term per tensor (7 per
+        Llama layer, 8 MB each at hidden 1024, 134 MB at 4096); past it, tensors are re-measured."""
+        size = term.numel() * term.element_size()
+        if self._terms + size > max(self.cache_bytes, _TERM_BYTES):
+            return False
+        self._terms += size
+        return True
 
     def a64(self, name: str) -> torch.Tensor:
         """A[name] in float64 (cached while its unit is in flight)."""
