@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import symdsl_builtins.matchers.weight as weight
+import symdsl_builtins.matchers.weight_problem as weight_problem
 from conftest import REGISTRIES, canonical_example, relative_distance
 from symdsl import find_spec
 from symdsl.act import act_state_dict, random_transform
@@ -114,9 +115,7 @@ def test_recovery_with_nothing_cached_is_exact(problems):
 def test_re_measuring_instead_of_keeping_correlation_terms_gives_the_same_answer(problems, monkeypatch):
     """With no room for the residual rotation's per-tensor terms, its tensors are re-measured after
     the solve: the same elements, and the objective within float64 rounding (another formula)."""
-    import symdsl_builtins.matchers.weight_problem as weight_problem
-
-    made, budget = problems
+    _, budget = problems
     resolved, a, b = _pair("hf-llama", torch.float64)
     kept = _match(resolved, a, b)
     budget["bytes"] = 0
