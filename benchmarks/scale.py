@@ -132,7 +132,9 @@ def measure(size: str, max_iter: int, cache: bool) -> dict:
     out = Path(tempfile.mkdtemp(prefix="symdsl-scale-out-")) / "aligned"
     command = [sys.executable, "-m", "symdsl", "align", str(a), str(b), "-o", str(out), "--no-verify",
                "--option", f"max_iter={max_iter}"]
+    load_before = os.getloadavg()[0]
     result = run_measured(command)
+    result["load"] = [load_before, os.getloadavg()[0]]   # 1-minute load average before and after (shared cores)
     if result["rc"] != 0:
         print(result["output"], file=sys.stderr)
         raise SystemExit(f"{size}: symdsl align failed (exit {result['rc']})")
@@ -187,12 +189,12 @@ def main(argv=None) -> int:
         write_model(args.write[0], int(args.write[1]), Path(args.write[2]))
         return 0
     rows = []
-    print(f"{'size':>6} {'params':>8} {'disk GB':>8} {'seconds':>8} {'peak GB':>8} {'peak/disk':>9}")
+    print(f"{'size':>6} {'params':>8} {'disk GB':>8} {'seconds':>8} {'peak GB':>8} {'peak/disk':>9} {'load':>9}")
     for size in args.sizes:
         row = measure(size, args.max_iter, not args.no_cache)
         rows.append(row)
         print(f"{size:>6} {row['params'] / 1e6:7.0f}M {row['disk'] / 1e9:8.2f} {row['seconds']:8.1f} "
-              f"{row['peak_rss'] / 1e9:8.2f} {row['ratio']:9.2f}", flush=True)
+              f"{row['peak_rss'] / 1e9:8.2f} {row['ratio']:9.2f} {row['load'][0]:4.1f}-{row['load'][1]:<4.1f}", flush=True)
     model = fit([r for r in rows if r["size"] not in FULL_LAYERS] or rows)
     print(f"memory model: peak = {model['a']:.2f} * disk + {model['b'] / 1e9:.2f} GB ({model['points']} point(s))")
     extrapolated = {r["size"]: extrapolate(r, model) for r in rows if r["size"] in FULL_LAYERS}

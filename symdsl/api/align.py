@@ -45,7 +45,7 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
           matcher: str = "weight", *, data=None, seed: int = 0, device=None, standard: bool = True,
           verify: bool = True, progress=None, out: str | Path | None = None, overwrite: bool = False,
           dtype: str = "auto", keep_output_frame: bool = False, inputs: Mapping[str, Sequence[int]] | None = None,
-          registries: Registries | None = None, **options: Any) -> Alignment:
+          registries: Registries | None = None, canonicalize_a_in_place: bool = False, **options: Any) -> Alignment:
     """Align ``model_b`` to ``model_a`` modulo the symmetries of their spec.
 
     ``spec``: a spec name, a ``.yaml`` path, a :class:`~symdsl.spec.Spec`, or None (the one
@@ -71,6 +71,10 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     :func:`symdsl.undo_output_frame` maps them back. ``keep_output_frame`` holds the sites acting
     on them at the identity instead (:mod:`symdsl.api.output_frame`), so the aligned model returns
     B's outputs: a drop-in replacement for B, at the price of leaving those sites unmatched.
+    ``canonicalize_a_in_place``: canonicalize ``model_a`` itself, not a copy (one model's memory
+    less; A is left in canonical form: the same function, other weights). For callers that give A
+    up, as the command line does; by default the models passed in are left as they are. B is
+    always copied: writing the aligned model restores B's own form from the original.
 
     >>> import symdsl, torch
     >>> from symdsl.experiments.train import small_vit
@@ -112,7 +116,8 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
                                "there"], origin=origin)
     else:
         # without data no forward pass runs: the copies stay in the inputs' dtype (bounded memory)
-        prepared = prepare([model_a, model_b], spec, device=device, registries=registries, keep_dtype=data is None)
+        prepared = prepare([model_a, model_b], spec, device=device, registries=registries, keep_dtype=data is None,
+                           in_place=[0] if canonicalize_a_in_place else [])
         returned = returned_outputs(spec, prepared.resolved, prepared.models[0])
         # keep_output_frame: the matcher sees a spec without the sites acting on B's returned outputs
         held = held_sites(prepared.resolved, output_sites(prepared.resolved, returned)) if keep_output_frame else []

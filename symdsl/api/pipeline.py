@@ -76,7 +76,7 @@ def matcher_options(matcher: str, options: Mapping[str, Any], registries: Regist
 
 
 def canonical_copy(model: torch.nn.Module, spec: Spec, registries: Registries, *, device=None,
-                   keep_dtype: bool = False) -> torch.nn.Module:
+                   keep_dtype: bool = False, in_place: bool = False) -> torch.nn.Module:
     """A canonicalized copy of ``model`` under ``spec``, on ``device`` if given; ``model`` itself is
     left as it is.
 
@@ -85,8 +85,10 @@ def canonical_copy(model: torch.nn.Module, spec: Spec, registries: Registries, *
     exact enough for weight-only work because every canonicalize step is elementwise (a gain
     multiplied into a reader, a bias divided, a mean subtracted): computed in float and rounded
     once into the tensor's dtype. Runs that evaluate the model on data need the float32 copy.
+    ``in_place``: canonicalize ``model`` itself and return it (no copy: for a caller that gives
+    the model up, such as the command line, which never reads its inputs again).
     """
-    model = copy.deepcopy(model).eval()
+    model = (model if in_place else copy.deepcopy(model)).eval()
     if not keep_dtype and storage_dtype(model) in HALF:
         model.float()
     if device is not None:
@@ -96,7 +98,8 @@ def canonical_copy(model: torch.nn.Module, spec: Spec, registries: Registries, *
 
 
 def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *, device=None,
-            registries: Registries | None = None, keep_dtype: bool = False) -> Prepared:
+            registries: Registries | None = None, keep_dtype: bool = False,
+            in_place: Sequence[int] = ()) -> Prepared:
     """Copy and canonicalize every model (function-preserving) under one spec.
 
     Half-precision models (float16, bfloat16) are copied in float32, unless ``keep_dtype``:
@@ -105,6 +108,8 @@ def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *
     (weight matching in float64, the action engine in float32: :func:`symdsl.act.act_state_dict`).
     :func:`symdsl.align` and :func:`merge_models` keep the dtype when no data is given (no
     forward pass runs). Outputs are cast when written (``dtype="auto"``: the input's dtype).
+    ``in_place``: indices of models canonicalized themselves rather than copied (see
+    :func:`canonical_copy`); a model given twice is copied.
     """
     registries = registries or default_registries()
     if len(models) < 2:
@@ -113,7 +118,9 @@ def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *
     if len(kinds) > 1:
         raise UsageError(f"models are of different classes: {sorted(kinds)}")
     spec = spec_for(spec, models[0], registries)
-    copies = [canonical_copy(model, spec, registries, device=device, keep_dtype=keep_dtype) for model in models]
+    alone = [sum(other is model for other in models) == 1 for model in models]   # the same object twice: copy it
+    copies = [canonical_copy(model, spec, registries, device=device, keep_dtype=keep_dtype,
+                             in_place=index in in_place and alone[index]) for index, model in enumerate(models)]
     resolved = resolve_cached(spec, copies[0], registries)
     shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in copies]
     for index, other in enumerate(shapes[1:], start=1):

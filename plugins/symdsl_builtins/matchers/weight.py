@@ -263,7 +263,8 @@ def _solve_site(problem: Problem, site: str) -> dict[str, float]:
         term = problem.correlate(a, b, dtype)
         c = term if c is None else c + term
         whole_axis = len(problem.r.tensors[occ.tensor].axes[occ.axis].parts) == 1
-        if score_from_trace and kind.square and counts[occ.tensor] == 1 and whole_axis and info.per is None:
+        if (score_from_trace and kind.square and counts[occ.tensor] == 1 and whole_axis and info.per is None
+                and problem.keep_term(term)):    # bounded: past it the tensor is re-measured after the solve
             with problem.phase("score"):
                 scorable[occ.tensor] = (problem.norm_a[occ.tensor] + float((b * b).sum()), term)
     if c is None:
@@ -328,7 +329,7 @@ def _parent_only_cost(problem: Problem, parent: str, kids: list[str]) -> torch.T
             cost += problem.const[occ.tensor][1].to(cost.dtype)
             continue
         moved = problem.moved(occ.tensor, exclude)
-        cost += problem.correlate(unfold(problem.a[occ.tensor], binding, occ), unfold(moved, binding, occ), problem.fast)
+        cost += problem.correlate(unfold(problem.a64(occ.tensor), binding, occ), unfold(moved, binding, occ), problem.fast)
     return cost
 
 

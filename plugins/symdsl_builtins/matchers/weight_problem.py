@@ -1,7 +1,17 @@
 """Weight matching's working state: both models' tensors, the current elements, cached partial
-products and correlations (see :mod:`symdsl_builtins.matchers.weight` for the algorithm)."""
+products and correlations (see :mod:`symdsl_builtins.matchers.weight` for the algorithm).
+
+Memory: A's and B's tensors stay in their storage dtype (a bfloat16 checkpoint costs 2 bytes a
+parameter here, and nothing when the inputs are already on the device); each use upcasts one
+tensor to float64. What is cached in float64 (A's upcasts, B with the sites outside the unit
+applied) belongs to the unit in flight and is dropped when the next unit starts, within a byte
+budget (``cache_bytes``): a unit that touches every tensor (the residual rotation) recomputes
+instead of holding both models in float64. Caching only saves time, never changes a result.
+"""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from contextlib import nullcontext
 
 import torch
@@ -15,14 +25,32 @@ F64 = torch.float64
 PRECISIONS = {"mixed": torch.float32, "float64": torch.float64}   # dtype of correlations that feed assignments
 _OFF = nullcontext()
 _CHUNK = 1 << 22   # elements per float64 chunk when a constant correlation is formed from a lower dtype
+_TERM_BYTES = 256 << 20   # correlation terms a unit may keep to score its tensors (at least; see keep_term)
+_TRIM_BYTES = 64 << 20   # dropping at least this much of a unit's cache hands the allocator's free pages back
+
+
+def _find_malloc_trim():
+    """glibc's ``malloc_trim`` (None elsewhere). Float64 blocks of a few tens of MB, freed unit after
+    unit, stay in glibc's heap otherwise: the resident set then grows by sweeps, not by the working set."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim()
 
 
 class Problem:
     """A and B on one device, the current elements, and cached partial products.
 
-    ``a``/``b``: float64 copies of the tensors whose correlation changes during the descent;
-    ``const``: for every other tensor (a single self-dual site on a whole axis, contracted
-    over at least as many entries as the site has), its constant correlation term and norms.
+    ``a``/``b``: the tensors whose correlation changes during the descent, in their storage
+    dtype (read them in float64 through :meth:`a64` and :meth:`base`); ``const``: for every other
+    tensor (a single self-dual site on a whole axis, contracted over at least as many entries as
+    the site has), its constant correlation term and norms. ``cache_bytes``: the most float64
+    bytes kept for the unit in flight (default: the largest unit touching at most half of the
+    layer tensors' float64 bytes, so one layer's units cache and the residual rotation streams).
     """
 
     def __init__(self, resolved, state_a, state_b, device, permutations_only, precision, profile):
@@ -38,12 +66,17 @@ class Problem:
         self.is_identity = dict.fromkeys(self.sites, True)
         self.version = dict.fromkeys(self.sites, 0)   # bumped whenever a site's element changes
         self._clock = 0
-        self.unit: frozenset[str] = frozenset()      # sites of the unit being solved
+        self._unit: frozenset[str] = frozenset()     # sites of the unit being solved (see the unit property)
+        self._in_flight: frozenset[str] = frozenset()   # tensors the unit touches: the only ones cached
+        self._a64: dict[str, torch.Tensor] = {}      # tensor -> float64 A (unit in flight only)
+        self._held = 0                        # float64 bytes in _a64 and _base
+        self._terms = 0                       # bytes of correlation terms kept to score the unit's tensors
+        self.peak_held = 0                    # the most they ever held (tests, benchmarks)
         self.only: set[str] | None = None    # restrict correlations to these tensors (anchor phase)
         self.invertible_steps = 0             # L-BFGS iterations refining invertible sites (0: closed forms only)
         self.invertible_solver = "lbfgs"      # or "newton" (weight matcher option invertible_solver)
         self.cache: dict[str, float] = {}     # tensor -> ||A - act(g, B)||^2 for the current elements
-        self._base: dict[str, tuple] = {}     # tensor -> (key, B with the sites outside the unit applied)
+        self._base: dict[str, tuple] = {}     # tensor -> ((key, B with the sites outside the unit applied), bytes)
         self.a: dict[str, torch.Tensor] = {}
         self.b: dict[str, torch.Tensor] = {}
         self.const: dict[str, tuple] = {}     # tensor -> (site, term (n, n) float64, ||A||^2, ||B||^2)
@@ -55,10 +88,83 @@ class Problem:
                 self.const[name] = (self._site_at(occ), term, norm_a, norm_b)
                 self.norm_a[name] = norm_a
                 continue
-            with self.phase("convert"):
-                self.a[name] = state_a[name].detach().to(device=self.device, dtype=F64)
-                self.b[name] = state_b[name].detach().to(device=self.device, dtype=F64)
-                self.norm_a[name] = float((self.a[name] ** 2).sum())
+            with self.phase("convert"):   # storage dtype: no copy when already on the device
+                self.a[name] = state_a[name].detach().to(device=self.device)
+                self.b[name] = state_b[name].detach().to(device=self.device)
+                self.norm_a[name] = float((self.a[name].to(F64) ** 2).sum())
+        self.cache_bytes = self._default_budget()
+
+    # -- the float64 working set of the unit in flight --------------------------------------------
+    @property
+    def unit(self) -> frozenset[str]:
+        """The sites being solved together; setting another unit drops the previous one's cache."""
+        return self._unit
+
+    @unit.setter
+    def unit(self, sites) -> None:
+        sites = frozenset(sites)
+        if sites != self._unit:
+            dropped = self._held
+            self._a64.clear()
+            self._base.clear()
+            self._held = 0
+            self._terms = 0
+            self._in_flight = frozenset(self.touched(sites))
+            if dropped >= _TRIM_BYTES and _MALLOC_TRIM is not None and self.device.type == "cpu":
+                _MALLOC_TRIM(0)   # returns whole free pages inside the heap too (madvise), not only its top
+        self._unit = sites
+
+    def _default_budget(self) -> int:
+        """Float64 bytes of the largest unit (a parent with its ``per`` children) whose tensors are
+        at most half of all non-constant tensors' float64 bytes (all of them when none is)."""
+        size = {n: 8 * t.numel() for n, t in self.a.items()}
+        total = sum(size.values())
+        units: dict[str, set[str]] = {}
+        for s, info in self.sites.items():
+            root = info.per if info.per in self.sites else s
+            units.setdefault(root, set()).add(s)
+        # x2: A's float64 copy and B's moved copy of every tensor of the unit
+        costs = [2 * sum(size.get(n, 0) for n in self.touched(group)) for group in units.values()]
+        small = [c for c in costs if c <= total]
+        return max(small) if small else 2 * total
+
+    def _keep(self, cache: dict, name: str, value, nbytes: int) -> None:
+        """Cache ``value`` under ``name`` if the tensor belongs to the unit in flight and fits the budget."""
+        if name not in self._in_flight:
+            return
+        old = cache.pop(name, None)
+        if old is not None:
+            self._held -= old[1]
+        if self._held + nbytes > self.cache_bytes:
+            return
+        cache[name] = (value, nbytes)
+        self._held += nbytes
+        self.peak_held = max(self.peak_held, self._held)
+
+    def keep_term(self, term: torch.Tensor) -> bool:
+        """May a (n, n) correlation term be kept to score its tensor after the solve? Within
+        max(cache_bytes, 256 MB) per unit: the residual rotation has one term per tensor (7 per
+        Llama layer, 8 MB each at hidden 1024, 134 MB at 4096); past it, tensors are re-measured."""
+        size = term.numel() * term.element_size()
+        if self._terms + size > max(self.cache_bytes, _TERM_BYTES):
+            return False
+        self._terms += size
+        return True
+
+    def a64(self, name: str) -> torch.Tensor:
+        """A[name] in float64 (cached while its unit is in flight)."""
+        hit = self._a64.get(name)
+        if hit is not None:
+            return hit[0]
+        with self.phase("convert"):
+            x = self.a[name].to(F64)
+        self._keep(self._a64, name, x, 8 * x.numel())
+        return x
+
+    def b64(self, name: str) -> torch.Tensor:
+        """B[name] in float64 (not cached: :meth:`base` caches what is derived from it)."""
+        with self.phase("convert"):
+            return self.b[name].to(F64)
 
     # -- instrumentation (free when no profile is given) ------------------------------------------
     def phase(self, name: str):
@@ -148,19 +254,20 @@ class Problem:
         return sorted({o.tensor for s in sites for o in self.occ[s]})
 
     def base(self, name: str) -> torch.Tensor:
-        """B[name] with the current elements of every site outside the unit applied (cached)."""
+        """B[name] in float64 with the current elements of every site outside the unit applied
+        (cached while the unit is in flight, within ``cache_bytes``)."""
         inside = self.unit & self.sites_of[name]
         outside = sorted(self.sites_of[name] - inside)
         key = (inside, tuple(self.version[s] for s in outside))
         hit = self._base.get(name)
-        if hit is not None and hit[0] == key:
-            return hit[1]
+        if hit is not None and hit[0][0] == key:
+            return hit[0][1]
         elements = self.active(outside)
-        x = self.b[name]
+        x = self.b64(name)
         if elements:
             with self.phase("apply"):
                 x = act_tensor(x, self.r.tensors[name], elements, self.sites)
-        self._base[name] = (key, x)
+        self._keep(self._base, name, (key, x), 8 * x.numel())
         return x
 
     def moved(self, name: str, exclude=frozenset()) -> torch.Tensor:
@@ -174,7 +281,7 @@ class Problem:
         if not exclude <= self.unit:       # not a unit's question: move from scratch
             elements = self.active(self.sites_of[name] - exclude)
             with self.phase("apply"):
-                return act_tensor(self.b[name], self.r.tensors[name], elements, self.sites)
+                return act_tensor(self.b64(name), self.r.tensors[name], elements, self.sites)
         x = self.base(name)
         elements = self.active((self.unit - exclude) & self.sites_of[name])
         if elements:
@@ -191,7 +298,7 @@ class Problem:
                 continue
             x = self.moved(n)
             with self.phase("score"):
-                out[n] = float(((self.a[n] - x) ** 2).sum())
+                out[n] = float(((self.a64(n) - x) ** 2).sum())
         return out
 
     def unfolded_pairs(self, site: str, exclude: set[str], inner: str | None = None):
@@ -211,7 +318,7 @@ class Problem:
             if len(occs) == 1 or disjoint:
                 moved_b = self.moved(name, exclude)
                 for o in occs:
-                    yield o, unfold(self.a[name], binding, o, parent, inner), unfold(moved_b, binding, o, parent, inner)
+                    yield o, unfold(self.a64(name), binding, o, parent, inner), unfold(moved_b, binding, o, parent, inner)
                 continue
             kind = self.sites[site].kind
             if not kind.self_dual or parent is not None:
@@ -221,7 +328,7 @@ class Problem:
             for o in occs:  # linearise: current g on the other occurrences, undone on this one
                 with self.phase("apply"):
                     undone = kind.apply(undo, unfold(moved_b, binding, o), 0)
-                yield o, unfold(self.a[name], binding, o), undone
+                yield o, unfold(self.a64(name), binding, o), undone
 
     def circuit_sides(self, kid: str, exclude: set[str], inner: str | None = None):
         """``(X_A, X_B, Y_A, Y_B)``: a per-head child's primal and dual occurrences, each side
