@@ -36,6 +36,7 @@ from ..spec import ResolvedSpec
 from ..spec.binding import BoundAxis, BoundFactor, SiteDef, TensorBinding
 from ..spec.config import model_config
 from ..spec.load import Spec
+from .transform_file import read_elements_file
 
 OUTPUT_TRANSFORM_FILE = "output_transform.safetensors"
 FORMAT = "symdsl-output-transform"
@@ -296,19 +297,9 @@ class OutputFrame:
     def load(cls, path: str | Path, registries: Registries | None = None) -> "OutputFrame":
         """Read ``output_transform.safetensors`` (or the align output folder holding it); a missing or
         foreign file, or a group kind no installed plugin provides, is a UsageError naming it."""
-        from safetensors import SafetensorError, safe_open
-
-        path = Path(path)
-        file = path / OUTPUT_TRANSFORM_FILE if path.is_dir() else path
-        if not file.is_file():
-            raise UsageError(f"no output transform at {file}: align writes {OUTPUT_TRANSFORM_FILE} only when B's "
-                             "declared outputs come out moved (see the alignment's notes)")
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                metadata = dict(handle.metadata() or {})
-                elements = {name: handle.get_tensor(name) for name in handle.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise UsageError(f"{file}: not a readable safetensors file ({exc})") from None
+        file, metadata, elements = read_elements_file(
+            path, OUTPUT_TRANSFORM_FILE, "output transform", f"align writes {OUTPUT_TRANSFORM_FILE} only when B's "
+            "declared outputs come out moved (see the alignment's notes)")
         if metadata.get("format") != FORMAT:
             raise UsageError(f"{file}: format '{metadata.get('format')}' is not a symdsl output transform")
         kinds = (registries or default_registries()).group_kinds

@@ -63,24 +63,45 @@ class SavedTransform:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+def read_elements_file(path: str | Path, file_name: str, what: str,
+                       hint: str) -> tuple[Path, dict[str, str], dict[str, torch.Tensor]]:
+    """Read a safetensors file of group elements written by symdsl: ``(file, metadata, tensors)``.
+
+    ``path`` is the file or a folder holding ``file_name``; a missing file is a UsageError
+    ``no {what} at {file}: {hint}``, an unreadable one a UsageError naming the file (never
+    safetensors' own traceback).
+
+    >>> import tempfile
+    >>> from safetensors.torch import save_file
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> save_file({"resid": torch.arange(3)}, str(folder / "t.safetensors"), metadata={"format": "x"})
+    >>> file, metadata, tensors = read_elements_file(folder, "t.safetensors", "file", "write one")
+    >>> file.name, metadata, tensors["resid"].tolist()
+    ('t.safetensors', {'format': 'x'}, [0, 1, 2])
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    file = path / file_name if path.is_dir() else path
+    if not file.is_file():
+        raise UsageError(f"no {what} at {file}: {hint}")
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UsageError(f"{file}: not a readable safetensors file ({exc})") from None
+    return file, metadata, tensors
+
+
 def load_transform(path: str | Path) -> SavedTransform:
     """Read ``transform.safetensors`` (or an align output folder holding one).
 
     A missing file, a file that is not safetensors, or one written by something else gives a
     :class:`~symdsl.errors.UsageError` naming the file.
     """
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    file = path / TRANSFORM_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise UsageError(f"no transform at {file}: give an align output folder (it holds {TRANSFORM_FILE}) or the file")
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            elements = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UsageError(f"{file}: not a readable safetensors file ({exc})") from None
+    file, metadata, elements = read_elements_file(
+        path, TRANSFORM_FILE, "transform", f"give an align output folder (it holds {TRANSFORM_FILE}) or the file")
     if metadata.get("format") not in (None, FORMAT):
         raise UsageError(f"{file}: format '{metadata.get('format')}' is not a symdsl transform")
     spec = metadata.get("spec") or _spec_from_record(file.parent / "symdsl.json")
@@ -113,5 +134,5 @@ def check_fits(saved: SavedTransform, sites: Mapping) -> None:
                              f"transform holds {tuple(saved.elements[name].shape)} (a model of another width?)")
 
 
-__all__ = ["FORMAT", "SavedTransform", "TRANSFORM_FILE", "check_fits", "load_transform", "state_digest",
-           "transform_metadata"]
+__all__ = ["FORMAT", "SavedTransform", "TRANSFORM_FILE", "check_fits", "load_transform", "read_elements_file",
+           "state_digest", "transform_metadata"]
