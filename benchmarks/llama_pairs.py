@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from table1 import DEFAULT_TEXT, ROOT, cache_root, machine_info, replace_section  # noqa: E402
+from bench_common import DEFAULT_TEXT, ROOT, aligned_state, cache_root, machine_info, summarise, write_outputs  # noqa: E402,E501
 
 SPEC = "hf-llama"
 HELD = "qk."   # the rotary q/k sites: the one symmetry RoPE adds, and the row that measures it
@@ -107,9 +106,8 @@ def trained(seed: int, dataset, width: int, chars: int | None, say) -> tuple[tor
 
 def measure_pair(models, dataset, learn_steps: int, learned: dict, say) -> dict[str, dict]:
     """Barriers of every method on one pair: label -> {loss, accuracy, seconds}."""
-    from symdsl.act import act_state_dict
     from symdsl.api import find_spec
-    from symdsl.api.pipeline import match, prepare
+    from symdsl.api.pipeline import prepare
     from symdsl.evaluate import barrier, loss_curve
 
     spec = find_spec(SPEC)
@@ -117,39 +115,15 @@ def measure_pair(models, dataset, learn_steps: int, learned: dict, say) -> dict[
     starts: dict[bool, tuple] = {}   # permutations_only -> (weight-matching result, seconds), shipped spec
     out = {}
     for label, matcher, options, variant in METHODS:
+        key = options.get("permutations_only", False)
+        state_b, seconds = aligned_state(prepared[variant], matcher, options, dataset, learn_steps, starts, key,
+                                         learned=learned, remember=variant is None)
         p = prepared[variant]
-        started = time.perf_counter()
-        if matcher is None:
-            state_b = p.states[1]
-        else:
-            extra: dict = {}
-            key = options.get("permutations_only", False)
-            if matcher == "learned":
-                found, found_seconds = starts[key]
-                extra = {"start": found.elements, "steps": learn_steps, **learned}
-                started -= found_seconds
-            result = match(p, 1, matcher, data=dataset, **options, **extra)
-            if matcher == "weight" and variant is None:
-                starts[key] = (result, time.perf_counter() - started)
-            state_b = act_state_dict(p.resolved, p.states[1], result.elements)
-        seconds = time.perf_counter() - started
         curve = loss_curve(p.models[0], p.states[0], state_b, dataset)
         b = barrier(curve)
         out[label] = {"loss": b.loss, "accuracy": b.accuracy, "seconds": seconds, "curve": curve.loss}
         say(f"    {label}: loss barrier {b.loss:.3f} ({seconds:.1f} s)")
     return out
-
-
-def summarise(per_pair: list[dict[str, dict]]) -> dict[str, dict]:
-    """Mean ± std over pairs of every row, and the learned-full / weight-full ratio per pair."""
-    rows = {}
-    for label, *_ in METHODS:
-        losses = [pair[label]["loss"] for pair in per_pair]
-        rows[label] = {"loss": losses, "loss_mean": statistics.fmean(losses),
-                       "loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
-                       "accuracy_mean": statistics.fmean(pair[label]["accuracy"] for pair in per_pair),
-                       "seconds_mean": statistics.fmean(pair[label]["seconds"] for pair in per_pair)}
-    return rows
 
 
 def markdown(block: dict, machine: dict, command: str) -> str:
@@ -231,12 +205,9 @@ def main(argv=None) -> int:
     for label, row in rows.items():
         say(f"  {label:<52} {' '.join(f'{x:6.3f}' for x in row['loss'])}   {row['loss_mean']:.3f} ± {row['loss_std']:.3f}")
     say("  learned full / weight full: " + ", ".join(f"{r:.2f}" for r in block["learned_over_weight"]))
-    Path(args.json).write_text(json.dumps({"results": block, "machine": machine}, indent=2) + "\n")
-    say(f"wrote {args.json}")
-    if args.results:
-        command = "python benchmarks/llama_pairs.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        replace_section(ROOT / "benchmarks" / "RESULTS.md", HEADING, markdown(block, machine, command.strip()))
-        say("updated benchmarks/RESULTS.md")
+    command = "python benchmarks/llama_pairs.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_outputs({"results": block, "machine": machine}, args.json, say,
+                  (HEADING, markdown(block, machine, command.strip())) if args.results else None)
     return 0
 
 

@@ -20,18 +20,15 @@ permutations only, and full learned matching on the standard and the circuit rou
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import DEFAULT_TEXT, ROOT, aligned_state, cache_root, machine_info, summarise, write_outputs  # noqa: E402,E501
 
 # (row label, matcher, options, spec route); route None = the registry's standard spec
 METHODS = [
@@ -58,12 +55,6 @@ PAPER = {"vit": {"vanilla averaging": 1.69, "activation matching": 1.27,
                   "learned matching, full (paper route: RMSNorm + circuits)": 0.02}}
 
 
-def cache_root() -> Path:
-    root = os.environ.get("SYMDSL_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"),
-                                                          "symdsl")
-    return Path(root) / "bench"
-
-
 def trained(task: str, seed: int, dataset, say) -> torch.nn.Module:
     """A model of ``task`` trained with its recipe from ``seed`` (cached)."""
     from symdsl.models import load_model, save_model
@@ -86,45 +77,20 @@ def trained(task: str, seed: int, dataset, say) -> torch.nn.Module:
 
 def measure_pair(task: str, models, dataset, learn_steps: int, say) -> dict[str, dict]:
     """Barriers of every method on one pair: label -> {loss, accuracy, seconds}."""
-    from symdsl.act import act_state_dict
+    from symdsl.api.pipeline import prepare
     from symdsl.evaluate import barrier, loss_curve
-    from symdsl.api.pipeline import match, prepare
 
     prepared = {route: prepare(models, SPECS[task][route]) for route in SPECS[task]}
     starts: dict[tuple, tuple] = {}   # (route, permutations_only) -> (weight-matching result, seconds)
     out = {}
     for label, matcher, options, route in METHODS:
         p = prepared[route]
-        started = time.perf_counter()
-        if matcher is None:
-            state_b = p.states[1]
-        else:
-            extra = {}
-            key = (route, options.get("permutations_only", False))
-            if matcher == "learned":
-                found, found_seconds = starts[key]
-                extra = {"start": found.elements, "steps": learn_steps}
-                started -= found_seconds
-            result = match(p, 1, matcher, data=dataset, **options, **extra)
-            if matcher == "weight":
-                starts[key] = (result, time.perf_counter() - started)
-            state_b = act_state_dict(p.resolved, p.states[1], result.elements)
-        seconds = time.perf_counter() - started
+        key = (route, options.get("permutations_only", False))
+        state_b, seconds = aligned_state(p, matcher, options, dataset, learn_steps, starts, key)
         b = barrier(loss_curve(p.models[0], p.states[0], state_b, dataset))
         out[label] = {"loss": b.loss, "accuracy": b.accuracy, "seconds": seconds}
         say(f"    {label}: loss barrier {b.loss:.3f} ({seconds:.1f} s)")
     return out
-
-
-def summarise(per_pair: list[dict[str, dict]]) -> dict[str, dict]:
-    rows = {}
-    for label, *_ in METHODS:
-        losses = [pair[label]["loss"] for pair in per_pair]
-        accs = [pair[label]["accuracy"] for pair in per_pair]
-        secs = [pair[label]["seconds"] for pair in per_pair]
-        rows[label] = {"loss_mean": statistics.fmean(losses), "loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
-                       "accuracy_mean": statistics.fmean(accs), "seconds_mean": statistics.fmean(secs), "loss": losses}
-    return rows
 
 
 def markdown(results: dict, machine: dict) -> str:
@@ -145,27 +111,6 @@ def markdown(results: dict, machine: dict) -> str:
     lines += [f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, one intra-op thread, "
               f"load average at the start {machine['load']}; {machine['seconds']:.0f} s in all.", ""]
     return "\n".join(lines)
-
-
-def machine_info(seconds: float, load) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "load": load, "seconds": seconds}
-
-
-def replace_section(path: Path, heading: str, body: str) -> None:
-    """Replace the text under ``heading`` (up to the next '## ' heading) in a Markdown file."""
-    text = path.read_text()
-    start = text.index(heading) + len(heading)
-    end = text.find("\n## ", start)
-    end = len(text) if end < 0 else end + 1
-    path.write_text(text[:start] + "\n\n" + body.rstrip() + "\n\n" + text[end:].lstrip("\n") if end < len(text)
-                    else text[:start] + "\n\n" + body.rstrip() + "\n")
 
 
 def main(argv=None) -> int:
@@ -200,13 +145,9 @@ def main(argv=None) -> int:
         say(f"\n{task}: test-loss barrier, mean ± std over {block['pairs']} pairs")
         for label, row in block["rows"].items():
             say(f"  {label:<58} {row['loss_mean']:.3f} ± {row['loss_std']:.3f}")
-    Path(args.json).write_text(json.dumps({"results": results, "machine": machine, "learn_steps": args.learn_steps},
-                                          indent=2) + "\n")
-    say(f"wrote {args.json}")
-    if args.results:
-        replace_section(ROOT / "benchmarks" / "RESULTS.md", "## Table 1: loss barriers on models trained here",
-                        markdown(results, machine))
-        say("updated benchmarks/RESULTS.md")
+    section = ("## Table 1: loss barriers on models trained here", markdown(results, machine))
+    write_outputs({"results": results, "machine": machine, "learn_steps": args.learn_steps}, args.json, say,
+                  section if args.results else None)
     return 0
 
 

@@ -332,7 +332,7 @@ def markdown(record: dict) -> str:
 def main(argv=None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bpe_pair
-    from table1 import machine_info, replace_section
+    from bench_common import machine_info, replace_section
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1")
