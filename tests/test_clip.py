@@ -56,13 +56,14 @@ def test_weight_matching_recovers_a_hidden_element(spec_name):
     assert before > 0.5 and after < 1e-6, (before, after)
 
 
-def test_symdsl_check_on_a_saved_clip_folder_finds_the_spec_and_passes(tmp_path, capsys):
+@pytest.mark.parametrize("spec_name", sorted(MODELS))
+def test_symdsl_check_on_a_saved_clip_folder_finds_the_spec_and_passes(spec_name, tmp_path, capsys):
     from symdsl.cli.main import main
 
-    MODELS["hf-clip"]().save_pretrained(tmp_path / "clip")
+    MODELS[spec_name]().save_pretrained(tmp_path / "clip")
     assert main(["check", "--model", str(tmp_path / "clip")]) == 0
     out = capsys.readouterr().out
-    assert "spec hf-clip" in out and "result: OK" in out
+    assert f"spec {spec_name} " in out and "result: OK" in out
 
 
 def _structure(sites) -> list:

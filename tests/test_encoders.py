@@ -164,9 +164,7 @@ def test_inputs_override_on_a_hugging_face_vit(capsys):
     assert "Input image size (12*12) doesn't match model (8*8)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("spec_name, cls_name", [("hf-roberta", "RobertaForSequenceClassification"),
-                                                 ("hf-distilbert", "DistilBertForTokenClassification"),
-                                                 ("hf-vit", "ViTForImageClassification")])
+@pytest.mark.parametrize("spec_name, cls_name", [(s, c) for s, c, overrides, _ in FAMILIES if not overrides])
 def test_symdsl_check_on_a_saved_folder_finds_the_spec_and_passes(spec_name, cls_name, tmp_path, capsys):
     from symdsl.cli.main import main
 
