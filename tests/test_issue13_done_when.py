@@ -184,3 +184,8 @@ def test_the_site_comparison_finds_renamed_sites_equal_and_a_changed_tensor_or_k
     assert any(p.startswith("site mlp.0 (shipped mlp.0)") for p in site_differences(rotated, shipped, model)[1])
     with pytest.raises(AssertionError, match="site mlp.1"):
         assert_same_sites(rotated, shipped, model)
+    # a returned feature the draft would not declare equivariant is a difference too
+    bert = build_hf("hf-bert", "BertModel")
+    silent = resolve(_edited("hf-bert", '    outputs:\n      pooler_output: "_ pool"\n', ""), bert, registries=REGISTRIES)
+    problems = site_differences(silent, resolve(symdsl.find_spec("hf-bert"), bert, registries=REGISTRIES), bert)[1]
+    assert problems == ["outputs differ: only in the draft [], only in the shipped spec ['pooler_output']"]
