@@ -10,6 +10,7 @@ import pytest
 import symdsl
 from conftest import REGISTRIES
 from decoder_families import edited_spec, hidden_element_distances, tiny
+from site_compare import assert_same_sites
 from symdsl.check.numeric import numeric_check
 from symdsl.check.static import static_check
 from symdsl.infer import check_draft
@@ -55,13 +56,14 @@ def test_weight_matching_recovers_a_hidden_element(spec_name):
     assert before > 0.5 and after < 1e-6, (before, after)
 
 
-def test_symdsl_check_on_a_saved_clip_folder_finds_the_spec_and_passes(tmp_path, capsys):
+@pytest.mark.parametrize("spec_name", sorted(MODELS))
+def test_symdsl_check_on_a_saved_clip_folder_finds_the_spec_and_passes(spec_name, tmp_path, capsys):
     from symdsl.cli.main import main
 
-    MODELS["hf-clip"]().save_pretrained(tmp_path / "clip")
+    MODELS[spec_name]().save_pretrained(tmp_path / "clip")
     assert main(["check", "--model", str(tmp_path / "clip")]) == 0
     out = capsys.readouterr().out
-    assert "spec hf-clip" in out and "result: OK" in out
+    assert f"spec {spec_name} " in out and "result: OK" in out
 
 
 def _structure(sites) -> list:
@@ -73,7 +75,8 @@ def _structure(sites) -> list:
 def test_the_infer_draft_has_the_shipped_structure_and_passes(spec_name):
     model = MODELS[spec_name]()
     draft = symdsl.infer(model, registries=REGISTRIES)
-    drafted = resolve(symdsl.load_spec_text(draft.text, trust_code=True), model, registries=REGISTRIES).sites
-    shipped = resolve(symdsl.find_spec(spec_name), model, registries=REGISTRIES).sites
-    assert _structure(drafted) == _structure(shipped)
+    drafted = resolve(symdsl.load_spec_text(draft.text, trust_code=True), model, registries=REGISTRIES)
+    shipped = resolve(symdsl.find_spec(spec_name), model, registries=REGISTRIES)
+    assert _structure(drafted.sites) == _structure(shipped.sites)
+    assert_same_sites(drafted, shipped, model)      # the same tensors' axes and outputs, up to the sites' names
     assert check_draft(draft.text, registries=REGISTRIES).ok

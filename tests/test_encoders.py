@@ -20,6 +20,7 @@ from symdsl.spec.registry import match_spec
 
 # (spec, class, config overrides, the heads the spec finds)
 FAMILIES = [
+    ("hf-bert", "BertModel", {}, ["pooler"]),
     ("hf-bert", "BertForTokenClassification", {}, ["token_classifier"]),
     ("hf-bert", "BertForSequenceClassification", {}, ["pooler", "classifier"]),
     ("hf-bert", "BertForMaskedLM", {}, ["mlm"]),
@@ -58,12 +59,18 @@ def test_the_spec_matches_and_both_checks_pass_in_float64(spec_name, cls_name, o
 
 
 @pytest.mark.parametrize("spec_name, cls_name, overrides", [
+    ("hf-bert", "BertModel", {}),
+    ("hf-bert", "BertForMaskedLM", {}),
     ("hf-bert", "BertForTokenClassification", {}),
     ("hf-bert", "BertForSequenceClassification", {}),
+    ("hf-roberta", "RobertaModel", {}),
     ("hf-roberta", "RobertaForMaskedLM", {}),
     ("hf-roberta", "RobertaForSequenceClassification", {}),
+    ("hf-roberta", "RobertaForTokenClassification", {}),
+    ("hf-distilbert", "DistilBertModel", {}),
     ("hf-distilbert", "DistilBertForMaskedLM", {}),
     ("hf-distilbert", "DistilBertForSequenceClassification", {}),
+    ("hf-distilbert", "DistilBertForTokenClassification", {}),
     ("hf-vit", "ViTForImageClassification", {}),
     ("hf-vit-backbone", "ViTModel", {}),
 ])
@@ -157,9 +164,7 @@ def test_inputs_override_on_a_hugging_face_vit(capsys):
     assert "Input image size (12*12) doesn't match model (8*8)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("spec_name, cls_name", [("hf-roberta", "RobertaForSequenceClassification"),
-                                                 ("hf-distilbert", "DistilBertForTokenClassification"),
-                                                 ("hf-vit", "ViTForImageClassification")])
+@pytest.mark.parametrize("spec_name, cls_name", [(s, c) for s, c, overrides, _ in FAMILIES if not overrides])
 def test_symdsl_check_on_a_saved_folder_finds_the_spec_and_passes(spec_name, cls_name, tmp_path, capsys):
     from symdsl.cli.main import main
 

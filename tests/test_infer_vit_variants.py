@@ -9,6 +9,7 @@ import pytest
 
 import symdsl
 from conftest import REGISTRIES
+from site_compare import assert_same_sites
 from symdsl.infer import check_draft
 from symdsl.spec import resolve
 
@@ -25,9 +26,10 @@ def test_the_aimv2_draft_has_the_shipped_sites_and_passes(num_classes):
     model = tiny_aimv2(num_classes=num_classes)
     draft = symdsl.infer(model, timm_name="aimv2_large_patch14_224", config={**TINY, "num_classes": num_classes},
                          registries=REGISTRIES)
-    drafted = resolve(symdsl.load_spec_text(draft.text, trust_code=True), model, registries=REGISTRIES).sites
-    shipped = resolve(symdsl.find_spec("timm-vit-swiglu"), model, registries=REGISTRIES).sites
-    assert _structure(drafted) == _structure(shipped)
+    drafted = resolve(symdsl.load_spec_text(draft.text, trust_code=True), model, registries=REGISTRIES)
+    shipped = resolve(symdsl.find_spec("timm-vit-swiglu"), model, registries=REGISTRIES)
+    assert _structure(drafted.sites) == _structure(shipped.sites)
+    assert_same_sites(drafted, shipped, model)      # the same tensors' axes and outputs
     assert ("outputs:" in draft.text) == (num_classes == 0)      # the pooled features, declared equivariant
     report = check_draft(draft.text, registries=REGISTRIES)
     assert report.ok, report
@@ -47,8 +49,12 @@ def test_the_eva02_draft_has_the_shipped_sites_and_passes(num_classes):
     model = tiny_eva02(num_classes=num_classes)
     draft = symdsl.infer(model, timm_name="eva02_tiny_patch14_224",
                          config={**TINY, "ref_feat_shape": [2, 2], "num_classes": num_classes}, registries=REGISTRIES)
-    drafted = _structure(resolve(symdsl.load_spec_text(draft.text, trust_code=True), model, registries=REGISTRIES).sites)
-    shipped = _structure(resolve(symdsl.find_spec("timm-eva02"), model, registries=REGISTRIES).sites)
+    drafted_spec = resolve(symdsl.load_spec_text(draft.text, trust_code=True), model, registries=REGISTRIES)
+    shipped_spec = resolve(symdsl.find_spec("timm-eva02"), model, registries=REGISTRIES)
+    # the same tensors' axes and outputs; with a classifier the one documented difference below
+    assert_same_sites(drafted_spec, shipped_spec, model,
+                      {"resid": ("orthogonal", None, 32, None, "ones")} if num_classes else None)
+    drafted, shipped = _structure(drafted_spec.sites), _structure(shipped_spec.sites)
     if num_classes:
         # the classifier takes fc_norm's gain: the draft folds the norms and rotates the stream
         # fixing the ones vector, which the shipped spec leaves undeclared (a permutation)

@@ -9,6 +9,7 @@ import pytest
 import symdsl
 from conftest import REGISTRIES
 from decoder_families import edited_spec, hidden_element_distances, tiny
+from site_compare import assert_same_sites
 from symdsl.check.numeric import numeric_check
 from symdsl.check.static import static_check
 from symdsl.infer import check_draft
@@ -66,11 +67,13 @@ def _structure(sites) -> list:
     return sorted((s.kind.name, sites[s.per].kind.name if s.per else None, s.size) for s in sites.values())
 
 
-def test_the_infer_draft_has_the_shipped_structure_and_passes():
-    model = t5()
+@pytest.mark.parametrize("overrides", [{}, GATED], ids=["v1.0", "v1.1-gated"])
+def test_the_infer_draft_has_the_shipped_structure_and_passes(overrides):
+    model = t5(**overrides)
     draft = symdsl.infer(model, registries=REGISTRIES)
     assert draft.example["output"] == "logits" and not draft.notes
-    drafted = resolve(symdsl.load_spec_text(draft.text, trust_code=True), model, registries=REGISTRIES).sites
-    shipped = resolve(symdsl.find_spec("hf-t5"), model, registries=REGISTRIES).sites
-    assert _structure(drafted) == _structure(shipped)
+    drafted = resolve(symdsl.load_spec_text(draft.text, trust_code=True), model, registries=REGISTRIES)
+    shipped = resolve(symdsl.find_spec("hf-t5"), model, registries=REGISTRIES)
+    assert _structure(drafted.sites) == _structure(shipped.sites)
+    assert_same_sites(drafted, shipped, model)      # the same tensors' axes, up to the sites' names
     assert check_draft(draft.text, registries=REGISTRIES).ok

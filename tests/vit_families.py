@@ -31,3 +31,20 @@ def tiny_eva02(seed: int = 0, **overrides) -> torch.nn.Module:
     buffer, SwiGLU MLP, class token, average pooling), features only unless ``num_classes``.
     ``ref_feat_shape`` is the tiny grid (2x2 patches), so the RoPE angles are those of the grid."""
     return tiny_timm("eva02_tiny_patch14_224", seed, **{"ref_feat_shape": (2, 2), **overrides})
+
+
+def deit_tiny_32(seed: int = 0, depth: int = 2) -> torch.nn.Module:
+    """DeiT-tiny as timm builds it (embed_dim 192, 3 heads, MLP 768, patch 16, 3 channels, class
+    token) for 32x32 images (2x2 patches), 2 of its 12 blocks by default so a float64 check takes
+    seconds (all 12: ``depth=12``, recorded in benchmarks/RESULTS.md)."""
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=32, depth=depth)
+    return perturb_parameters(model, seed=seed).eval()
+
+
+def tiny_vit_no_class_token(seed: int = 0) -> torch.nn.Module:
+    """A timm ViT built with ``class_token=False, global_pool="avg"`` (3 channels, 32x32, patch 16,
+    embed_dim 32, 2 blocks, 4 heads): the tokens are averaged, so timm-vit-gap describes it."""
+    return tiny_timm("deit_tiny_patch16_224", seed, img_size=32, patch_size=16, class_token=False, global_pool="avg")
