@@ -63,6 +63,8 @@ def test_a_vit_without_class_token_is_matched_by_its_own_spec_and_passes(capsys)
     assert main(["check", "timm-vit", "--model", "vit_families:tiny_vit_no_class_token"]) == 1
     printed = capsys.readouterr()
     assert "dims.d: no tensor 'cls_token' in the model" in printed.err and "result: FAILED" in printed.out
+    # ... and pointed to the spec that binds it
+    assert "fix: the installed spec 'timm-vit-gap'" in printed.err and "symdsl check timm-vit-gap" in printed.err
 
 
 # -- weight matching: the hidden element comes back, and the barrier is zero --------------------------

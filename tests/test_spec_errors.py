@@ -595,6 +595,16 @@ def test_dims_may_not_be_negative():
     assert_at(one_problem(text, mlp()), text, "d: ", "dims.d", "is -4, a negative size")
 
 
+def test_a_dim_that_reads_a_failed_dim_is_not_reported_again():
+    # 'e' and the repeat range read 'd', whose tensor is missing: one problem (at d), not three
+    text = edit("dims: {d: 4}", 'dims: {d: "shape(\'missing.weight\', 0)", e: "d // 2", f: 3}')
+    p = one_problem(text, mlp())
+    assert_at(p, text, "d: ", "dims.d", "no tensor 'missing.weight' in the model")
+    # a dim that does not read 'd' is still evaluated and reported
+    text = edit("dims: {d: 4}", 'dims: {d: "shape(\'missing.weight\', 0)", e: "d // 2", f: "nope"}')
+    assert [".".join(map(str, x.path)) for x in problems(text, mlp())] == ["dims.d", "dims.f"]
+
+
 # --------------------------------------------------------------------------- never a raw exception
 
 

@@ -6,7 +6,7 @@ import sys
 
 from ..check.numeric import DEFAULT_TOLERANCE, NumericReport, numeric_check
 from ..check.static import StaticReport, static_check
-from ..errors import BindError, SpecError
+from ..errors import BindError, SpecError, UsageError
 from ..models.load import load_model
 from ..spec.config import config_mismatches, model_config
 from ..spec.inputs import SYNTAX, parse_input_shapes, with_input_shapes
@@ -90,6 +90,22 @@ def refusal(spec, model) -> str | None:
     return f"spec '{spec.name}' does not claim this {name}: its matches name {', '.join(named)}"
 
 
+def binding_hint(spec, model, registries) -> str | None:
+    """When ``spec`` was named for ``model`` but cannot bind it: the installed spec that does, as a fix.
+
+    A timm ViT without a class token, checked against ``timm-vit``, fails on the missing
+    ``cls_token``; the user wants to hear that ``timm-vit-gap`` describes it.
+    """
+    try:
+        other = match_spec(model, registries)
+    except UsageError:          # no spec, or several: nothing better to suggest
+        return None
+    if other.name == spec.name:
+        return None
+    return (f"the installed spec '{other.name}' ({other.file}) binds this {type(model).__name__}: "
+            f"symdsl check {other.name} --model MODEL (or leave the spec out and check picks it)")
+
+
 def _load_specs(args, registries) -> tuple[list, list[dict]]:
     """The named specs; with several, an invalid one is a failed result (``problems``) and the others still run."""
     specs, invalid = [], []
@@ -148,8 +164,11 @@ def run(args) -> int:
                     print(_report_text(numeric, spec.file))
         except (SpecError, BindError) as exc:     # this spec fails; the others still run
             result["problems"] = [str(p) for p in exc.problems] if isinstance(exc, SpecError) else [str(exc)]
+            hint = binding_hint(spec, model, registries) if model is not None and args.specs else None
+            if hint:
+                result["problems"].append(hint)
             if not args.json:
-                log.error("spec %s (%s): %s", spec.name, spec.file, exc)
+                log.error("spec %s (%s): %s%s", spec.name, spec.file, exc, f"\n  fix: {hint}" if hint else "")
         result["ok"] = "problems" not in result and all(result[k]["ok"] for k in ("static", "numeric") if k in result)
         failed |= not result["ok"]
         results.append(result)

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import suggest
 from .context import ResolveContext
-from .expr import ExprError, evaluate
+from .expr import ExprError, evaluate, names_used
 from .limits import MAX_REPEAT, MAX_REPEAT_PRODUCT
 
 
@@ -151,14 +151,22 @@ def resolve_dims(context: ResolveContext) -> None:
     """
     document = context.document
     context.functions = expression_functions(context.model, context.state, list(document.prefix))
+    failed: set[str] = set()    # dims with a reported problem: a dim that reads one is not reported again
     for name, expr in document.dims.items():
+        if names_used(expr) & failed:
+            failed.add(name)
+            continue
         value = eval_expr(context, expr, ("dims", name))
-        if value is not None:
+        if value is None:
+            failed.add(name)
+        else:
             if value < 0:
                 context.problem(("dims", name), f"dimension '{name}' = {expr!r} is {value}, a negative size")
                 continue
             context.dims[name] = value
     for var, expr in document.repeat.items():
+        if names_used(expr) & failed:
+            continue
         value = eval_expr(context, expr, ("repeat", var))
         if value is not None:
             if value < 0:
