@@ -81,3 +81,36 @@ def test_the_cache_stays_within_its_budget():
     assert cache.get("b", 1) is None and cache.held == 60
     assert cache.put("a", 2, "z", 90)               # replacing frees the old entry first
     assert cache.get("a", 1) is None and cache.get("a", 2) == "z" and cache.held == 90
+
+
+@pytest.mark.parametrize("name", ["hf-gpt2", "timm-vit"])
+def test_per_head_maps_start_from_their_last_fit_while_the_head_order_holds(name, monkeypatch):
+    """A head unit whose permutation did not change keeps its per-head maps as L-BFGS's start
+    (a candidate beside the closed forms) instead of the identity: never a worse objective."""
+    import symdsl_builtins.matchers.weight as weight
+
+    resolved, a, b = _pair(name)
+    matcher = REGISTRIES.matchers.lookup("weight")
+    resets: list[str] = []
+    reset = weight._reset
+
+    def counted(problem, site):
+        resets.append(site)
+        reset(problem, site)
+
+    monkeypatch.setattr(weight, "_reset", counted)
+    warm = matcher.match(resolved, a, b, max_iter=4, tol=0.0)
+    kept_resets = len(resets)
+    solve_parent = weight._solve_parent
+
+    def always_reset(problem, parent, kids):       # the old rule: identity start every sweep
+        order = solve_parent(problem, parent, kids)
+        for kid in kids:
+            reset(problem, kid)
+        return order
+
+    monkeypatch.setattr(weight, "_solve_parent", always_reset)
+    cold = matcher.match(resolved, a, b, max_iter=4, tol=0.0)
+    kids = [s for s, info in resolved.sites.items() if info.per in resolved.sites]
+    assert kept_resets < 5 * len(kids)            # not reset in every one of the 5 passes
+    assert warm.objective[-1] <= cold.objective[-1] * (1 + 1e-12)

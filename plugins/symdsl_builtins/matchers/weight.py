@@ -9,6 +9,8 @@ site needs is asked of its group kind, never of its name:
 - a permutation with ``per`` children (attention heads with per-head maps) is matched on
   quantities the children cannot change: for a per-head invertible map g acting as g on X and
   g^-T on Y, the circuit X^T Y is invariant, so heads are assigned on  <X_A^T Y_A, X_B^T Y_B>;
+  while the head order holds, the children start the next fit from their last elements (a
+  candidate beside the closed forms), else from the identity (they belonged to other heads);
 - sites of a kind with ``least_squares_fit`` (invertible: g on some tensors, g^-T on others) are
   fitted by least squares: closed forms, then L-BFGS (default) or Newton (``invertible_solver``,
   symdsl.match.gauss_newton) on the objective written in Gram matrices (k x k per head); a kind that is a subgroup of GL(n) answers
@@ -32,7 +34,10 @@ units; ``benchmarks/speed.py`` measures it):
 - correlations that only feed an assignment (``discrete`` kinds, head circuits) are formed
   in float32 (``precision="mixed"``, the default); errors, Procrustes and least squares stay
   float64, so exact recoveries stay exact and the reported objective is the true distance;
-- invertible sites iterate on Gram matrices instead of re-multiplying the weights.
+- invertible sites iterate on Gram matrices instead of re-multiplying the weights;
+- a site's correlation term of a tensor whose other sites are discrete and have not changed
+  (the residual rotation's terms of the MLP matrices once the MLP permutations settle) is kept
+  across sweeps (symdsl.match.term_cache) instead of being formed again from the same operands.
 """
 from __future__ import annotations
 
@@ -342,10 +347,12 @@ def _solve_parent(problem: Problem, parent: str, kids: list[str]) -> list[str]:
             cost += (g1 * g2).sum((-1, -2))                                            # <X_A^T Y_A, X_B^T Y_B>
     cost += _parent_only_cost(problem, parent, kids)
     solving = problem.solving_kind(parent)
+    moved_before = problem.version[parent]
     if solving is not None:
         problem.set(parent, problem.solve(solving, cost, problem.solving_options(parent, solving)).to(device))
-    for kid in kids:
-        _reset(problem, kid)
+    if problem.version[parent] != moved_before:
+        for kid in kids:          # the children's elements belonged to the old head order
+            _reset(problem, kid)
     return kids
 
 
