@@ -267,7 +267,10 @@ def _solve_site(problem: Problem, site: str) -> dict[str, float]:
     for occ, term, b_norm in _terms(problem, site, dtype, norms=score_from_trace):
         c = term if c is None else c + term
         whole_axis = len(problem.r.tensors[occ.tensor].axes[occ.axis].parts) == 1
+        # a term is kept to score its tensor only where that saves work: a vector (a bias, a norm gain) is
+        # re-measured for less than its (n, n) term costs, and would crowd the matrices out of the budget
         if (score_from_trace and kind.square and counts[occ.tensor] == 1 and whole_axis and info.per is None
+                and problem.a[occ.tensor].numel() >= term.numel()
                 and problem.keep_term(term)):    # bounded: past it the tensor is re-measured after the solve
             scorable[occ.tensor] = (problem.norm_a[occ.tensor] + b_norm(), term)
     if c is None:
