@@ -15,12 +15,16 @@ weight matching runs with its default options and a phase timer. Reported per si
   the run handed to it (recorded in a second, identical run, which also checks determinism);
   ``ratio`` = wall time / unavoidable time, so 1.0 would be no overhead at all;
 - a recovery pair for the same size (B = a random symmetry transform of A), which must come
-  back to A up to float32 rounding (``rel. distance``).
+  back to A up to float32 rounding (``rel. distance``);
+- CPU seconds per phase (a second table): on a shared machine wall time measures the other jobs,
+  CPU time of a one-thread run much less so; every correlation matmul by shape, dtype, count and
+  GFLOP (``matmul_shapes`` in the JSON); with ``--cprofile FILE`` a cProfile of the match.
 
     python benchmarks/speed.py                                  # every size, CPU, torch's thread count
     python benchmarks/speed.py --sizes 2x64,4x256 --threads 2 --json /tmp/speed.json
     python benchmarks/speed.py --sizes 12x768 --device cuda
     python benchmarks/speed.py --sizes 12x768 --pairs random --no-replay --option max_iter=1
+    python benchmarks/speed.py --sizes 12x768 --pairs random --no-replay --threads 1 --cprofile wm.prof
 
 Sizes are ``LAYERSxWIDTH`` (heads: WIDTH / 64, at least 2; MLP 4 x WIDTH; vocabulary 50257 and
 1024 positions unless ``--vocab`` / ``--positions`` say otherwise). Writes JSON (``--json``,
