@@ -369,6 +369,8 @@ class Problem:
         info = self.sites[site]
         if info.per is not None or name in self.const:
             return None
+        if sum(o.tensor == name for o in self.occ[site]) != 1:
+            return None      # several occurrences are linearised around the site's own current element
         if self.a[name].numel() < info.size * (info.size_in or info.size):
             return None
         others = sorted(self.sites_of[name] - {site})
