@@ -15,12 +15,16 @@ weight matching runs with its default options and a phase timer. Reported per si
   the run handed to it (recorded in a second, identical run, which also checks determinism);
   ``ratio`` = wall time / unavoidable time, so 1.0 would be no overhead at all;
 - a recovery pair for the same size (B = a random symmetry transform of A), which must come
-  back to A up to float32 rounding (``rel. distance``).
+  back to A up to float32 rounding (``rel. distance``);
+- CPU seconds per phase (a second table): on a shared machine wall time measures the other jobs,
+  CPU time of a one-thread run much less so; every correlation matmul by shape, dtype, count and
+  GFLOP (``matmul_shapes`` in the JSON); with ``--cprofile FILE`` a cProfile of the match.
 
     python benchmarks/speed.py                                  # every size, CPU, torch's thread count
     python benchmarks/speed.py --sizes 2x64,4x256 --threads 2 --json /tmp/speed.json
     python benchmarks/speed.py --sizes 12x768 --device cuda
     python benchmarks/speed.py --sizes 12x768 --pairs random --no-replay --option max_iter=1
+    python benchmarks/speed.py --sizes 12x768 --pairs random --no-replay --threads 1 --cprofile wm.prof
 
 Sizes are ``LAYERSxWIDTH`` (heads: WIDTH / 64, at least 2; MLP 4 x WIDTH; vocabulary 50257 and
 1024 positions unless ``--vocab`` / ``--positions`` say otherwise). Writes JSON (``--json``,
@@ -60,34 +64,38 @@ class PhaseTimer:
         self.cuda = device.type == "cuda"
         self.record = record
         self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)      # process CPU seconds per phase (a busy machine's
         self.calls: dict[str, int] = defaultdict(int)
         self.matmuls: dict[tuple, int] = defaultdict(int)   # (shape a, shape b, dtype) -> count
         self.solver_inputs: list[tuple] = []
-        self._stack: list[list] = []                          # [name, start] of open phases
+        self._stack: list[list] = []                          # [name, start, cpu start] of open phases
 
     def _now(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
         return time.perf_counter()
 
+    def _charge(self, entry: list, now: float, cpu: float) -> None:
+        self.seconds[entry[0]] += now - entry[1]
+        self.cpu[entry[0]] += cpu - entry[2]
+
     def phase(self, name: str):
         timer = self
 
         class _Phase:
             def __enter__(self):
-                now = timer._now()
+                now, cpu = timer._now(), time.process_time()
                 if timer._stack:                       # pause the enclosing phase: times are exclusive
-                    outer = timer._stack[-1]
-                    timer.seconds[outer[0]] += now - outer[1]
-                timer._stack.append([name, now])
+                    timer._charge(timer._stack[-1], now, cpu)
+                timer._stack.append([name, now, cpu])
 
             def __exit__(self, *exc):
-                now = timer._now()
+                now, cpu = timer._now(), time.process_time()
                 inner = timer._stack.pop()
-                timer.seconds[inner[0]] += now - inner[1]
+                timer._charge(inner, now, cpu)
                 timer.calls[inner[0]] += 1
                 if timer._stack:
-                    timer._stack[-1][1] = now
+                    timer._stack[-1][1:] = [now, cpu]
                 return False
 
         return _Phase()
@@ -259,19 +267,37 @@ def measure(job: dict) -> dict:
         base_cuda = torch.cuda.memory_allocated(device)
     rss_before = _proc_status("VmRSS")
     timer = PhaseTimer(device)
+    profiler = None
+    if job.get("cprofile"):
+        import cProfile
+
+        profiler = cProfile.Profile()
     cpu_start, start = time.process_time(), time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
     result = matcher.match(resolved, a, b, profile=timer, progress=say, device=device, **job["options"])
     _sync(device)
+    if profiler is not None:
+        profiler.disable()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    if profiler is not None:
+        profiler.dump_stats(job["cprofile"])
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     memory = {"peak_rss_bytes": peak_rss(), "rss_before_bytes": rss_before, "peak_reset_before_matching": peak_was_reset}
     if device.type == "cuda":
         memory.update(peak_cuda_bytes=torch.cuda.max_memory_allocated(device), cuda_before_bytes=base_cuda)
     phases = {p: timer.seconds.get(p, 0.0) for p in PHASES}
     phases["other"] = max(wall - sum(phases.values()), 0.0)
+    phases_cpu = {p: timer.cpu.get(p, 0.0) for p in PHASES}
+    phases_cpu["other"] = max(cpu - sum(phases_cpu.values()), 0.0)
+    # every correlation matmul by shape: (a shape, b shape, dtype, count, GFLOP in all), largest first
+    matmul_shapes = sorted(([list(sa), list(sb), str(dt).removeprefix("torch."), n,
+                             n * 2 * _numel(sa) * sb[-1] / 1e9] for (sa, sb, dt), n in timer.matmuls.items()),
+                           key=lambda row: -row[-1])
     out = {"size": f"{layers}x{width}", "layers": layers, "width": width, "heads": config.n_head,
            "vocab": config.vocab_size, "parameters": params, "pair": job["pair"], "device": str(device),
            "threads": torch.get_num_threads(), "wall_s": wall, "cpu_s": cpu, "phases_s": phases,
+           "phases_cpu_s": phases_cpu, "matmul_shapes": matmul_shapes,
            "phase_calls": dict(timer.calls), "objective": result.objective, "sweeps": result.info["sweeps"],
            "relative_distance": result.info["relative_distance"], "memory": memory,
            "load_average_before": load_before, "load_average_after": load_after,
@@ -290,6 +316,13 @@ def measure(job: dict) -> dict:
         out["unavoidable_s"] = {"matmuls": matmul_s, **solver_s, "total": unavoidable}
         out["ratio"] = wall / unavoidable if unavoidable > 0 else None
     say(None, 0, 0)
+    return out
+
+
+def _numel(shape) -> int:
+    out = 1
+    for n in shape:
+        out *= n
     return out
 
 
@@ -380,6 +413,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cpu_table(rows: list[dict]) -> str:
+    """CPU seconds per phase (what a busy machine does not inflate), with the load averages around the run."""
+    head = ["size", "pair", "wall s", "CPU s", "sweeps", "corr", "assign", "svd", "inv", "apply", "score", "convert",
+            "other", "final objective", "load before/after"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        p = r["phases_cpu_s"]
+        load = "/".join(f"{x[0]:.1f}" if x else "-" for x in (r["load_average_before"], r["load_average_after"]))
+        cells = [r["size"], r["pair"], f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", str(r["sweeps"]),
+                 *(f"{p[k]:.1f}" for k in ["correlate", "assign", "svd", "invertible", "apply", "score", "convert",
+                                            "other"]),
+                 f"{r['objective'][-1]:.9f}", load]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=",".join(DEFAULT_SIZES), help="comma-separated LAYERSxWIDTH list")
@@ -393,6 +442,8 @@ def main(argv=None) -> int:
                         help="time the unavoidable work alone (a second, recording run and a replay)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="weight matching option, e.g. --option max_iter=1 (repeatable)")
+    parser.add_argument("--cprofile", default=None, metavar="FILE",
+                        help="also run cProfile around weight matching and write its stats to FILE (one size, one pair)")
     parser.add_argument("--json", default=str(HERE / "speed.json"), help="output file (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -416,7 +467,8 @@ def main(argv=None) -> int:
     for size in args.sizes.split(","):
         for pair in pairs:
             job = {"size": parse_size(size), "pair": pair, "device": args.device, "threads": args.threads,
-                   "vocab": args.vocab, "positions": args.positions, "replay": args.replay, "options": options}
+                   "vocab": args.vocab, "positions": args.positions, "replay": args.replay, "options": options,
+                   "cprofile": args.cprofile}
             row = run_job(job)
             rows.append(row)
             load = row["load_average_before"]
@@ -424,6 +476,8 @@ def main(argv=None) -> int:
             print(f"{row['size']} {pair}: {row['wall_s']:.1f} s, {row['sweeps']} sweeps{ratio}"
                   + (f", load average {load[0]:.2f}" if load else ""), flush=True)
     print(table(rows))
+    print("CPU seconds per phase:")
+    print(cpu_table(rows))
     Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     print(f"wrote {args.json}")
     return 0

@@ -9,6 +9,8 @@ site needs is asked of its group kind, never of its name:
 - a permutation with ``per`` children (attention heads with per-head maps) is matched on
   quantities the children cannot change: for a per-head invertible map g acting as g on X and
   g^-T on Y, the circuit X^T Y is invariant, so heads are assigned on  <X_A^T Y_A, X_B^T Y_B>;
+  while the head order holds, the children start the next fit from their last elements (a
+  candidate beside the closed forms), else from the identity (they belonged to other heads);
 - sites of a kind with ``least_squares_fit`` (invertible: g on some tensors, g^-T on others) are
   fitted by least squares: closed forms, then L-BFGS (default) or Newton (``invertible_solver``,
   symdsl.match.gauss_newton) on the objective written in Gram matrices (k x k per head); a kind that is a subgroup of GL(n) answers
@@ -32,7 +34,10 @@ units; ``benchmarks/speed.py`` measures it):
 - correlations that only feed an assignment (``discrete`` kinds, head circuits) are formed
   in float32 (``precision="mixed"``, the default); errors, Procrustes and least squares stay
   float64, so exact recoveries stay exact and the reported objective is the true distance;
-- invertible sites iterate on Gram matrices instead of re-multiplying the weights.
+- invertible sites iterate on Gram matrices instead of re-multiplying the weights;
+- a site's correlation term of a tensor whose other sites are discrete and have not changed
+  (the residual rotation's terms of the MLP matrices once the MLP permutations settle) is kept
+  across sweeps (symdsl.match.term_cache) instead of being formed again from the same operands.
 """
 from __future__ import annotations
 
@@ -259,14 +264,15 @@ def _solve_site(problem: Problem, site: str) -> dict[str, float]:
     counts: dict[str, int] = {}
     for occ in problem.occ[site]:
         counts[occ.tensor] = counts.get(occ.tensor, 0) + 1
-    for occ, a, b in problem.unfolded_pairs(site, {site}):
-        term = problem.correlate(a, b, dtype)
+    for occ, term, b_norm in _terms(problem, site, dtype, norms=score_from_trace):
         c = term if c is None else c + term
         whole_axis = len(problem.r.tensors[occ.tensor].axes[occ.axis].parts) == 1
+        # a term is kept to score its tensor only where that saves work: a vector (a bias, a norm gain) is
+        # re-measured for less than its (n, n) term costs, and would crowd the matrices out of the budget
         if (score_from_trace and kind.square and counts[occ.tensor] == 1 and whole_axis and info.per is None
+                and problem.a[occ.tensor].numel() >= term.numel()
                 and problem.keep_term(term)):    # bounded: past it the tensor is re-measured after the solve
-            with problem.phase("score"):
-                scorable[occ.tensor] = (problem.norm_a[occ.tensor] + float((b * b).sum()), term)
+            scorable[occ.tensor] = (problem.norm_a[occ.tensor] + b_norm(), term)
     if c is None:
         return {}
     problem.set(site, problem.solve(solving, c, problem.solving_options(site, solving)))
@@ -275,6 +281,41 @@ def _solve_site(problem: Problem, site: str) -> dict[str, float]:
     with problem.phase("score"):
         matrix = problem.matrix(site)
         return {name: norms - 2.0 * float((matrix * term).sum()) for name, (norms, term) in scorable.items()}
+
+
+def _terms(problem: Problem, site: str, dtype, norms: bool):
+    """``(occurrence, A B'^T in dtype, ||B'||^2 as a callable)`` for the site's non-constant tensors,
+    in :meth:`Problem.unfolded_pairs`'s order (so that their sum is the same to the last bit).
+
+    A tensor whose other sites have not changed since its terms were formed gets them from
+    ``problem.terms`` (symdsl.match.term_cache) without moving B or multiplying again; ``norms``:
+    the kept entries carry ||B'||^2 for scoring from the trace.
+    """
+    for name in dict.fromkeys(o.tensor for o in problem.occ[site]):
+        if name in problem.const or (problem.only is not None and name not in problem.only):
+            continue
+        stamp = problem.term_stamp(site, name, dtype)
+        kept = problem.terms.get((site, name), stamp) if stamp is not None else None
+        if kept is not None and (not norms or all(n is not None for _, _, n in kept)):
+            for occ, term, b_norm in kept:
+                yield occ, term, (lambda value=b_norm: value)
+            continue
+        fresh = []
+        for occ, a, b in problem.unfolded_pairs(site, {site}, tensors=(name,)):
+            term = problem.correlate(a, b, dtype)
+            if stamp is None:
+                yield occ, term, (lambda b=b: _squared_norm(problem, b))
+                continue
+            b_norm = _squared_norm(problem, b) if norms else None
+            fresh.append((occ, term, b_norm))
+            yield occ, term, (lambda value=b_norm: value)
+        if fresh:
+            problem.terms.put((site, name), stamp, fresh, sum(t.numel() * t.element_size() for _, t, _ in fresh))
+
+
+def _squared_norm(problem: Problem, b: torch.Tensor) -> float:
+    with problem.phase("score"):
+        return float((b * b).sum())
 
 
 def _circuits(problem: Problem, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -309,10 +350,12 @@ def _solve_parent(problem: Problem, parent: str, kids: list[str]) -> list[str]:
             cost += (g1 * g2).sum((-1, -2))                                            # <X_A^T Y_A, X_B^T Y_B>
     cost += _parent_only_cost(problem, parent, kids)
     solving = problem.solving_kind(parent)
+    moved_before = problem.version[parent]
     if solving is not None:
         problem.set(parent, problem.solve(solving, cost, problem.solving_options(parent, solving)).to(device))
-    for kid in kids:
-        _reset(problem, kid)
+    if problem.version[parent] != moved_before:
+        for kid in kids:          # the children's elements belonged to the old head order
+            _reset(problem, kid)
     return kids
 
 
@@ -360,14 +403,14 @@ def _solve_invertible(problem: Problem, site: str) -> None:
     def exact(g):   # on the pairs themselves: the Gram form cannot resolve a nearly exact fit
         total = 0.0
         for a, b in primal:
-            total = total + ((a - g @ b) ** 2).sum()
+            total = total + torch.sub(a, g @ b).square_().sum()
         if dual:
             inverse, singular = torch.linalg.inv_ex(g)
             if bool((singular != 0).any()):
                 return float("inf")   # a singular candidate (e.g. the closed form on a lifted, rank-deficient head)
             inv_t = inverse.mT
             for a, b in dual:
-                total = total + ((a - inv_t @ b) ** 2).sum()
+                total = total + torch.sub(a, inv_t @ b).square_().sum()
         return float(total)
 
     with problem.phase("invertible"):
