@@ -45,7 +45,8 @@ class _Counting(term_cache.TermCache):
         return value
 
 
-@pytest.mark.parametrize("name", ["hf-gpt2", "hf-llama"])
+# hf-gpt2-circuits: the QK/OV circuit matrices carry the residual site on both axes (kept terms must skip them)
+@pytest.mark.parametrize("name", ["hf-gpt2", "hf-llama", "hf-gpt2-circuits"])
 def test_kept_terms_give_the_same_elements_and_objective_as_recomputing(name, monkeypatch):
     resolved, a, b = _pair(name)
     matcher = REGISTRIES.matchers.lookup("weight")
