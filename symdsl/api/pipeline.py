@@ -16,9 +16,10 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..act import act_state_dict
+from ..act.engine import act_tensor
 from ..canon import canonicalize
 from ..data import Dataset, load_dataset
-from ..errors import UsageError
+from ..errors import BindError, UsageError
 from ..match import MatchResult
 from ..models.origin import HALF, storage_dtype
 from ..options import check_options
@@ -132,6 +133,54 @@ def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *
     # keep_dtype (bounded memory): the states are the copies' own tensors, not a second copy of each model
     states = [{k: v.detach() if keep_dtype else v.detach().clone() for k, v in m.state_dict().items()} for m in copies]
     return Prepared(spec, resolved, copies, states)
+
+
+def act_in_place(resolved: ResolvedSpec, state: Mapping[str, torch.Tensor],
+                 elements: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Move every bound tensor of ``state`` by ``elements`` in place, one tensor at a time; return ``state``.
+
+    The values are bit for bit those of :func:`symdsl.act.act_state_dict` (each tensor computed
+    the same way, in float32 for a half-precision one, and rounded once into its dtype), but no
+    second copy of the model is built: the peak is one tensor's float32 result. For a caller that
+    gives the state up (the command line: B's canonical tensors become the aligned B). Names
+    that share one tensor (a tie the spec keeps) are moved once, from the value they had, and
+    get what loading ``act_state_dict``'s result would give them (the last name's value).
+
+    >>> from symdsl.plugins import load
+    >>> from symdsl.spec import load_spec_text, resolve
+    >>> spec = load_spec_text('symdsl: 1\\nname: t\\nsites: {h: {group: permutation, size: 3}}\\n'
+    ...                       'tensors: {weight: "h _", bias: h}\\n')
+    >>> r = resolve(spec, torch.nn.Linear(2, 3), registries=load())
+    >>> state = {"weight": torch.arange(6.).reshape(3, 2), "bias": torch.arange(3.)}
+    >>> act_in_place(r, state, {"h": torch.tensor([2, 0, 1])})["bias"].tolist()
+    [2.0, 0.0, 1.0]
+    """
+    unknown = [s for s in elements if s not in resolved.sites]
+    if unknown:
+        raise BindError(f"transform names sites not in spec '{resolved.spec.name}': {unknown[:5]}")
+    # names sharing one storage (a tie): moved together, from the value before any of them is written
+    shared: dict[int, list[str]] = {}
+    for name, tensor in state.items():
+        if name in resolved.tensors and tensor.numel():
+            shared.setdefault(tensor.untyped_storage().data_ptr(), []).append(name)
+    with torch.no_grad():
+        for names in shared.values():
+            moved = {name: _moved(resolved, name, state[name], elements) for name in names}
+            for name in names:                 # in state order: for a tie the last name wins, as loading does
+                target, value = state[name], moved[name]
+                if value.shape != target.shape:
+                    raise BindError(f"'{name}' would change shape {tuple(target.shape)} -> {tuple(value.shape)}: "
+                                    "a rectangular transform cannot move a model in place; use act_state_dict")
+                target.copy_(value)
+    return dict(state)
+
+
+def _moved(resolved: ResolvedSpec, name: str, tensor: torch.Tensor, elements: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """One tensor moved as :func:`symdsl.act.act_state_dict` moves it, never a view of ``tensor`` itself."""
+    if tensor.dtype in HALF:                   # (shape of tensor) computed in float32, rounded once
+        return act_tensor(tensor.float(), resolved.tensors[name], elements, resolved.sites).to(tensor.dtype)
+    moved = act_tensor(tensor, resolved.tensors[name], elements, resolved.sites)
+    return moved.clone() if moved.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr() else moved
 
 
 def forward_kwargs(model: torch.nn.Module, inputs: torch.Tensor, task: str) -> dict[str, torch.Tensor]:
