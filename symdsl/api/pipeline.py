@@ -22,6 +22,7 @@ from ..data import Dataset, load_dataset
 from ..errors import BindError, UsageError
 from ..match import MatchResult
 from ..models.origin import HALF, storage_dtype
+from ..models.pages import release_pages
 from ..options import check_options
 from ..plugins import default_registries
 from ..registry import Registries
@@ -132,6 +133,10 @@ def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *
                              "models of different widths need width-heterogeneous alignment")
     # keep_dtype (bounded memory): the states are the copies' own tensors, not a second copy of each model
     states = [{k: v.detach() if keep_dtype else v.detach().clone() for k, v in m.state_dict().items()} for m in copies]
+    for state in states if keep_dtype else ():
+        # models canonicalized in place: what the checks and the steps read of a checkpoint's mapped
+        # pages, and did not write, leaves the resident set (symdsl.models.pages)
+        release_pages(state.values())
     return Prepared(spec, resolved, copies, states)
 
 
