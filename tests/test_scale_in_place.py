@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 import symdsl
+from symdsl.api import pipeline
 from symdsl.canon import RestoreContext
 from symdsl.errors import BindError
 from symdsl_builtins.canonicalizers import FoldLayerNorm
@@ -105,6 +106,23 @@ def test_b_in_place_becomes_the_aligned_b_of_the_copying_path(tied, permutations
     torch.testing.assert_close(logits(b), b_logits, rtol=1e-4, atol=1e-4)    # still B's function
 
 
+def test_large_tensors_moved_in_slices_get_the_same_bits(monkeypatch):
+    """Past CHUNK_BYTES a tensor is moved in slices along its vocabulary axis (what bounds the 1B
+    embedding's float32 product); forced here on every tensor with a free axis, 16 rows a slice."""
+    a, b = llama(0), llama(1)
+    copied = symdsl.align(a, b, "hf-llama", **FAST)
+    want = {k: v.clone() for k, v in copied.model.state_dict().items()}
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(pipeline, "_MIN_ROWS", 16)
+    sliced = []
+    real = pipeline._move_in_chunks
+    monkeypatch.setattr(pipeline, "_move_in_chunks", lambda *args: sliced.append(args[1]) or real(*args))
+    symdsl.align(a, b, "hf-llama", canonicalize_b_in_place=True, **FAST)
+    assert {"lm_head.weight", "model.embed_tokens.weight"} <= set(sliced)    # (64, 32): 4 slices each
+    got = b.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want), [k for k in want if not torch.equal(got[k], want[k])]
+
+
 def test_a_step_that_does_not_say_what_restoring_reads_keeps_b_whole(monkeypatch):
     """Fail closed: without restore_reads the whole B is copied as before and left untouched."""
     monkeypatch.setattr(FoldLayerNorm, "restore_reads", lambda self, args: None)
@@ -132,9 +150,11 @@ def test_the_command_line_writes_what_the_api_writes(tmp_path, tied):
     symdsl.align(load_model(str(tmp_path / "a")), load_model(str(tmp_path / "b")), "hf-llama",
                  out=tmp_path / "api", **FAST)
     files = sorted(p.name for p in (tmp_path / "api").glob("*.safetensors"))
-    assert files == sorted(p.name for p in (tmp_path / "cli").glob("*.safetensors")) and len(files) >= 4   # shards + transform
+    assert files == sorted(p.name for p in (tmp_path / "cli").glob("*.safetensors"))
+    assert len(files) >= 4                          # the shards and transform.safetensors
     for name in files:
-        with safe_open(str(tmp_path / "api" / name), "pt") as want, safe_open(str(tmp_path / "cli" / name), "pt") as got:
+        with safe_open(str(tmp_path / "api" / name), "pt") as want, \
+                safe_open(str(tmp_path / "cli" / name), "pt") as got:
             assert sorted(got.keys()) == sorted(want.keys()) and got.metadata() == want.metadata()
             for key in want.keys():
                 tensor = got.get_tensor(key)

@@ -143,7 +143,8 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
             alignment = Alignment(prepared, result, aligned, original_b=model_b, origin=origin, output_frame=frame)
         else:
             # the transform file records the canonical digests: taken before B's tensors move
-            digests = [state_digest(state, after=lambda tensor: release_pages([tensor])) for state in prepared.states[:2]]
+            digests = [state_digest(state, after=lambda tensor: release_pages([tensor]))
+                       for state in prepared.states[:2]]
             aligned = act_in_place(prepared.resolved, prepared.states[1], result.elements)
             alignment = Alignment(prepared, result, aligned, original_b=kept, origin=origin, output_frame=frame,
                                   a_digest=digests[0], b_digest=digests[1])
