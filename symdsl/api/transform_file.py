@@ -39,7 +39,7 @@ def state_digest(state: Mapping[str, torch.Tensor], after: Callable[[torch.Tenso
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy() if tensor.numel() else b"")   # the bytes, not a copy
+        digest.update(tensor.view(torch.uint8).numpy().data if tensor.numel() else b"")   # the bytes, not a copy
         if after is not None:
             after(state[name])
     return digest.hexdigest()
