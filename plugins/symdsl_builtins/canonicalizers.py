@@ -110,6 +110,9 @@ class Untie(Canonicalizer):
             config.tie_word_embeddings = True
         return f"untie: {', '.join(args.names)} tied again, as in B"
 
+    def restore_reads(self, args) -> list[str]:
+        return []                  # the aligned copies alone say whether they can be tied again
+
 
 def _configs(model) -> list:
     """The model's transformers config and its text config (where they have ``tie_word_embeddings``)."""
@@ -187,7 +190,7 @@ class FoldLayerNorm(Canonicalizer):
         if moved is None:
             return (f"fold_layernorm: norm gains on '{site}' stay folded into their readers (the norms have gain "
                     f"1): the alignment's element at '{site}' is not a permutation, so it does not commute with a gain")
-        original = _gain_of(model_tensor(context.original, args.norm + ".weight").detach().to(torch.float64), args.gain)
+        original = _gain_of(context.original_tensor(args.norm + ".weight").detach().to(torch.float64), args.gain)
         weight = model_tensor(model, args.norm + ".weight")
         gain = (moved @ original).to(weight.dtype)                    # (n,): B's gain, permuted with the stream
         for reader_name in args.readers:
@@ -198,6 +201,9 @@ class FoldLayerNorm(Canonicalizer):
             model_tensor(model, args.norm + ".bias").mul_(gain)
         weight.copy_(_stored(gain, args.gain))
         return None                                  # B's own parametrisation: nothing to tell
+
+    def restore_reads(self, args) -> list[str]:
+        return [args.norm + ".weight"]               # B's gain (d,), which folding overwrote
 
     def site(self, args, resolved) -> str:
         """The site whose axis the gain scales (bound on the gain, named, or common to the readers)."""
@@ -244,6 +250,9 @@ class CenterWriters(Canonicalizer):
     def restore(self, model, args, resolved, context) -> str | None:
         """Centred writers compute what B computes (every reader removes the mean): nothing to undo."""
         return None
+
+    def restore_reads(self, args) -> list[str]:
+        return []
 
 
 BUILTIN_CANONICALIZERS = (Untie, FoldLayerNorm, CenterWriters)

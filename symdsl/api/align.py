@@ -13,8 +13,10 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..act import act_state_dict
+from ..canon import kept_for_restore
 from ..errors import UsageError
 from ..models.origin import origin_of
+from ..models.pages import release_pages
 from ..models.output import check_output
 from ..models.save import check_savable, output_dtype
 from ..plugins import default_registries
@@ -26,7 +28,8 @@ from ..width import needs_lift, wide_and_narrow
 from .alignment import Alignment
 from .compat import check_compatible, check_data_fits, check_finite
 from .output_frame import OutputFrame, held_sites, hold_sites, output_sites, returned_outputs, with_identities
-from .pipeline import dataset_for, match, matcher_options, prepare, spec_for
+from .pipeline import act_in_place, dataset_for, match, matcher_options, prepare, spec_for
+from .transform_file import state_digest
 from .verify import verify_spec
 from .widths import align_widths
 
@@ -45,7 +48,8 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
           matcher: str = "weight", *, data=None, seed: int = 0, device=None, standard: bool = True,
           verify: bool = True, progress=None, out: str | Path | None = None, overwrite: bool = False,
           dtype: str = "auto", keep_output_frame: bool = False, inputs: Mapping[str, Sequence[int]] | None = None,
-          registries: Registries | None = None, canonicalize_a_in_place: bool = False, **options: Any) -> Alignment:
+          registries: Registries | None = None, canonicalize_a_in_place: bool = False,
+          canonicalize_b_in_place: bool = False, **options: Any) -> Alignment:
     """Align ``model_b`` to ``model_a`` modulo the symmetries of their spec.
 
     ``spec``: a spec name, a ``.yaml`` path, a :class:`~symdsl.spec.Spec`, or None (the one
@@ -73,8 +77,13 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     B's outputs: a drop-in replacement for B, at the price of leaving those sites unmatched.
     ``canonicalize_a_in_place``: canonicalize ``model_a`` itself, not a copy (one model's memory
     less; A is left in canonical form: the same function, other weights). For callers that give A
-    up, as the command line does; by default the models passed in are left as they are. B is
-    always copied: writing the aligned model restores B's own form from the original.
+    up, as the command line does; by default the models passed in are left as they are.
+    ``canonicalize_b_in_place``: the same for B, which then *becomes* the aligned B (the action
+    moves its tensors in place, one at a time; ``model`` is ``model_b`` itself): of the original B
+    only what restoring B's own form reads is kept (:meth:`symdsl.canon.Canonicalizer.restore_reads`:
+    the folded norm gains), and the whole B is copied first if a canonicalize step does not say
+    what it reads. The results are bit for bit those of the copying path. Without data only (a
+    run with data evaluates copies of the models in float32).
 
     >>> import symdsl, torch
     >>> from symdsl.experiments.train import small_vit
@@ -116,17 +125,29 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
                                "there"], origin=origin)
     else:
         # without data no forward pass runs: the copies stay in the inputs' dtype (bounded memory)
+        # B in place (no data: B's tensors are the states): keep only what restoring B's form reads
+        kept = (kept_for_restore(model_b, resolve_cached(spec, model_b, registries))
+                if canonicalize_b_in_place and data is None and model_b is not model_a else None)
+        in_place = [0] * canonicalize_a_in_place + [1] * (kept is not None)
         prepared = prepare([model_a, model_b], spec, device=device, registries=registries, keep_dtype=data is None,
-                           in_place=[0] if canonicalize_a_in_place else [])
+                           in_place=in_place)
         returned = returned_outputs(spec, prepared.resolved, prepared.models[0])
         # keep_output_frame: the matcher sees a spec without the sites acting on B's returned outputs
         held = held_sites(prepared.resolved, output_sites(prepared.resolved, returned)) if keep_output_frame else []
         seen = dataclasses.replace(prepared, resolved=hold_sites(prepared.resolved, held))
         result = match(seen, 1, matcher, data=data, seed=seed, progress=progress, registries=registries, **options)
         result.elements = with_identities(result.elements, prepared.resolved, held)
-        aligned = act_state_dict(prepared.resolved, prepared.states[1], result.elements)
         frame = OutputFrame.of(prepared.resolved, returned, result.elements, held)
-        alignment = Alignment(prepared, result, aligned, original_b=model_b, origin=origin, output_frame=frame)
+        if kept is None:
+            aligned = act_state_dict(prepared.resolved, prepared.states[1], result.elements)
+            alignment = Alignment(prepared, result, aligned, original_b=model_b, origin=origin, output_frame=frame)
+        else:
+            # the transform file records the canonical digests: taken before B's tensors move
+            digests = [state_digest(state, after=lambda tensor: release_pages([tensor]))
+                       for state in prepared.states[:2]]
+            aligned = act_in_place(prepared.resolved, prepared.states[1], result.elements)
+            alignment = Alignment(prepared, result, aligned, original_b=kept, origin=origin, output_frame=frame,
+                                  a_digest=digests[0], b_digest=digests[1])
     if options:
         alignment.info["options"] = dict(options)
     if out is not None:

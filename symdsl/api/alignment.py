@@ -42,7 +42,9 @@ class Alignment:
     aligned_b: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
     _notes: list[str] = field(default_factory=list)
-    original_b: torch.nn.Module | None = field(default=None, repr=False)   # B as given (None after a width lift)
+    # B as given (None after a width lift), or only what restoring B's form reads when B was
+    # canonicalized and moved in place (name -> tensor; symdsl.align(canonicalize_b_in_place=True))
+    original_b: torch.nn.Module | dict[str, torch.Tensor] | None = field(default=None, repr=False)
     _model: torch.nn.Module | None = field(default=None, repr=False)
     origin: Origin = field(default_factory=Origin)   # the inputs: card's base models, B's tokenizer, B's dtype
     # A's and B's canonical digests when prepared.states does not hold them (symdsl apply: no A)
@@ -84,7 +86,8 @@ class Alignment:
                 # the states are the model's own tensors (prepare(keep_dtype=True)): loading moves
                 # states[1] too, so the canonical digests the transform file records are taken first
                 self.a_digest, self.b_digest = (state_digest(s) for s in self.prepared.states[:2])
-            model.load_state_dict(self.aligned_b)
+            if not _holds(self.aligned_b, model):       # moved in place: aligned_b is the model's own tensors
+                model.load_state_dict(self.aligned_b)
             if self.original_b is not None:
                 context = RestoreContext(self.original_b, self.result.elements, self.resolved)
                 self._notes.extend(restore(model, self.resolved, context))
@@ -145,3 +148,10 @@ def _aliases(state: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
     """Does ``state`` hold ``model``'s own tensors (not copies)?"""
     live = model.state_dict()
     return any(k in live and v.data_ptr() == live[k].data_ptr() for k, v in state.items() if v.numel())
+
+
+def _holds(state: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
+    """Is every tensor of ``model``'s state dict the very tensor ``state`` has under its name?"""
+    live = model.state_dict()
+    return live.keys() == state.keys() and all(
+        v.data_ptr() == state[k].data_ptr() and v.shape == state[k].shape for k, v in live.items())

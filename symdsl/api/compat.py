@@ -23,6 +23,7 @@ import torch
 
 from ..data import Dataset
 from ..errors import UsageError
+from ..models.pages import release_pages
 from ..spec.config import model_config
 from ..spec.load import Spec
 
@@ -153,6 +154,7 @@ def check_finite(models: Sequence[torch.nn.Module]) -> None:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise UsageError(f"model {index} has NaN or infinite values in '{name}'; it cannot be aligned "
                                  "(was its training diverging?)")
+            release_pages([tensor])     # a checkpoint's mapped pages, read once here: not kept resident
 
 
 def check_data_fits(model: torch.nn.Module, dataset: Dataset) -> None:

@@ -16,11 +16,13 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..act import act_state_dict
+from ..act.engine import act_tensor
 from ..canon import canonicalize
 from ..data import Dataset, load_dataset
-from ..errors import UsageError
+from ..errors import BindError, UsageError
 from ..match import MatchResult
 from ..models.origin import HALF, storage_dtype
+from ..models.pages import release_pages
 from ..options import check_options
 from ..plugins import default_registries
 from ..registry import Registries
@@ -131,7 +133,97 @@ def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *
                              "models of different widths need width-heterogeneous alignment")
     # keep_dtype (bounded memory): the states are the copies' own tensors, not a second copy of each model
     states = [{k: v.detach() if keep_dtype else v.detach().clone() for k, v in m.state_dict().items()} for m in copies]
+    for state in states if keep_dtype else ():
+        # models canonicalized in place: what the checks and the steps read of a checkpoint's mapped
+        # pages, and did not write, leaves the resident set (symdsl.models.pages)
+        release_pages(state.values())
     return Prepared(spec, resolved, copies, states)
+
+
+def act_in_place(resolved: ResolvedSpec, state: Mapping[str, torch.Tensor],
+                 elements: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Move every bound tensor of ``state`` by ``elements`` in place, one tensor at a time; return ``state``.
+
+    The values are bit for bit those of :func:`symdsl.act.act_state_dict` (each tensor computed
+    the same way, in float32 for a half-precision one, and rounded once into its dtype), but no
+    second copy of the model is built: the peak is one tensor's float32 result (a large tensor is
+    moved in slices of :data:`CHUNK_BYTES` along an axis no site acts on). For a caller that
+    gives the state up (the command line: B's canonical tensors become the aligned B). Names
+    that share one tensor (a tie the spec keeps) are moved once, from the value they had, and
+    get what loading ``act_state_dict``'s result would give them (the last name's value).
+
+    >>> from symdsl.plugins import load
+    >>> from symdsl.spec import load_spec_text, resolve
+    >>> spec = load_spec_text('symdsl: 1\\nname: t\\nsites: {h: {group: permutation, size: 3}}\\n'
+    ...                       'tensors: {weight: "h _", bias: h}\\n')
+    >>> r = resolve(spec, torch.nn.Linear(2, 3), registries=load())
+    >>> state = {"weight": torch.arange(6.).reshape(3, 2), "bias": torch.arange(3.)}
+    >>> act_in_place(r, state, {"h": torch.tensor([2, 0, 1])})["bias"].tolist()
+    [2.0, 0.0, 1.0]
+    """
+    unknown = [s for s in elements if s not in resolved.sites]
+    if unknown:
+        raise BindError(f"transform names sites not in spec '{resolved.spec.name}': {unknown[:5]}")
+    # names sharing one storage (a tie): moved together, from the value before any of them is written
+    shared: dict[int, list[str]] = {}
+    for name, tensor in state.items():
+        if name in resolved.tensors and tensor.numel():
+            shared.setdefault(tensor.untyped_storage().data_ptr(), []).append(name)
+    with torch.no_grad():
+        for names in shared.values():
+            free = _free_axis(resolved, names[0], elements) if len(names) == 1 else None
+            if free is not None and state[names[0]].numel() * 4 > CHUNK_BYTES:
+                _move_in_chunks(resolved, names[0], state[names[0]], elements, free)
+                continue
+            moved = {name: _moved(resolved, name, state[name], elements) for name in names}
+            for name in names:                 # in state order: for a tie the last name wins, as loading does
+                target, value = state[name], moved[name]
+                if value.shape != target.shape:
+                    raise BindError(f"'{name}' would change shape {tuple(target.shape)} -> {tuple(value.shape)}: "
+                                    "a rectangular transform cannot move a model in place; use act_state_dict")
+                target.copy_(value)
+    return dict(state)
+
+
+# a tensor whose float32 form is larger is moved in slices of about this size along an axis no
+# element acts on (the 1B shape's embedding: 1 GB in float32, twice during its product)
+CHUNK_BYTES = 256 << 20
+_MIN_ROWS = 4096     # slices stay large products (a BLAS gives them the whole tensor's bits; 1-row ones not)
+
+
+def _free_axis(resolved: ResolvedSpec, name: str, elements: Mapping[str, torch.Tensor]) -> int | None:
+    """An axis of tensor ``name`` that no site acts on (no site factor, no dimension a ``per`` site
+    is batched along): moving a slice along it needs only that slice. None if there is none."""
+    pers = {site.per for site in resolved.sites.values() if site.per is not None}
+    for index, axis in enumerate(resolved.tensors[name].axes):
+        factors = [f for part in axis.parts for f in part]
+        if all(f.site is None and f.dim not in pers for f in factors):
+            return index
+    return None
+
+
+def _move_in_chunks(resolved: ResolvedSpec, name: str, tensor: torch.Tensor,
+                    elements: Mapping[str, torch.Tensor], axis: int) -> None:
+    """Move ``tensor`` in place slice by slice along ``axis`` (free of sites): each slice is read,
+    moved as :func:`_moved` moves a tensor and written back before the next is read."""
+    row_bytes = 4 * tensor.numel() // max(tensor.shape[axis], 1)            # float32 bytes of one slice row
+    rows = max(CHUNK_BYTES // max(row_bytes, 1), _MIN_ROWS)
+    for start in range(0, tensor.shape[axis], rows):
+        target = tensor.narrow(axis, start, min(rows, tensor.shape[axis] - start))
+        value = _moved(resolved, name, target, elements)
+        if value.shape != target.shape:
+            raise BindError(f"'{name}' would change shape along an axis no site acts on: {tuple(target.shape)} -> "
+                            f"{tuple(value.shape)}; a rectangular transform cannot move a model in place")
+        target.copy_(value)
+
+
+def _moved(resolved: ResolvedSpec, name: str, tensor: torch.Tensor,
+           elements: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """One tensor moved as :func:`symdsl.act.act_state_dict` moves it, never a view of ``tensor`` itself."""
+    if tensor.dtype in HALF:                   # (shape of tensor) computed in float32, rounded once
+        return act_tensor(tensor.float(), resolved.tensors[name], elements, resolved.sites).to(tensor.dtype)
+    moved = act_tensor(tensor, resolved.tensors[name], elements, resolved.sites)
+    return moved.clone() if moved.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr() else moved
 
 
 def forward_kwargs(model: torch.nn.Module, inputs: torch.Tensor, task: str) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -27,8 +27,9 @@ TRANSFORM_FILE = "transform.safetensors"
 FORMAT = "symdsl-transform"
 
 
-def state_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over a state dict's names, shapes, dtypes and bytes, in name order.
+def state_digest(state: Mapping[str, torch.Tensor], after: Callable[[torch.Tensor], Any] | None = None) -> str:
+    """SHA-256 over a state dict's names, shapes, dtypes and bytes, in name order; ``after`` is called
+    with each tensor once it is hashed (e.g. to release a checkpoint's mapped pages).
 
     >>> a = {"w": torch.ones(2), "b": torch.zeros(1)}
     >>> state_digest(a) == state_digest(dict(reversed(list(a.items())))), len(state_digest(a))
@@ -38,7 +39,9 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.view(torch.uint8).numpy().data if tensor.numel() else b"")   # the bytes, not a copy
+        if after is not None:
+            after(state[name])
     return digest.hexdigest()
 
 

@@ -57,6 +57,16 @@ class Canonicalizer:
         """
         return f"{self.name}: left in canonical form"
 
+    def restore_reads(self, args: BaseModel) -> list[str] | None:
+        """The tensors of the model *before* canonicalization (state-dict names) that :meth:`restore`
+        reads through :meth:`RestoreContext.original_tensor`, or None when that is not declared.
+
+        A caller that canonicalizes a model in place keeps just these (e.g. a folded norm's gain,
+        shape (d,)) instead of a copy of the whole model; None makes it keep the whole model. A
+        canonicalizer that keeps the default :meth:`restore` reads nothing.
+        """
+        return [] if type(self).restore is Canonicalizer.restore else None
+
 
 class StrictArgs(BaseModel):
     """Base for canonicalizer arguments: unknown keys are errors."""
@@ -97,11 +107,31 @@ def module_slot(model: torch.nn.Module, path: str) -> tuple[torch.nn.Module, str
 @dataclass
 class RestoreContext:
     """What a canonicalizer's ``restore`` may read: the model before canonicalization (same
-    configuration, not aligned), the alignment's elements (site -> element) and the steps run."""
+    configuration, not aligned), the alignment's elements (site -> element) and the steps run.
 
-    original: torch.nn.Module
+    ``original`` is that model, or only the tensors the steps declare they read
+    (:meth:`Canonicalizer.restore_reads`, name -> tensor), kept by a caller that canonicalized
+    the model in place (:func:`kept_for_restore`).
+    """
+
+    original: torch.nn.Module | Mapping[str, torch.Tensor]
     elements: Mapping[str, torch.Tensor]
     resolved: Any
+
+    def original_tensor(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` of the model before canonicalization.
+
+        >>> context = RestoreContext({"norm.weight": torch.ones(2)}, {}, None)
+        >>> context.original_tensor("norm.weight").tolist()
+        [1.0, 1.0]
+        """
+        if isinstance(self.original, torch.nn.Module):
+            return model_tensor(self.original, name)
+        if name not in self.original:
+            raise BindError(f"restore reads '{name}' of the model before canonicalization, but only "
+                            f"{sorted(self.original)[:5]} were kept: the canonicalizer that reads it must list it "
+                            "in restore_reads()")
+        return self.original[name]
 
     def monomial(self, site: str) -> torch.Tensor | None:
         """``|M|`` for the site's element M when M is a (signed) permutation matrix, else None.
@@ -143,6 +173,31 @@ def restore(model: torch.nn.Module, resolved, context: RestoreContext) -> list[s
             if note and note not in notes:
                 notes.append(note)
     return notes
+
+
+def restore_reads(resolved) -> list[str] | None:
+    """The tensors of the original model that :func:`restore` may read, over all the steps of
+    ``resolved`` (each once, in order), or None when a step does not declare them."""
+    names: list[str] = []
+    for step in resolved.canonicalize:
+        reads = step.canonicalizer.restore_reads(step.args)
+        if reads is None:
+            return None
+        names.extend(name for name in reads if name not in names)
+    return names
+
+
+def kept_for_restore(model: torch.nn.Module, resolved) -> dict[str, torch.Tensor] | None:
+    """Copies of the tensors of ``model`` (not canonicalized yet) that :func:`restore` reads, or None
+    when a step does not declare them (then the caller must keep the whole model).
+
+    What lets a model be canonicalized in place and still be restored: for Llama's spec, the
+    norm gains (d,) that folding overwrites, a few KB where a copy of the model is GBs.
+    """
+    names = restore_reads(resolved)
+    if names is None:
+        return None
+    return {name: model_tensor(model, name).detach().clone() for name in names}
 
 
 def canonicalize(model: torch.nn.Module, resolved) -> torch.nn.Module:

@@ -202,9 +202,10 @@ def run_align(args) -> int:
     _join(args)
     start = time.perf_counter()
     with _progress(f"align ({args.matcher})") as bar:
-        # A is never read again here: canonicalized in place, one copy of it less in memory
+        # A and B are never read again here: canonicalized in place (B becomes the aligned B), two
+        # copies of a model less in memory
         alignment = align(a, b, args.spec, args.matcher, keep_output_frame=args.keep_output_frame,
-                          canonicalize_a_in_place=True, **_common_kwargs(args, bar))
+                          canonicalize_a_in_place=True, canonicalize_b_in_place=True, **_common_kwargs(args, bar))
     seconds = time.perf_counter() - start
     if not distributed.is_main():          # rank 0 writes; every rank holds the same transform
         return 0

@@ -21,6 +21,7 @@ from symdsl.act.transform import identity_transform
 from symdsl.match.solvers import maximize_trace
 from symdsl.match.term_cache import TermCache
 from symdsl.match.unfold import Occurrence, occurrences, unfold
+from symdsl.models.pages import release_pages
 
 F64 = torch.float64
 PRECISIONS = {"mixed": torch.float32, "float64": torch.float64}   # dtype of correlations that feed assignments
@@ -87,6 +88,7 @@ class Problem:
             occ = self._constant_occurrence(name, state_a[name])
             if occ is not None:
                 term, norm_a, norm_b = self._constant_term(occ, state_a[name].detach(), state_b[name].detach())
+                release_pages([state_a[name], state_b[name]])   # read once: their mapped pages can go
                 self.const[name] = (self._site_at(occ), term, norm_a, norm_b)
                 self.norm_a[name] = norm_a
                 continue
@@ -94,6 +96,7 @@ class Problem:
                 self.a[name] = state_a[name].detach().to(device=self.device)
                 self.b[name] = state_b[name].detach().to(device=self.device)
                 self.norm_a[name] = float((self.a[name].to(F64) ** 2).sum())
+                release_pages([self.a[name]])
         self.cache_bytes = self._default_budget()
 
     # -- the float64 working set of the unit in flight --------------------------------------------
@@ -160,13 +163,16 @@ class Problem:
             return hit[0]
         with self.phase("convert"):
             x = self.a[name].to(F64)
+            release_pages([self.a[name]])   # a checkpoint's mapped pages, read: mapped again when needed
         self._keep(self._a64, name, x, 8 * x.numel())
         return x
 
     def b64(self, name: str) -> torch.Tensor:
         """B[name] in float64 (not cached: :meth:`base` caches what is derived from it)."""
         with self.phase("convert"):
-            return self.b[name].to(F64)
+            x = self.b[name].to(F64)
+            release_pages([self.b[name]])
+            return x
 
     # -- instrumentation (free when no profile is given) ------------------------------------------
     def phase(self, name: str):

@@ -1,0 +1,118 @@
+"""Hand back the resident pages of tensors memory-mapped from a checkpoint, once they are read.
+
+transformers loads safetensors shards by mapping them privately (copy on write): a tensor's
+pages come into the resident set when it is first read and stay there, next to whatever
+working form (a float64 upcast, a correlation) was made from them. A page nothing wrote to is
+still the file's page: dropping it from the process (``madvise(MADV_DONTNEED)``) loses nothing,
+and the next read maps it again from the page cache, or from disk if the kernel needed the
+memory. A page that was written (canonicalization folds a gain in place: the kernel copied it)
+holds the only copy of the new values, and dropping it would bring the file's old values back:
+those pages are found in ``/proc/self/pagemap`` (bit 61: a file page) and left alone.
+
+Linux only; elsewhere, on other devices, for tensors not in a private file mapping, or where
+``/proc`` cannot be read, nothing is released (the pages then stay, as before).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+import sys
+from typing import Iterable
+
+import numpy as np
+import torch
+
+_PAGE = mmap.PAGESIZE
+_MADV_DONTNEED = 4
+_FILE_PAGE = 1 << 61          # pagemap: the page is a file page (or shared anonymous memory)
+_SWAPPED = 1 << 62            # pagemap: the page is in swap (then it is anonymous: written)
+
+
+def _madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+    function = getattr(libc, "madvise", None)
+    if function is not None:
+        function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return function
+
+
+_MADVISE = _madvise()
+
+
+def _private_file_mappings() -> list[tuple[int, int]]:
+    """``(start, end)`` of this process's private mappings of regular files (``/proc/self/maps``)."""
+    found = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            # address perms offset dev inode path; a path starting with '/' and a non-zero inode: a file
+            if len(fields) == 6 and fields[1][3] == "p" and fields[4] != "0" and fields[5].startswith("/"):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                found.append((start, end))
+    return found
+
+
+def _unwritten_runs(pagemap: int, first: int, count: int) -> tuple[list[tuple[int, int]], int]:
+    """Runs ``(page, pages)`` among ``count`` pages from page number ``first`` that hold no written
+    data (file pages, and pages not mapped at all: dropping those does nothing), and how many of
+    them are resident file pages."""
+    entries = np.frombuffer(os.pread(pagemap, 8 * count, 8 * first), dtype=np.uint64)   # (count,)
+    present = (entries >> np.uint64(63)).astype(bool)
+    file_page = (entries & np.uint64(_FILE_PAGE)).astype(bool)
+    swapped = (entries & np.uint64(_SWAPPED)).astype(bool)
+    clean = ~swapped & (~present | file_page)                                             # (count,)
+    # run boundaries: where clean switches on (+1) and off (-1)
+    edges = np.diff(np.concatenate(([0], clean.astype(np.int8), [0])))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    runs = [(first + int(a), int(b - a)) for a, b in zip(starts, stops)]
+    return runs, int((present & file_page).sum())
+
+
+def release_pages(tensors: Iterable[torch.Tensor]) -> int:
+    """Drop from the resident set the pages of ``tensors`` that are mapped from a file and unwritten;
+    returns the bytes dropped (resident file pages; 0 where nothing could be).
+
+    Only pages that lie entirely inside one tensor are touched (a page shared with a neighbour
+    the caller did not name is left as it is). The tensors keep their values: the next read
+    maps the pages again.
+
+    >>> release_pages([torch.ones(3)])      # not memory-mapped: nothing to hand back
+    0
+    """
+    if _MADVISE is None:
+        return 0
+    spans = []
+    for tensor in tensors:
+        if tensor.device.type != "cpu" or tensor.numel() == 0:
+            continue
+        begin = tensor.data_ptr()
+        end = begin + tensor.numel() * tensor.element_size()
+        first, last = -(-begin // _PAGE), end // _PAGE          # whole pages only
+        if last > first:
+            spans.append((first, last))
+    if not spans:
+        return 0
+    try:
+        mappings = _private_file_mappings()
+        pagemap = os.open("/proc/self/pagemap", os.O_RDONLY)
+    except OSError:
+        return 0
+    released = 0
+    try:
+        for first, last in spans:
+            if not any(start <= first * _PAGE and last * _PAGE <= end for start, end in mappings):
+                continue            # heap or anonymous memory: the only copy, never dropped
+            runs, resident = _unwritten_runs(pagemap, first, last - first)
+            for page, count in runs:
+                _MADVISE(page * _PAGE, count * _PAGE, _MADV_DONTNEED)
+            released += resident * _PAGE
+    finally:
+        os.close(pagemap)
+    return released
