@@ -267,8 +267,8 @@ def frequency_weights(dataset) -> torch.Tensor:
 # ---------------------------------------------------------------- the comparison
 
 SYMDSL_ROWS = [   # (label, options, with data)
-    ("symdsl weight matching, default (data: token counts)", {}, True),
-    ("symdsl weight matching, token_weighting=sqrt", {"token_weighting": "sqrt"}, True),
+    ("symdsl weight matching, default (data: sqrt of token counts)", {}, True),
+    ("symdsl weight matching, token_weighting=counts", {"token_weighting": "counts"}, True),
     ("symdsl weight matching, token_weighting=mask", {"token_weighting": "mask"}, True),
     ("symdsl weight matching, no data (every row alike)", {}, False),
 ]

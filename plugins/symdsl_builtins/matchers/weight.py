@@ -93,8 +93,10 @@ class WeightOptions(PluginOptions):
                                                          "rows by their train-split token counts")
     token_weights: str | None = Field(None, description="a file of counts per token id (.json list or {id: count}, "
                                       ".safetensors 1-D tensor) to weigh vocabulary rows by, instead of the data's")
-    token_weighting: Literal[WEIGHTINGS] = Field("counts", description="with data or token_weights: counts, sqrt "
-                                                 "(of counts), mask (seen or not) or none (every row alike)")
+    # default sqrt: on the BPE GPT-2 pair (benchmarks/wm_reference.py) it gave the lowest barrier of the
+    # four schemes, on the first 10 test batches and on the whole test split (docs/matching.md)
+    token_weighting: Literal[WEIGHTINGS] = Field("sqrt", description="with data or token_weights: sqrt (of "
+                                                 "counts), counts, mask (seen or not) or none (every row alike)")
 
 
 class WeightMatching(Matcher):
