@@ -15,7 +15,6 @@ Linux only; elsewhere, on other devices, for tensors not in a private file mappi
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 import os
 import sys
@@ -23,6 +22,8 @@ from typing import Iterable
 
 import numpy as np
 import torch
+
+from .libc import libc_function
 
 _PAGE = mmap.PAGESIZE
 _MADV_DONTNEED = 4
@@ -33,14 +34,7 @@ _SWAPPED = 1 << 62            # pagemap: the page is in swap (then it is anonymo
 def _madvise():
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    except OSError:
-        return None
-    function = getattr(libc, "madvise", None)
-    if function is not None:
-        function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    return function
+    return libc_function("madvise", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int))
 
 
 _MADVISE = _madvise()

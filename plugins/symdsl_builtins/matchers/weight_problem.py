@@ -10,8 +10,6 @@ instead of holding both models in float64. Caching only saves time, never change
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from contextlib import nullcontext
 
 import torch
@@ -21,6 +19,7 @@ from symdsl.act.transform import identity_transform
 from symdsl.match.solvers import maximize_trace
 from symdsl.match.term_cache import TermCache
 from symdsl.match.unfold import Occurrence, occurrences, unfold
+from symdsl.models.libc import libc_function
 from symdsl.models.pages import release_pages
 
 F64 = torch.float64
@@ -31,17 +30,9 @@ _TERM_BYTES = 256 << 20   # correlation terms a unit may keep to score its tenso
 _TRIM_BYTES = 64 << 20   # dropping at least this much of a unit's cache hands the allocator's free pages back
 
 
-def _find_malloc_trim():
-    """glibc's ``malloc_trim`` (None elsewhere). Float64 blocks of a few tens of MB, freed unit after
-    unit, stay in glibc's heap otherwise: the resident set then grows by sweeps, not by the working set."""
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
-
-
-_MALLOC_TRIM = _find_malloc_trim()
+# glibc's malloc_trim (None elsewhere). Float64 blocks of a few tens of MB, freed unit after unit,
+# stay in glibc's heap otherwise: the resident set then grows by sweeps, not by the working set.
+_MALLOC_TRIM = libc_function("malloc_trim")
 
 
 class Problem:
