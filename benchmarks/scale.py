@@ -129,7 +129,8 @@ def run_measured(command: list[str]) -> dict:
 
 def measure(size: str, max_iter: int, cache: bool) -> dict:
     a, b = pair(size, cache)
-    out = Path(tempfile.mkdtemp(prefix="symdsl-scale-out-")) / "aligned"
+    # beside the pair, on disk: align spills canonical tensors into OUT's parent (never a tmpfs /tmp)
+    out = Path(tempfile.mkdtemp(prefix="symdsl-scale-out-", dir=a.parent)) / "aligned"
     command = [sys.executable, "-m", "symdsl", "align", str(a), str(b), "-o", str(out), "--no-verify",
                "--option", f"max_iter={max_iter}"]
     load_before = os.getloadavg()[0]

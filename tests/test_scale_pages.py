@@ -49,3 +49,20 @@ def test_memory_not_mapped_from_a_file_is_never_touched():
     y = x.clone()
     assert release_pages([x, torch.zeros(0), x[1:7]]) == 0
     assert torch.equal(x, y)
+
+
+def test_small_tensors_are_skipped_without_reading_the_mappings(tmp_path, monkeypatch):
+    import symdsl.models.pages as pages
+    n = (pages.MIN_RELEASE_BYTES // 4) - 1024         # just under the threshold, in float32
+    save_file({"small": torch.arange(n, dtype=torch.float32)}, str(tmp_path / "s.safetensors"))
+    storage = torch.UntypedStorage.from_file(str(tmp_path / "s.safetensors"), shared=False,
+                                             nbytes=(tmp_path / "s.safetensors").stat().st_size)
+    header = int.from_bytes(bytes(storage[:8].tolist()), "little") + 8
+    small = torch.tensor([], dtype=torch.float32).set_(storage, header // 4, (n,))
+    small.sum()
+
+    def refuse():
+        raise AssertionError("the mappings were read for a tensor under the threshold")
+    monkeypatch.setattr(pages, "_private_file_mappings", refuse)
+    assert release_pages([small]) == 0
+    assert torch.equal(small, torch.arange(n, dtype=torch.float32))

@@ -7,6 +7,7 @@ narrower B into A's configuration first.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +18,7 @@ from ..canon import kept_for_restore
 from ..errors import UsageError
 from ..models.origin import origin_of
 from ..models.pages import release_pages
+from ..models.spill import spill_written
 from ..models.output import check_output
 from ..models.save import check_savable, output_dtype
 from ..plugins import default_registries
@@ -32,6 +34,8 @@ from .pipeline import act_in_place, dataset_for, match, matcher_options, prepare
 from .transform_file import state_digest
 from .verify import verify_spec
 from .widths import align_widths
+
+log = logging.getLogger(__name__)
 
 
 def refuse_architecture_change(spec: Spec, model: torch.nn.Module, registries: Registries, what: str) -> None:
@@ -49,7 +53,7 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
           verify: bool = True, progress=None, out: str | Path | None = None, overwrite: bool = False,
           dtype: str = "auto", keep_output_frame: bool = False, inputs: Mapping[str, Sequence[int]] | None = None,
           registries: Registries | None = None, canonicalize_a_in_place: bool = False,
-          canonicalize_b_in_place: bool = False, **options: Any) -> Alignment:
+          canonicalize_b_in_place: bool = False, spill_dir: str | Path | None = None, **options: Any) -> Alignment:
     """Align ``model_b`` to ``model_a`` modulo the symmetries of their spec.
 
     ``spec``: a spec name, a ``.yaml`` path, a :class:`~symdsl.spec.Spec`, or None (the one
@@ -84,6 +88,10 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
     the folded norm gains), and the whole B is copied first if a canonicalize step does not say
     what it reads. The results are bit for bit those of the copying path. Without data only (a
     run with data evaluates copies of the models in float32).
+    ``spill_dir``: with either in-place option, a folder on disk (not a memory file system) where
+    the tensors canonicalization wrote are moved, mapped back and released once read
+    (:mod:`symdsl.models.spill`: same bits, files removed at once), so they do not stay in memory
+    through matching; the command line uses the output's parent folder.
 
     >>> import symdsl, torch
     >>> from symdsl.experiments.train import small_vit
@@ -131,6 +139,9 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
         in_place = [0] * canonicalize_a_in_place + [1] * (kept is not None)
         prepared = prepare([model_a, model_b], spec, device=device, registries=registries, keep_dtype=data is None,
                            in_place=in_place)
+        for index in in_place if spill_dir is not None and data is None else ():
+            spilled = spill_written(prepared.models[index], prepared.states[index], spill_dir)
+            log.info("model %s: %.2f GB of canonical tensors spilled to %s", "AB"[index], spilled / 1e9, spill_dir)
         returned = returned_outputs(spec, prepared.resolved, prepared.models[0])
         # keep_output_frame: the matcher sees a spec without the sites acting on B's returned outputs
         held = held_sites(prepared.resolved, output_sites(prepared.resolved, returned)) if keep_output_frame else []

@@ -78,6 +78,11 @@ def add_parsers(sub) -> None:
     a.add_argument("--keep-output-frame", action="store_true", help="feature models (backbones, encoders without "
                    "a head): hold the sites acting on the returned features at the identity, so the aligned model "
                    "returns B's features (a drop-in replacement for B; those sites are not matched)")
+    a.add_argument("--spill-dir", metavar="DIR", help="folder on disk where the tensors canonicalization writes are "
+                   "moved, so they leave memory between reads (default: OUT's parent folder; files are removed "
+                   "at once; not a memory file system such as a tmpfs /tmp)")
+    a.add_argument("--no-spill", action="store_true", help="keep canonicalized tensors in memory (no files written "
+                   "beside OUT)")
     _dtype(a)
     a.set_defaults(run=run_align)
 
@@ -197,6 +202,7 @@ def _check_matcher_options(args) -> None:
 def run_align(args) -> int:
     _check_matcher_options(args)
     _check_output(args, [args.a, args.b])
+    spill_dir = _spill_dir(args)
     a, b = _load(args, args.a), _load(args, args.b)
     check_savable(b)                       # before the matching, not after it
     _join(args)
@@ -205,7 +211,8 @@ def run_align(args) -> int:
         # A and B are never read again here: canonicalized in place (B becomes the aligned B), two
         # copies of a model less in memory
         alignment = align(a, b, args.spec, args.matcher, keep_output_frame=args.keep_output_frame,
-                          canonicalize_a_in_place=True, canonicalize_b_in_place=True, **_common_kwargs(args, bar))
+                          canonicalize_a_in_place=True, canonicalize_b_in_place=True, spill_dir=spill_dir,
+                          **_common_kwargs(args, bar))
     seconds = time.perf_counter() - start
     if not distributed.is_main():          # rank 0 writes; every rank holds the same transform
         return 0
@@ -222,6 +229,17 @@ def run_align(args) -> int:
     extra = f", {OUTPUT_TRANSFORM_FILE}" if frame is not None and frame.moved else ""
     print(f"wrote {out}/ (standard checkpoint, transform.safetensors{extra}, README.md, symdsl.json)")
     return 0
+
+
+def _spill_dir(args) -> Path | None:
+    """Where ``align`` spills canonical tensors: ``--spill-dir``, else OUT's parent (on the disk that
+    holds the output, not a memory file system), or nowhere with ``--no-spill``."""
+    if args.no_spill:
+        return None
+    folder = Path(args.spill_dir) if args.spill_dir else Path(args.output).resolve().parent
+    if not folder.is_dir():
+        raise UsageError(f"--spill-dir '{folder}' is not a folder; give an existing folder on disk, or --no-spill")
+    return folder
 
 
 def _objective_text(result) -> str:
