@@ -55,6 +55,33 @@ def test_spilled_tensors_keep_their_bits_and_their_ties_and_leave_memory_once_re
     assert torch.equal(model.out, 2 * before["embed"])
 
 
+def test_a_checkpoint_s_written_tensor_is_spilled_and_its_copied_pages_go(tmp_path):
+    """As transformers loads it: one private mapping per shard, tensors are views into it. Folding
+    writes one tensor (the kernel copies its pages); spilling moves that one only and drops the
+    copies, which the shard's mapping would otherwise keep while its other tensors are in use."""
+    from safetensors.torch import save_file
+    n = 8 << 20                                                 # 32 MB of float32 each
+    save_file({"read": torch.arange(n, dtype=torch.float32), "written": torch.ones(n)}, str(tmp_path / "m.safetensors"))
+    size = (tmp_path / "m.safetensors").stat().st_size
+    storage = torch.UntypedStorage.from_file(str(tmp_path / "m.safetensors"), shared=False, nbytes=size)
+    header = int.from_bytes(bytes(storage[:8].tolist()), "little") + 8
+    flat = torch.tensor([], dtype=torch.float32).set_(storage, header // 4, (2 * n,))
+    model = torch.nn.Module()
+    model.read, model.written = torch.nn.Parameter(flat[:n]), torch.nn.Parameter(flat[n:])
+    model.written.data.mul_(3)                                 # copy on write: 32 MB of anonymous pages
+    old_view = flat[n:]                                        # the shard's bytes at that place
+    assert anonymous_bytes(old_view) >= 4 * n - 8192
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    assert spill.spill_written(model, state, spill_dir) == 4 * n           # only the written one
+    assert model.read.data_ptr() == old_view.data_ptr() - 4 * n             # the unwritten one stays put
+    assert torch.equal(model.written, torch.full((n,), 3.0))                # the written values, from the spill
+    assert anonymous_bytes(old_view) == 0                                   # the kernel's copies are gone
+    inner = slice(1024, n - 1024)                                            # (pages shared with a neighbour stay)
+    assert torch.equal(old_view[inner], torch.ones(n)[inner])                 # the place reads the file again
+
+
 def test_unwritten_mapped_and_small_tensors_stay(tmp_path):
     model = Tied()
     state = {k: v.detach() for k, v in model.state_dict().items()}

@@ -78,15 +78,20 @@ def can_inspect() -> bool:
 
 
 def anonymous_bytes(tensor: torch.Tensor) -> int:
-    """Bytes of the pages ``tensor`` touches that are resident and backed by no file (heap memory, or
-    a mapped checkpoint's pages once written: the only copy of their values); 0 where ``/proc``
-    cannot say. A page shared with a neighbour counts whole (this only reads the page map).
+    """Bytes of ``tensor``'s whole pages that are resident and backed by no file (heap memory, or a
+    mapped checkpoint's pages once written: the only copy of their values); 0 where ``/proc``
+    cannot say. A tensor smaller than a page is judged by the pages it touches (which it shares
+    with its neighbours); a larger one by its whole pages only, so a written neighbour does not
+    make it look written.
 
-    >>> anonymous_bytes(torch.ones(1 << 20)) >= 1 << 22    # heap memory, all touched
+    >>> anonymous_bytes(torch.ones(1 << 20)) >= (1 << 22) - 2 * 4096    # heap memory, all touched
     True
     """
     begin = tensor.data_ptr()
-    first, last = begin // _PAGE, -(-(begin + tensor.numel() * tensor.element_size()) // _PAGE)
+    end = begin + tensor.numel() * tensor.element_size()
+    first, last = -(-begin // _PAGE), end // _PAGE                 # whole pages
+    if last <= first:
+        first, last = begin // _PAGE, -(-end // _PAGE)              # the pages it touches
     if tensor.device.type != "cpu" or last <= first or not can_inspect():
         return 0
     try:
@@ -103,17 +108,43 @@ def anonymous_bytes(tensor: torch.Tensor) -> int:
     return int(((present & ~file_page) | swapped).sum()) * _PAGE
 
 
+def discard_pages(tensors: Iterable[torch.Tensor]) -> int:
+    """Drop every whole page of ``tensors`` that lies in a private file mapping, written or not, and
+    return the resident bytes dropped: for values nobody reads again (a tensor moved elsewhere).
+
+    A written page's values are lost: the address reads the file's bytes again. Heap and other
+    anonymous memory are never touched (dropping them would read zeros), nor pages shared with
+    a neighbour.
+
+    >>> discard_pages([torch.ones(1 << 20)])        # heap memory: left alone
+    0
+    """
+    return _drop(tensors, written_too=True)
+
+
+def _resident_pages(pagemap: int, first: int, count: int) -> int:
+    """How many of ``count`` pages from page number ``first`` are resident."""
+    entries = np.frombuffer(os.pread(pagemap, 8 * count, 8 * first), dtype=np.uint64)
+    return int((entries >> np.uint64(63)).astype(bool).sum())
+
+
 def release_pages(tensors: Iterable[torch.Tensor]) -> int:
     """Drop from the resident set the pages of ``tensors`` that are mapped from a file and unwritten;
     returns the bytes dropped (resident file pages; 0 where nothing could be).
 
     Only pages that lie entirely inside one tensor are touched (a page shared with a neighbour
-    the caller did not name is left as it is), and only tensors of at least ``MIN_RELEASE_BYTES``. The tensors keep their values: the next read
-    maps the pages again.
+    the caller did not name is left as it is), and only tensors of at least ``MIN_RELEASE_BYTES``.
+    The tensors keep their values: the next read maps the pages again.
 
     >>> release_pages([torch.ones(3)])      # not memory-mapped: nothing to hand back
     0
     """
+    return _drop(tensors, written_too=False)
+
+
+def _drop(tensors: Iterable[torch.Tensor], written_too: bool) -> int:
+    """madvise(MADV_DONTNEED) the whole pages of ``tensors`` inside private file mappings: the unwritten
+    ones only, or (``written_too``) all of them. Returns the resident bytes dropped."""
     if _MADVISE is None:
         return 0
     spans = []
@@ -137,7 +168,10 @@ def release_pages(tensors: Iterable[torch.Tensor]) -> int:
         for first, last in spans:
             if not any(start <= first * _PAGE and last * _PAGE <= end for start, end in mappings):
                 continue            # heap or anonymous memory: the only copy, never dropped
-            runs, resident = _unwritten_runs(pagemap, first, last - first)
+            if written_too:
+                runs, resident = [(first, last - first)], _resident_pages(pagemap, first, last - first)
+            else:
+                runs, resident = _unwritten_runs(pagemap, first, last - first)
             for page, count in runs:
                 _MADVISE(page * _PAGE, count * _PAGE, _MADV_DONTNEED)
             released += resident * _PAGE

@@ -58,8 +58,11 @@ def spill_written(model: torch.nn.Module, state: MutableMapping[str, torch.Tenso
     a file in ``folder`` mapped back privately; rebinds ``model``'s parameters and buffers and
     ``state``'s entries to it (names sharing a tensor keep sharing it). Returns the bytes spilled.
 
-    Only contiguous CPU tensors of at least ``MIN_SPILL_BYTES`` are spilled. When ``folder`` has
-    not room for them, nothing is (a warning says so) and memory stays as it was.
+    Only contiguous CPU tensors of at least ``MIN_SPILL_BYTES`` are spilled. The pages they held in
+    a checkpoint's mapping are dropped (:func:`symdsl.models.pages.discard_pages`): a tensor taken
+    from ``model`` before the call and kept elsewhere reads the checkpoint's bytes there afterwards.
+    When ``folder`` has not room for them, nothing is spilled (a warning says so) and memory stays
+    as it was.
 
     >>> import tempfile
     >>> net = torch.nn.Linear(1024, 512)
@@ -96,6 +99,9 @@ def spill_written(model: torch.nn.Module, state: MutableMapping[str, torch.Tenso
                 tensor.data = new                    # the module's parameter or buffer, same object
             for name in names:
                 state[name] = new
+            # a checkpoint's tensors are views of one mapping per shard, which stays while its other
+            # tensors are used: the kernel's copies of the written pages go only when dropped
+            pages.discard_pages([old])
     return needed
 
 
