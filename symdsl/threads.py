@@ -11,12 +11,16 @@ on an idle machine. So the count is chosen, in this order:
    :func:`set_command_threads`);
 3. ``OMP_NUM_THREADS`` from the environment (the user's own choice for this machine);
 4. otherwise by size: one thread below :data:`SMALL_WORK` elements; above it, the cores this
-   process may run on that are not already busy (1-minute load average), at least one.
+   process may run on that are not busy now (CPU time of the whole machine over
+   :data:`SAMPLE_SECONDS`, from ``/proc/stat``), at least one. The 1-minute load average, used
+   where ``/proc/stat`` is missing, lags: a job that ended a minute ago still counts, and a 1B
+   alignment started after it ran on one of two idle cores for its whole run.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import torch
 
@@ -55,18 +59,53 @@ def usable_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+SAMPLE_SECONDS = 0.1     # how long busy_cores watches the machine (once per large matching)
+
+
+def cpu_times(text: str) -> tuple[int, int]:
+    """``(busy, total)`` clock ticks of all CPUs from ``/proc/stat``'s text (its first ``cpu`` line);
+    idle and iowait count as not busy.
+
+    >>> cpu_times("cpu  100 0 50 800 50 0 0 0 0 0\\ncpu0 ...")
+    (150, 1000)
+    """
+    fields = [int(x) for x in text.splitlines()[0].split()[1:]]
+    total = sum(fields[:8])                  # user nice system idle iowait irq softirq steal
+    return total - fields[3] - fields[4], total
+
+
+def busy_cores() -> float:
+    """How many cores the machine keeps busy now: CPU time over :data:`SAMPLE_SECONDS` (``/proc/stat``),
+    or the 1-minute load average where that cannot be read. The caller sleeps meanwhile, so its
+    own work does not count.
+
+    >>> 0.0 <= busy_cores() <= (os.cpu_count() or 1) + 0.5
+    True
+    """
+    try:
+        with open("/proc/stat") as stat:
+            busy0, total0 = cpu_times(stat.read())
+        time.sleep(SAMPLE_SECONDS)
+        with open("/proc/stat") as stat:
+            busy1, total1 = cpu_times(stat.read())
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except OSError:      # no load average on this platform: assume idle
+            return 0.0
+    if total1 <= total0:
+        return 0.0
+    return (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
+
+
 def idle_cores() -> int:
-    """Usable cores minus the 1-minute load average (rounded), at least 1.
+    """Usable cores minus the busy ones (:func:`busy_cores`, rounded), at least 1.
 
     >>> 1 <= idle_cores() <= usable_cores()
     True
     """
     cores = usable_cores()
-    try:
-        load = os.getloadavg()[0]
-    except OSError:          # no load average on this platform: assume idle
-        load = 0.0
-    return max(1, min(cores, int(cores - load + 0.5)))
+    return max(1, min(cores, int(cores - busy_cores() + 0.5)))
 
 
 def environment_threads() -> int | None:

@@ -27,19 +27,43 @@ def _clean(monkeypatch):
 
 def test_order_explicit_then_command_then_environment_then_size(monkeypatch):
     monkeypatch.setattr(threads, "usable_cores", lambda: 8)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)
     big = threads.SMALL_WORK * 4
     assert threads.choose_threads(None, work=1000) == 1            # small: one thread
     assert threads.choose_threads(None, work=big) == 8             # large, idle: every core
-    monkeypatch.setattr(os, "getloadavg", lambda: (6.2, 6.0, 6.0))
+    monkeypatch.setattr(threads, "busy_cores", lambda: 6.2)
     assert threads.choose_threads(None, work=big) == 2             # large, 6 cores busy: the 2 free ones
-    monkeypatch.setattr(os, "getloadavg", lambda: (20.0, 20.0, 20.0))
+    monkeypatch.setattr(threads, "busy_cores", lambda: 20.0)
     assert threads.choose_threads(None, work=big) == 1             # overloaded: one, never zero
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert threads.choose_threads(None, work=1000) == 3            # the user's environment wins over size
     threads.set_command_threads(5)
     assert threads.choose_threads(None, work=1000) == 5            # --threads wins over the environment
     assert threads.choose_threads(2, work=1000) == 2               # the matcher option wins over all
+
+
+def test_busy_cores_come_from_cpu_time_now_not_the_lagging_load_average(monkeypatch):
+    """Two /proc/stat readings 0.1 s apart: 3 of 4 CPUs' ticks busy -> 3 busy cores, whatever the load average."""
+    readings = iter(["cpu  1000 0 0 1000 0 0 0 0 0 0\n", "cpu  1030 0 0 1010 0 0 0 0 0 0\n"])   # +30 busy, +40 total
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: __import__("io").StringIO(next(readings))
+                        if path == "/proc/stat" else real_open(path, *a, **k))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(threads.time, "sleep", lambda seconds: None)
+    assert threads.busy_cores() == pytest.approx(3.0)
+
+
+def test_without_proc_stat_the_load_average_is_used(monkeypatch):
+    real_open = open
+
+    def no_stat(path, *a, **k):
+        if path == "/proc/stat":
+            raise FileNotFoundError(path)
+        return real_open(path, *a, **k)
+    monkeypatch.setattr("builtins.open", no_stat)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 0.0, 0.0))
+    assert threads.busy_cores() == 1.5
 
 
 @pytest.mark.parametrize("value", ["zero", "0", "-2"])
