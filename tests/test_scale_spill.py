@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from symdsl.api import pipeline
 from symdsl.cli.main import main
 from symdsl.models import pages, spill
 from symdsl.models.pages import anonymous_bytes, release_pages
@@ -110,8 +111,7 @@ def test_the_command_line_writes_the_same_bits_with_and_without_spilling(tmp_pat
     monkeypatch.setattr(spill, "MIN_SPILL_BYTES", 1)             # the tiny model's tensors are all small
     spilled = []
     real = spill.spill_written
-    api_align = sys.modules["symdsl.api.align"]           # the module (symdsl.api.align is also the function)
-    monkeypatch.setattr(api_align, "spill_written", lambda *a: spilled.append(real(*a)) or spilled[-1])
+    monkeypatch.setattr(pipeline, "spill_written", lambda *a: spilled.append(real(*a)) or spilled[-1])
     (tmp_path / "spill").mkdir()
     assert main(["align", *common, "-o", str(tmp_path / "spilled"), "--spill-dir", str(tmp_path / "spill")]) == 0
     assert len(spilled) == 2 and all(n > 0 for n in spilled)                  # A and B: the folded readers

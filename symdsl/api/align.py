@@ -7,7 +7,6 @@ narrower B into A's configuration first.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,7 +17,6 @@ from ..canon import kept_for_restore
 from ..errors import UsageError
 from ..models.origin import origin_of
 from ..models.pages import release_pages
-from ..models.spill import spill_written
 from ..models.output import check_output
 from ..models.save import check_savable, output_dtype
 from ..plugins import default_registries
@@ -34,8 +32,6 @@ from .pipeline import act_in_place, dataset_for, match, matcher_options, prepare
 from .transform_file import state_digest
 from .verify import verify_spec
 from .widths import align_widths
-
-log = logging.getLogger(__name__)
 
 
 def refuse_architecture_change(spec: Spec, model: torch.nn.Module, registries: Registries, what: str) -> None:
@@ -138,10 +134,7 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, spec: Spec | str |
                 if canonicalize_b_in_place and data is None and model_b is not model_a else None)
         in_place = [0] * canonicalize_a_in_place + [1] * (kept is not None)
         prepared = prepare([model_a, model_b], spec, device=device, registries=registries, keep_dtype=data is None,
-                           in_place=in_place)
-        for index in in_place if spill_dir is not None and data is None else ():
-            spilled = spill_written(prepared.models[index], prepared.states[index], spill_dir)
-            log.info("model %s: %.2f GB of canonical tensors spilled to %s", "AB"[index], spilled / 1e9, spill_dir)
+                           in_place=in_place, spill_dir=spill_dir)
         returned = returned_outputs(spec, prepared.resolved, prepared.models[0])
         # keep_output_frame: the matcher sees a spec without the sites acting on B's returned outputs
         held = held_sites(prepared.resolved, output_sites(prepared.resolved, returned)) if keep_output_frame else []

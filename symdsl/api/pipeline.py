@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -23,6 +25,7 @@ from ..errors import BindError, UsageError
 from ..match import MatchResult
 from ..models.origin import HALF, storage_dtype
 from ..models.pages import release_pages
+from ..models.spill import spill_written
 from ..options import check_options
 from ..plugins import default_registries
 from ..registry import Registries
@@ -30,6 +33,8 @@ from ..spec import ResolvedSpec
 from ..spec.cache import resolve_cached
 from ..spec.load import Spec
 from ..spec.registry import find_spec, match_spec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -101,7 +106,7 @@ def canonical_copy(model: torch.nn.Module, spec: Spec, registries: Registries, *
 
 def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *, device=None,
             registries: Registries | None = None, keep_dtype: bool = False,
-            in_place: Sequence[int] = ()) -> Prepared:
+            in_place: Sequence[int] = (), spill_dir: str | Path | None = None) -> Prepared:
     """Copy and canonicalize every model (function-preserving) under one spec.
 
     Half-precision models (float16, bfloat16) are copied in float32, unless ``keep_dtype``:
@@ -111,7 +116,10 @@ def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *
     :func:`symdsl.align` and :func:`merge_models` keep the dtype when no data is given (no
     forward pass runs). Outputs are cast when written (``dtype="auto"``: the input's dtype).
     ``in_place``: indices of models canonicalized themselves rather than copied (see
-    :func:`canonical_copy`); a model given twice is copied.
+    :func:`canonical_copy`); a model given twice is copied. ``spill_dir`` (with ``keep_dtype``): each
+    model canonicalized in place has the tensors canonicalization wrote spilled there
+    (:func:`symdsl.models.spill.spill_written`) before the next model is canonicalized, so at
+    most one model's written tensors are in memory at once.
     """
     registries = registries or default_registries()
     if len(models) < 2:
@@ -121,8 +129,13 @@ def prepare(models: Sequence[torch.nn.Module], spec: Spec | str | None = None, *
         raise UsageError(f"models are of different classes: {sorted(kinds)}")
     spec = spec_for(spec, models[0], registries)
     alone = [sum(other is model for other in models) == 1 for model in models]   # the same object twice: copy it
-    copies = [canonical_copy(model, spec, registries, device=device, keep_dtype=keep_dtype,
-                             in_place=index in in_place and alone[index]) for index, model in enumerate(models)]
+    copies = []
+    for index, model in enumerate(models):
+        own = index in in_place and alone[index]
+        copies.append(canonical_copy(model, spec, registries, device=device, keep_dtype=keep_dtype, in_place=own))
+        if own and keep_dtype and spill_dir is not None:
+            spilled = spill_written(copies[-1], {k: v.detach() for k, v in copies[-1].state_dict().items()}, spill_dir)
+            log.info("model %d: %.2f GB of canonical tensors spilled to %s", index, spilled / 1e9, spill_dir)
     resolved = resolve_cached(spec, copies[0], registries)
     shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in copies]
     for index, other in enumerate(shapes[1:], start=1):
