@@ -16,9 +16,10 @@ size comes from the kernel (``wait4``'s ``ru_maxrss``: the true high-water mark,
 between samples), its RSS over time is sampled from ``/proc/PID/status`` every 0.2 s. Prints a
 table (parameters, both inputs' size on disk, seconds, peak RSS, peak / disk) and writes JSON
 (``--json``, default ``benchmarks/scale.json``), with the memory model fitted on the measured
-points: ``peak = a * disk + b`` (least squares, disk = both inputs), extrapolated to the layers
-of a truncated pair (``8B-4L`` -> 32 layers) by ``peak(L) = peak(4) + (L - 4) * per_layer``
-where ``per_layer`` is the measured peak per byte of one layer times that layer's bytes.
+points: ``peak = a * disk + b`` (least squares, disk = both inputs), kept for comparison. A
+truncated pair (``8B-4L`` -> 32 layers) is extrapolated by parts, from above:
+``peak(L) = peak(4) + (L - 4) * one model's bytes of one layer`` (see :func:`extrapolate`).
+``--rows-from JSON`` re-prints and re-extrapolates an earlier run's rows without measuring.
 """
 from __future__ import annotations
 
@@ -170,12 +171,21 @@ def fit(rows: list[dict]) -> dict:
 
 
 def extrapolate(row: dict, model: dict) -> dict | None:
-    """A truncated pair's peak at its full depth: each missing layer adds ``a`` times its bytes (both models)."""
+    """A truncated pair's peak at its full depth, bounded from above by parts: each missing layer adds
+    at most one model's bytes of that layer (``layer_bytes / 2``).
+
+    Why (docs/scale.md, "Memory model, by parts"): of the phases of ``symdsl align``, preparing
+    holds one model's written tensors (less than the model), weight matching one layer's unit
+    (the residual rotation streams tensor by tensor), and the end B whole, moved in place; so the
+    peak grows with depth by at most one model's layer bytes per layer, whichever phase holds it.
+    ``model`` (the fit over whole pairs) is kept in the JSON for comparison, not used here.
+    """
     full = FULL_LAYERS.get(row["size"])
     if full is None:
         return None
     extra = (full - row["layers"]) * row["layer_bytes"]
-    return {"layers": full, "disk": row["disk"] + extra, "peak_rss": row["peak_rss"] + model["a"] * extra}
+    return {"layers": full, "disk": row["disk"] + extra, "peak_rss": row["peak_rss"] + extra / 2,
+            "rule": "measured peak + one model's bytes per missing layer (an upper bound by parts)"}
 
 
 def main(argv=None) -> int:
@@ -185,14 +195,17 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "scale.json"))
     parser.add_argument("--no-cache", action="store_true", help="write the pairs into a temporary folder")
     parser.add_argument("--write", nargs=3, metavar=("SIZE", "SEED", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--rows-from", metavar="JSON", help="measure nothing: print and extrapolate the rows of an "
+                        "earlier run's JSON (e.g. after the extrapolation changed)")
     args = parser.parse_args(argv)
     if args.write:
         write_model(args.write[0], int(args.write[1]), Path(args.write[2]))
         return 0
+    earlier = json.loads(Path(args.rows_from).read_text())["rows"] if args.rows_from else None
     rows = []
     print(f"{'size':>6} {'params':>8} {'disk GB':>8} {'seconds':>8} {'peak GB':>8} {'peak/disk':>9} {'load':>9}")
-    for size in args.sizes:
-        row = measure(size, args.max_iter, not args.no_cache)
+    for size in [r["size"] for r in earlier] if earlier else args.sizes:
+        row = next(r for r in earlier if r["size"] == size) if earlier else measure(size, args.max_iter, not args.no_cache)
         rows.append(row)
         print(f"{size:>6} {row['params'] / 1e6:7.0f}M {row['disk'] / 1e9:8.2f} {row['seconds']:8.1f} "
               f"{row['peak_rss'] / 1e9:8.2f} {row['ratio']:9.2f} {row['load'][0]:4.1f}-{row['load'][1]:<4.1f}", flush=True)

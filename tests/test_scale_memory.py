@@ -84,7 +84,7 @@ def test_align_of_a_sharded_bf16_pair_needs_a_bounded_multiple_of_the_inputs(tmp
 
 # The command line: A and B canonicalized in place, written tensors spilled beside OUT, B moved in
 # place. Measured on this pair: 2.9-3.3x past loading (the fixed costs of imports, allocator and
-# matching dominate at 77 MB of inputs; at 1B the whole run peaks at about 0.7x, docs/scale.md).
+# matching dominate at 77 MB of inputs; the 1B pair peaks at 1.05x its inputs in all, docs/scale.md).
 CLI_BOUND = 4.0
 CLI_CHILD = """
 import sys
