@@ -56,14 +56,18 @@ def _private_file_mappings() -> list[tuple[int, int]]:
     return found
 
 
+def _page_flags(pagemap: int, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(present, file page, swapped), each (count,) bool, of ``count`` pages from page number ``first``."""
+    entries = np.frombuffer(os.pread(pagemap, 8 * count, 8 * first), dtype=np.uint64)   # (count,)
+    return ((entries >> np.uint64(63)).astype(bool), (entries & np.uint64(_FILE_PAGE)).astype(bool),
+            (entries & np.uint64(_SWAPPED)).astype(bool))
+
+
 def _unwritten_runs(pagemap: int, first: int, count: int) -> tuple[list[tuple[int, int]], int]:
     """Runs ``(page, pages)`` among ``count`` pages from page number ``first`` that hold no written
     data (file pages, and pages not mapped at all: dropping those does nothing), and how many of
     them are resident file pages."""
-    entries = np.frombuffer(os.pread(pagemap, 8 * count, 8 * first), dtype=np.uint64)   # (count,)
-    present = (entries >> np.uint64(63)).astype(bool)
-    file_page = (entries & np.uint64(_FILE_PAGE)).astype(bool)
-    swapped = (entries & np.uint64(_SWAPPED)).astype(bool)
+    present, file_page, swapped = _page_flags(pagemap, first, count)
     clean = ~swapped & (~present | file_page)                                             # (count,)
     # run boundaries: where clean switches on (+1) and off (-1)
     edges = np.diff(np.concatenate(([0], clean.astype(np.int8), [0])))
@@ -99,12 +103,9 @@ def anonymous_bytes(tensor: torch.Tensor) -> int:
     except OSError:
         return 0
     try:
-        entries = np.frombuffer(os.pread(pagemap, 8 * (last - first), 8 * first), dtype=np.uint64)
+        present, file_page, swapped = _page_flags(pagemap, first, last - first)
     finally:
         os.close(pagemap)
-    present = (entries >> np.uint64(63)).astype(bool)
-    swapped = (entries & np.uint64(_SWAPPED)).astype(bool)
-    file_page = (entries & np.uint64(_FILE_PAGE)).astype(bool)
     return int(((present & ~file_page) | swapped).sum()) * _PAGE
 
 
@@ -120,12 +121,6 @@ def discard_pages(tensors: Iterable[torch.Tensor]) -> int:
     0
     """
     return _drop(tensors, written_too=True)
-
-
-def _resident_pages(pagemap: int, first: int, count: int) -> int:
-    """How many of ``count`` pages from page number ``first`` are resident."""
-    entries = np.frombuffer(os.pread(pagemap, 8 * count, 8 * first), dtype=np.uint64)
-    return int((entries >> np.uint64(63)).astype(bool).sum())
 
 
 def release_pages(tensors: Iterable[torch.Tensor]) -> int:
@@ -169,7 +164,7 @@ def _drop(tensors: Iterable[torch.Tensor], written_too: bool) -> int:
             if not any(start <= first * _PAGE and last * _PAGE <= end for start, end in mappings):
                 continue            # heap or anonymous memory: the only copy, never dropped
             if written_too:
-                runs, resident = [(first, last - first)], _resident_pages(pagemap, first, last - first)
+                runs, resident = [(first, last - first)], int(_page_flags(pagemap, first, last - first)[0].sum())
             else:
                 runs, resident = _unwritten_runs(pagemap, first, last - first)
             for page, count in runs:
